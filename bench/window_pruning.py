@@ -1,0 +1,140 @@
+"""Benchmark: SparseViT window pruning on a Swin-T backbone, latency ratio vs MACs ratio.
+
+Swin-T backbone (patch embedding + 4 stages, no head) at 672 x 672, batch 1 on CPU (batch 4 on a
+GPU), dense against the SparseViT reference configs cfg1/cfg2/cfg3 and uniform 0.2/0.4/0.6/0.8 on
+stages 0-2. Dense and sparse runs are interleaved (dense, cfg, dense, cfg, ...) so that drift of a
+shared machine hits both; each config reports the median of ``--repeats`` runs and its own dense
+median from the same rounds.
+
+Usage:
+    python bench/window_pruning.py [--img-size 672] [--repeats 10] [--device cpu|cuda]
+        [--threads T] [--out bench/results/window_pruning.json] [--json]
+
+Writes JSON (per config: latency ms, dense ms, latency ratio sparse/dense, MACs ratio, and
+latency ratio / MACs ratio) and prints a table, then a one-line summary.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from supernet import SparseSwin, count_macs  # noqa: E402
+
+REFERENCE = {
+    "cfg1": [[.3, .3], [0, 0], [.1, .1, .2, .2, .2, .2], [0, 0]],
+    "cfg2": [[.6, .6], [0, 0], [.2, .2, .4, .4, .5, .5], [0, 0]],
+    "cfg3": [[.7, .7], [0, 0], [.2, .2, .4, .4, .5, .5], [0, 0]],
+}
+
+
+def uniform(r: float) -> list:
+    return [[r, r], [r, r], [r] * 6, [0, 0]]
+
+
+def configs() -> dict:
+    cfgs = dict(REFERENCE)
+    for r in (0.2, 0.4, 0.6, 0.8):
+        cfgs[f"uniform{r:.1f}"] = uniform(r)
+    return cfgs
+
+
+class Backbone(torch.nn.Module):
+    """The SparseSwin backbone without norm/head: what the reference times."""
+
+    def __init__(self, m: SparseSwin):
+        super().__init__()
+        self.m = m
+
+    def forward(self, x):
+        return self.m.forward_stages(x)
+
+
+def timed(fn, x, device) -> float:
+    if device == "cuda":
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    fn(x)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return (time.perf_counter() - t) * 1e3
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--img-size", type=int, default=672)
+    p.add_argument("--batch-size", type=int, default=None, help="default 1 on CPU, 4 on CUDA")
+    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--warmup", type=int, default=2)
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--configs", default=None, help="comma-separated subset of config names")
+    p.add_argument("--out", default="bench/results/window_pruning.json")
+    p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    bs = a.batch_size or (4 if a.device == "cuda" else 1)
+    torch.manual_seed(0)
+    model = SparseSwin.from_timm("swin_tiny_patch4_window7_224", img_size=a.img_size).eval().to(a.device)
+    fn = Backbone(model)
+    x = torch.randn(bs, 3, a.img_size, a.img_size, device=a.device)
+    cfgs = configs()
+    if a.configs:
+        cfgs = {k: v for k, v in cfgs.items() if k in a.configs.split(",")}
+    dense_cfg = [[0.0] * d for d in model.depths]
+    dense_macs = count_macs(model, a.img_size, include_head=False, ratios=dense_cfg)
+    results = []
+    with torch.inference_mode():
+        for _ in range(a.warmup):
+            model.set_sparsity(dense_cfg)
+            fn(x)
+        for name, cfg in cfgs.items():
+            model.set_sparsity(cfg)
+            fn(x)  # warm this config
+            d_t, s_t = [], []
+            for _ in range(a.repeats):
+                model.set_sparsity(dense_cfg)
+                d_t.append(timed(fn, x, a.device))
+                model.set_sparsity(cfg)
+                s_t.append(timed(fn, x, a.device))
+            d, s = statistics.median(d_t), statistics.median(s_t)
+            macs = count_macs(model, a.img_size, include_head=False, ratios=cfg)
+            row = dict(config=name, ratios=cfg, dense_ms=round(d, 3), sparse_ms=round(s, 3),
+                       latency_ratio=round(s / d, 4), macs=macs, macs_ratio=round(macs / dense_macs, 4),
+                       latency_over_macs=round((s / d) / (macs / dense_macs), 4))
+            results.append(row)
+            if not a.json:
+                print(f"{name:12s} dense {d:9.1f} ms  sparse {s:9.1f} ms  latency ratio {s / d:.3f}  "
+                      f"MACs ratio {macs / dense_macs:.3f}  lat/MACs {row['latency_over_macs']:.3f}", flush=True)
+    worst = max(r["latency_over_macs"] for r in results)
+    by = {r["config"]: r for r in results}
+    out = dict(
+        benchmark="window_pruning", model="swin_tiny_patch4_window7_224 backbone", img_size=a.img_size,
+        batch_size=bs, device=a.device, threads=torch.get_num_threads(), torch=torch.__version__,
+        cpu=platform.processor() or platform.machine(), repeats=a.repeats, dense_macs=dense_macs,
+        results=results, worst_latency_over_macs=worst,
+        summary=(f"window_pruning {a.device} {a.img_size}px b{bs}: worst latency/MACs ratio {worst:.3f}; "
+                 + "; ".join(f"{k} {by[k]['latency_ratio']:.3f} (MACs {by[k]['macs_ratio']:.3f})"
+                             for k in ("uniform0.6", "cfg3") if k in by)),
+    )
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(out, indent=2))
+    if a.json:
+        print(json.dumps(out))
+    else:
+        print(out["summary"])
+    return out
+
+
+if __name__ == "__main__":
+    main()

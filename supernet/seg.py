@@ -1,0 +1,120 @@
+"""SegSupernet: a SparseSwin backbone with a light FPN-style segmentation head.
+
+SparseViT targets dense prediction at high resolution (Sec. 4: Mask R-CNN, semantic segmentation);
+this is the project's dense-prediction model: the four stage outputs of the SparseSwin are
+projected to ``head_dim`` channels (1x1 conv), fused
+top-down FPN-style (upsample + add), and a 3x3 conv + 1x1 classifier predicts logits at 1/4 of the
+input resolution, bilinearly upsampled to the input size.
+
+State dict: backbone keys are the timm keys under ``backbone.`` (``backbone.layers.0.blocks.0...``);
+the head's keys live under ``decode.``.
+"""
+from __future__ import annotations
+
+from typing import Any, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .sparse_swin import SparseSwin
+
+__all__ = ["SegSupernet", "FPNLiteHead"]
+
+
+class FPNLiteHead(nn.Module):
+    """Top-down multi-scale fusion head (FPN-lite).
+
+    Args:
+        in_dims: channels of each stage output, e.g. (96, 192, 384, 768).
+        head_dim: fused channels.
+        num_classes: output classes (11 for the Fashion mosaic task: background + 10).
+
+    Shapes:
+        ``forward(feats)``: list of (B, C_i, H_i, W_i), stage 0 first -> (B, num_classes, H_0, W_0).
+    """
+
+    def __init__(self, in_dims: Sequence[int], head_dim: int = 64, num_classes: int = 11):
+        super().__init__()
+        self.in_dims = tuple(in_dims)
+        self.head_dim = head_dim
+        self.num_classes = num_classes
+        self.lateral = nn.ModuleList(nn.Conv2d(c, head_dim, 1) for c in in_dims)
+        self.fuse = nn.Sequential(
+            nn.Conv2d(head_dim, head_dim, 3, padding=1, bias=False),
+            nn.GroupNorm(8 if head_dim % 8 == 0 else 1, head_dim),
+            nn.GELU(),
+        )
+        self.classifier = nn.Conv2d(head_dim, num_classes, 1)
+
+    def forward(self, feats: List[torch.Tensor]) -> torch.Tensor:
+        y = self.lateral[-1](feats[-1])
+        for i in range(len(feats) - 2, -1, -1):
+            lat = self.lateral[i](feats[i])
+            y = lat + F.interpolate(y, size=lat.shape[-2:], mode="bilinear", align_corners=False)
+        return self.classifier(self.fuse(y))
+
+    def macs(self, resolutions: Sequence[Tuple[int, int]]) -> int:
+        """Analytic MACs per image given each stage's (H, W)."""
+        total = 0
+        for (h, w), c in zip(resolutions, self.in_dims):
+            total += h * w * c * self.head_dim
+        h0, w0 = resolutions[0]
+        total += h0 * w0 * self.head_dim * self.head_dim * 9
+        total += h0 * w0 * self.head_dim * self.num_classes
+        return total
+
+
+class SegSupernet(nn.Module):
+    """Semantic-segmentation supernet: SparseSwin backbone + FPN-lite head.
+
+    Args:
+        backbone: a :class:`SparseSwin` (its per-block sparsity is the searched config).
+        num_classes: segmentation classes.
+        head_dim: channels of the fused head.
+
+    Shapes:
+        ``forward(x)``: (B, 3, H, W) -> (B, num_classes, H, W) logits.
+    """
+
+    def __init__(self, backbone: SparseSwin, num_classes: int = 11, head_dim: int = 64):
+        super().__init__()
+        self.backbone = backbone
+        self.num_classes = num_classes
+        self.decode = FPNLiteHead(backbone.stage_dims, head_dim, num_classes)
+
+    @classmethod
+    def from_timm(cls, name: str, img_size: Union[int, Tuple[int, int]] = 224, num_classes: int = 11,
+                  head_dim: int = 64, **timm_kwargs: Any) -> "SegSupernet":
+        """Build a timm Swin (``pretrained=False``, classifier removed) and the head around it."""
+        timm_kwargs.setdefault("num_classes", 0)
+        return cls(SparseSwin.from_timm(name, img_size=img_size, **timm_kwargs), num_classes, head_dim)
+
+    @property
+    def depths(self) -> Tuple[int, ...]:
+        return self.backbone.depths
+
+    @property
+    def sparsity(self):
+        """Current per-block sparsity config of the backbone."""
+        return self.backbone.sparsity
+
+    def set_sparsity(self, ratios: Any) -> "SegSupernet":
+        """Set per-block ratios (see :meth:`SparseSwin.set_sparsity`). Raises ValueError."""
+        self.backbone.set_sparsity(ratios)
+        return self
+
+    def forward_head(self, feats: List[torch.Tensor], out_size: Optional[Tuple[int, int]] = None) -> torch.Tensor:
+        """Stage features (list of NCHW) -> logits (B, K, H, W), upsampled to ``out_size`` if given."""
+        logits = self.decode(feats)
+        if out_size is not None:
+            logits = F.interpolate(logits, size=out_size, mode="bilinear", align_corners=False)
+        return logits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) images -> (B, num_classes, H, W) logits at the current sparsity."""
+        return self.forward_head(self.backbone.forward_stages(x), out_size=tuple(x.shape[-2:]))
+
+    def head_macs(self, img_size: Union[int, Tuple[int, int], None] = None) -> int:
+        """Analytic MACs per image of the segmentation head (upsampling not counted)."""
+        return self.decode.macs(self.backbone.block_resolutions(img_size))
