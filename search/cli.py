@@ -1,0 +1,272 @@
+"""``sparsesearch``: the command line, a thin layer over the Python API.
+
+Every command that reports figures takes ``--json`` and then prints exactly one JSON object on
+stdout (progress bars and logs go to stderr). Bad input (a malformed spec, a missing dataset, a
+checkpoint that does not match, a corrupted Parquet file) prints one ``sparsesearch: error: ...``
+line naming the file and the fix, and exits with code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+EXIT_USER_ERROR = 2
+
+
+def _emit(obj: Dict[str, Any], as_json: bool, text: Optional[str] = None) -> None:
+    if as_json:
+        print(json.dumps(obj, default=str))
+    elif text is not None:
+        print(text)
+
+
+def _user_error_types():
+    from .errors import UserError
+
+    types: List[type] = [UserError]
+    for mod, name in (("supernet.data", "DatasetNotFoundError"), ("supernet.checkpoint", "CheckpointError"),
+                      ("latency.predictor", "PredictorError")):
+        try:
+            types.append(getattr(__import__(mod, fromlist=[name]), name))
+        except Exception:  # noqa: BLE001 - optional module
+            pass
+    return tuple(types)
+
+
+# ---------------------------------------------------------------------------------------------
+# search commands
+# ---------------------------------------------------------------------------------------------
+def _front_table(summary: Dict[str, Any], metric: str) -> str:
+    lines = [f"{'trial':>6} {metric:>8} {'latency ms':>11} {'GMACs':>7}  config"]
+    for r in summary["front"]:
+        lines.append(f"{r['trial_number']:>6} {r[metric]:>8.4f} {r['predicted_latency_ms']:>11.2f} "
+                     f"{r['macs'] / 1e9:>7.3f}  {json.dumps(r['config'])}")
+    return "\n".join(lines)
+
+
+def _summary_text(s: Dict[str, Any]) -> str:
+    c = s["counts"]
+    metric = next((k for k in (s["front"][0] if s["front"] else {}) if k not in
+                   ("trial_number", "predicted_latency_ms", "macs", "config")), "miou")
+    head = (f"experiment {s['experiment']}: {s['n_trials']} trials (complete {c['complete']}, rejected "
+            f"{c['rejected']}, cached {c['cached']}, failed {c['failed']}), {s['evaluations']} evaluations, "
+            f"hypervolume {s['hypervolume']:.4g}")
+    ref = s.get("reference") or {}
+    refs = "\n".join(f"  reference {k:12s} {((v.get('metrics') or {}).get(metric, float('nan'))):.4f} "
+                     f"@ {v['predicted_latency_ms']:.2f} ms" for k, v in ref.items())
+    tail = (f"\nexperiment directory: {s['exp_dir']}\n"
+            f"  query:  sparsesearch pareto {s['exp_dir']} [--plot front.png] [--json]\n"
+            f"  resume: sparsesearch resume {s['exp_dir']} [--n-trials N]")
+    return f"{head}\nPareto front (feasible, by latency):\n{_front_table(s, metric)}\n{refs}{tail}"
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    from .runner import run
+    from .spec import load_spec
+
+    spec = load_spec(a.spec)
+    s = run(spec, address=a.address, n_trials=a.n_trials, progress=not a.no_progress)
+    _emit(s, a.json, _summary_text(s))
+    return 0
+
+
+def cmd_resume(a: argparse.Namespace) -> int:
+    from .runner import resume
+
+    s = resume(Path(a.exp_dir), n_trials=a.n_trials, address=a.address, progress=not a.no_progress)
+    _emit(s, a.json, _summary_text(s))
+    return 0
+
+
+def cmd_pareto(a: argparse.Namespace) -> int:
+    from .report import pareto_report
+
+    rep = pareto_report(Path(a.exp_dir), budget_ms=a.budget_ms, plot=a.plot, history=a.history)
+    if a.json or a.format == "json":
+        print(json.dumps(rep["json"], default=str))
+    elif a.format == "csv":
+        print(rep["front_df"].to_csv(index=False), end="")
+    else:
+        print(rep["text"])
+    return 0
+
+
+def cmd_submit(a: argparse.Namespace) -> int:
+    from .cluster import submit
+
+    out = submit(a.spec, address=a.address, n_trials=a.n_trials, wait=a.wait)
+    _emit(out, a.json, f"submitted job {out['job_id']} to {out['address']}\n"
+                       f"  status: sparsesearch jobs status {out['job_id']} --address {out['address']}\n"
+                       f"  logs:   sparsesearch jobs logs {out['job_id']} --address {out['address']}")
+    return 0
+
+
+def cmd_jobs(a: argparse.Namespace) -> int:
+    from . import cluster
+
+    out = cluster.jobs(a.action, a.job_id, address=a.address)
+    if a.json:
+        print(json.dumps(out, default=str))
+    elif a.action == "logs":
+        print(out["logs"], end="")
+    elif a.action == "list":
+        for j in out["jobs"]:
+            print(f"{j['job_id']:24s} {j['status']:10s} {j.get('entrypoint', '')}")
+    else:
+        print(json.dumps(out, indent=1, default=str))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# supernet / latency / pruning commands (implemented in their packages)
+# ---------------------------------------------------------------------------------------------
+def cmd_supernet_train(a: argparse.Namespace) -> int:
+    from supernet.train import cli_train
+
+    return cli_train(a)
+
+
+def cmd_latency_profile(a: argparse.Namespace) -> int:
+    from latency.profiler import cli_profile
+
+    return cli_profile(a)
+
+
+def cmd_latency_validate(a: argparse.Namespace) -> int:
+    from latency.validate import cli_validate
+
+    return cli_validate(a)
+
+
+def cmd_prune_dimap(a: argparse.Namespace) -> int:
+    from supernet.prune import cli_prune_dimap
+
+    return cli_prune_dimap(a)
+
+
+def cmd_dimap_report(a: argparse.Namespace) -> int:
+    from supernet.dimap import dimap_report, format_report
+
+    rep = dimap_report(a.model, img_size=a.img_size)
+    _emit(rep, a.json, format_report(rep))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="sparsesearch",
+        description="Distributed evolutionary search of SparseViT per-block sparsity for timm Swin under a "
+                    "latency budget: spec -> sampler -> latency gate -> Ray workers -> Parquet -> Pareto.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def add(name, fn, help_, parent=sub):
+        sp = parent.add_parser(name, help=help_, description=help_)
+        sp.set_defaults(fn=fn)
+        return sp
+
+    r = add("run", cmd_run, "run a new search from a spec (embedded local Ray unless --address)")
+    r.add_argument("spec", help="experiment spec (TOML)")
+    r.add_argument("--address", help="Ray cluster to join (e.g. auto, HOST:6379); default: embedded local Ray")
+    r.add_argument("--n-trials", type=int, help="override the spec's n_trials")
+    r.add_argument("--no-progress", action="store_true")
+    r.add_argument("--json", action="store_true", help="print one JSON object (the summary) on stdout")
+
+    r = add("resume", cmd_resume, "continue a killed or finished experiment")
+    r.add_argument("exp_dir")
+    r.add_argument("--n-trials", type=int, help="new total trial budget (default: the spec's)")
+    r.add_argument("--address")
+    r.add_argument("--no-progress", action="store_true")
+    r.add_argument("--json", action="store_true")
+
+    r = add("pareto", cmd_pareto, "the Pareto front of an experiment (feasible trials, by latency)")
+    r.add_argument("exp_dir")
+    r.add_argument("--budget-ms", type=float, help="only configs at or under this predicted latency")
+    r.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    r.add_argument("--plot", help="write a PNG: all trials, the front, reference points, the budget line")
+    r.add_argument("--history", action="store_true", help="also give the hypervolume per generation")
+    r.add_argument("--json", action="store_true")
+
+    r = add("submit", cmd_submit, "submit a search to a Ray cluster through the Job Submission API")
+    r.add_argument("spec")
+    r.add_argument("--address", required=True, help="Ray job server, e.g. http://127.0.0.1:8265")
+    r.add_argument("--n-trials", type=int)
+    r.add_argument("--wait", action="store_true", help="wait for the job to finish")
+    r.add_argument("--json", action="store_true")
+
+    r = add("jobs", cmd_jobs, "list / inspect / stop submitted jobs")
+    r.add_argument("action", choices=("list", "status", "logs", "stop"))
+    r.add_argument("job_id", nargs="?")
+    r.add_argument("--address", required=True)
+    r.add_argument("--json", action="store_true")
+
+    sn = add("supernet", None, "train the sparsity-aware supernet")
+    snsub = sn.add_subparsers(dest="sub", required=True, metavar="SUBCOMMAND")
+    r = add("train", cmd_supernet_train, "sparsity-aware adaptation training from a recipe (TOML)", snsub)
+    r.add_argument("spec")
+    r.add_argument("--resume", action="store_true", help="continue from the last epoch checkpoint")
+    r.add_argument("--json", action="store_true")
+
+    lt = add("latency", None, "profile device latency and validate the predictor")
+    ltsub = lt.add_subparsers(dest="sub", required=True, metavar="SUBCOMMAND")
+    r = add("profile", cmd_latency_profile, "per-block latency table + calibration -> predictor JSON", ltsub)
+    r.add_argument("--checkpoint", required=True)
+    r.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    r.add_argument("--batch-size", type=int, default=1)
+    r.add_argument("--threads", type=int, default=1)
+    r.add_argument("--img-size", type=int)
+    r.add_argument("--repeats", type=int, default=7)
+    r.add_argument("--calib-configs", type=int, default=40)
+    r.add_argument("--out", required=True)
+    r.add_argument("--json", action="store_true")
+    r = add("validate", cmd_latency_validate, "measure random configs end to end against the predictor", ltsub)
+    r.add_argument("--predictor", required=True)
+    r.add_argument("--checkpoint", required=True)
+    r.add_argument("--n", type=int, default=200)
+    r.add_argument("--seed", type=int, default=1)
+    r.add_argument("--plot")
+    r.add_argument("--json", action="store_true")
+
+    pr = add("prune", None, "weight pruning")
+    prsub = pr.add_subparsers(dest="sub", required=True, metavar="METHOD")
+    r = add("dimap", cmd_prune_dimap, "DIMAP data-independent module-aware pruning of a checkpoint", prsub)
+    r.add_argument("--checkpoint", required=True)
+    r.add_argument("--ratio", type=float)
+    r.add_argument("--module-ratios", help="e.g. qkv=0.3,proj=0.3,mlp=0.5")
+    r.add_argument("--out", required=True)
+    r.add_argument("--finetune", type=int, default=0, help="fine-tuning epochs with masks fixed")
+    r.add_argument("--json", action="store_true")
+
+    dm = add("dimap", None, "DIMAP reports")
+    dmsub = dm.add_subparsers(dest="sub", required=True, metavar="SUBCOMMAND")
+    r = add("report", cmd_dimap_report, "analytic params/FLOPs reductions at DIMAP1/2/3 vs the paper", dmsub)
+    r.add_argument("--model", default="swin_tiny_patch4_window7_224")
+    r.add_argument("--img-size", type=int, default=224)
+    r.add_argument("--json", action="store_true")
+    return p
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    errors = _user_error_types()
+    try:
+        return int(a.fn(a) or 0)
+    except errors as e:
+        msg = " ".join(str(e).split("\n")).strip()
+        print(f"sparsesearch: error: {msg}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("sparsesearch: interrupted; what was recorded is kept (resume with `sparsesearch resume`)",
+              file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
