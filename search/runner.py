@@ -149,7 +149,10 @@ class _Search:
         self.depths = tuple(self.meta["arch"]["timm_kwargs"]["depths"])
         self.space = SearchSpace.from_spec(spec.space, self.depths)
         self.predictor = Predictor.load(spec.latency.predictor)
+        self.dense_ms = float(self.predictor.predict(np.asarray([self.space.dense_config().flat], dtype=np.float64))[0])
         self.budget = spec.latency.budget_ms
+        if spec.latency.budget_fraction is not None:
+            self.budget = float(spec.latency.budget_fraction) * self.dense_ms
         self.objective_names = spec.objectives.names()
         self.directions = spec.objectives.directions()
         self.metric = spec.objectives.metric
@@ -467,7 +470,11 @@ def _execute(spec, exp_dir: Path, *, n_trials: int, is_resume: bool, address: Op
     t0 = time.time()
     search = _Search(spec, exp_dir, progress=progress, log=log)
     repeated = search.restore() if is_resume else []
-    search.dense_ms = float(search.predictor.predict(np.asarray([search.space.dense_config().flat]))[0])
+    ej = exp_dir / "experiment.json"
+    frozen = json.loads(ej.read_text())
+    if frozen.get("budget_ms") != search.budget or frozen.get("dense_predicted_ms") != search.dense_ms:
+        frozen.update(budget_ms=search.budget, dense_predicted_ms=search.dense_ms)
+        _atomic_write(ej, json.dumps(frozen, indent=1))
     address = address or spec.ray.address
     owns_ray = False
     import ray
@@ -590,7 +597,7 @@ def experiment_summary(exp_dir, extra: Optional[Dict[str, Any]] = None) -> Dict[
     frozen = json.loads((exp_dir / "experiment.json").read_text())
     spec = frozen["spec"]
     metric = spec["objectives"]["metric"]
-    budget = spec["latency"]["budget_ms"]
+    budget = frozen.get("budget_ms", spec["latency"]["budget_ms"])
     df = load_trials(exp_dir)
     fin = final_trials(df) if len(df) else df
     counts = {s: int((fin["status"] == s).sum()) if len(fin) else 0 for s in ("complete", "rejected", "failed", "cached")}

@@ -42,7 +42,6 @@ import json
 import math
 import os
 import re
-import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -58,6 +57,11 @@ from pydantic import (
 )
 
 from search.errors import UserError
+
+try:  # Python >= 3.11
+    import tomllib
+except ModuleNotFoundError:  # pragma: no cover - Python 3.10 with the tomli backport
+    import tomli as tomllib  # type: ignore[no-redef]
 
 __all__ = [
     "BUILTIN_EVALUATORS",
@@ -211,10 +215,20 @@ class LatencySection(_Section):
         predictor: predictor JSON written by ``latency.profile`` (relative to the spec folder).
         budget_ms: latency budget in ms (> 0); configs predicted slower are infeasible.
             ``None`` (default) = no budget.
+        budget_fraction: budget as a fraction (0..1] of the dense model's predicted latency,
+            for specs that must work on any device; resolved to ms when the search starts.
+            Give at most one of ``budget_ms`` / ``budget_fraction``.
     """
 
     predictor: _PathField
     budget_ms: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+    budget_fraction: float | None = Field(default=None, gt=0, le=1, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _one_budget(self) -> "LatencySection":
+        if self.budget_ms is not None and self.budget_fraction is not None:
+            raise ValueError("give budget_ms or budget_fraction, not both; fix: delete one of them")
+        return self
 
     @field_validator("predictor", mode="after")
     @classmethod

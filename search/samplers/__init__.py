@@ -29,6 +29,7 @@ from typing import Any
 
 import optuna
 from optuna.samplers import BaseSampler
+from optuna.samplers._base import _process_constraints_after_trial
 from optuna.trial import FrozenTrial
 
 from search.samplers.sparsevit import SparseViTEvolutionSampler, is_feasible
@@ -51,6 +52,21 @@ _GA_GENERATION_KEYS = (
     "NSGAIIISampler:generation",
     SparseViTEvolutionSampler.generation_key(),
 )
+
+
+class _ConstrainedRandomSampler(optuna.samplers.RandomSampler):
+    """``RandomSampler`` that also stores ``constraints_func``'s values after each trial, so
+    ``is_feasible(trial)`` / ``trial.constraints`` read the same for every sampler."""
+
+    def __init__(self, seed: int | None,
+                 constraints_func: Callable[[FrozenTrial], Sequence[float]]) -> None:
+        super().__init__(seed=seed)
+        self._constraints_func = constraints_func
+
+    def after_trial(self, study: optuna.Study, trial: FrozenTrial,
+                    state: optuna.trial.TrialState, values: Sequence[float] | None) -> None:
+        _process_constraints_after_trial(self._constraints_func, study, trial, state)
+        super().after_trial(study, trial, state, values)
 
 
 def latency_constraints(frozen_trial: FrozenTrial) -> list[float]:
@@ -133,6 +149,8 @@ def make_sampler(
                                               multivariate=True, seed=seed,
                                               constraints_func=constraints_func)
         if name == "random":
+            if constraints_func is not None:
+                return _ConstrainedRandomSampler(seed, constraints_func)
             return optuna.samplers.RandomSampler(seed=seed)
         if name == "sparsevit":
             return SparseViTEvolutionSampler(

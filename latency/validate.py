@@ -1,0 +1,281 @@
+"""Validation of a latency predictor against end-to-end measurements, and the CLI entry points.
+
+:func:`validate` times held-out random configs end to end (the profiler's calibration code:
+warm-up, then the median of a few interleaved repeats), compares them with the predictions and
+reports the share of configs within +-10 %, the MAPE, Spearman's rho (the search ranks configs,
+so the ordering matters as much as the absolute error) and the worst error; optionally it saves a
+predicted-vs-measured scatter plot (PNG).
+
+:func:`cli_profile` and :func:`cli_validate` are the bodies of ``sparsesearch profile`` and
+``sparsesearch validate-latency``; they take an ``argparse.Namespace`` and return an exit code.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Dict, Optional, Union
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .predictor import Predictor, PredictorError, current_fingerprint
+from .profiler import (
+    VALIDATION_STREAM,
+    _backbone,
+    _make_input,
+    _session,
+    measure_configs,
+    profile,
+    random_configs,
+    save,
+)
+
+__all__ = ["validate", "plot_validation", "cli_profile", "cli_validate"]
+
+
+def validate(predictor: Predictor, model: nn.Module, n: int = 200, seed: int = 0,
+             plot: Union[str, os.PathLike, None] = None, progress: bool = True, *,
+             warmup: int = 3, repeats: int = 5, device: Optional[str] = None) -> Dict[str, Any]:
+    """Measure ``n`` held-out random configs end to end and compare with the predictions.
+
+    The measuring setting comes from the predictor's fingerprint: device (``device`` overrides),
+    threads, batch size and image size. Configs are drawn like the calibration's (random ratios
+    of the profiled ratio set, sorted per stage) from a different random stream, and configs that
+    were calibration points are redrawn, so they are held out. The model is moved to the device in
+    place; its mode, sparsity and the thread count are restored.
+
+    Args:
+        predictor: the predictor to check.
+        model: the SegSupernet / SparseSwin it was profiled on (same architecture).
+        n: number of configs (>= 2).
+        seed: random seed of the configs (and of the input batch).
+        plot: PNG path for the predicted-vs-measured scatter (y = x line, +-10 % band), or None.
+        progress: tqdm bar over the measurements.
+        warmup: dense warm-up forwards before timing.
+        repeats: timed forwards per config (median kept).
+        device: measuring device; default the profiled one.
+
+    Returns:
+        dict: ``n``, ``within_10pct`` (share 0..1 of configs with |pred - meas| <= 10 % of meas),
+        ``mape`` (%), ``spearman`` (rho), ``max_abs_pct_err`` (%), ``max_abs_err_ms``,
+        ``mean_pct_err`` (signed bias, %), ``measured_ms`` / ``predicted_ms`` (lists), ``configs``
+        (flat lists), ``fingerprint``, ``plot`` (path or None), ``seconds``.
+
+    Raises:
+        PredictorError: the model does not match the predictor (depths / windows).
+        ValueError: n < 2.
+    """
+    from scipy.stats import spearmanr
+
+    t0 = time.perf_counter()
+    if int(n) < 2:
+        raise ValueError(f"validate(): n must be >= 2, got {n}")
+    predictor.check_model(model)
+    fp = predictor.fingerprint
+    dev = torch.device(device or fp.get("device", "cpu"))
+    threads = int(fp.get("threads") or torch.get_num_threads())
+    bs = predictor.batch_size
+    hw = predictor.img_size or tuple(_backbone(model).img_size)
+    model.to(dev)
+    dtype = next(model.parameters()).dtype
+    predictor.check_fingerprint(current_fingerprint(dev, threads, bs, dtype, hw), stacklevel=2)
+
+    bb = _backbone(model)
+    ratios = predictor.ratios or [round(0.1 * i, 1) for i in range(9)]
+    rng = np.random.default_rng([int(seed), VALIDATION_STREAM])
+    calib = {tuple(c) for c in (predictor.table.get("calibration", {}).get("configs") or [])}
+    cfgs = random_configs(bb.depths, ratios, int(n), rng, include_dense=False)
+    for i in range(len(cfgs)):  # redraw calibration points (held-out set)
+        tries = 0
+        while tuple(cfgs[i]) in calib and tries < 20:
+            cfgs[i] = random_configs(bb.depths, ratios, 1, rng, include_dense=False)[0]
+            tries += 1
+    x = _make_input(bs, hw, seed + 1, dev, dtype)
+    with _session(model, threads):
+        measured = measure_configs(model, x, cfgs, warmup=warmup, repeats=repeats, progress=progress,
+                                   desc="latency validation")
+    predicted = predictor.predict(cfgs)
+    err = (predicted - measured) / measured
+    rho = float(spearmanr(predicted, measured).statistic) if len(np.unique(measured)) > 1 else float("nan")
+    out: Dict[str, Any] = {
+        "n": int(n),
+        "within_10pct": float(np.mean(np.abs(err) <= 0.10)),
+        "mape": float(np.mean(np.abs(err)) * 100.0),
+        "spearman": rho,
+        "max_abs_pct_err": float(np.max(np.abs(err)) * 100.0),
+        "max_abs_err_ms": float(np.max(np.abs(predicted - measured))),
+        "mean_pct_err": float(np.mean(err) * 100.0),
+        "measured_ms": [float(v) for v in measured],
+        "predicted_ms": [float(v) for v in predicted],
+        "configs": [[float(v) for v in c] for c in cfgs],
+        "fingerprint": current_fingerprint(dev, threads, bs, dtype, hw),
+        "predictor": predictor.source,
+        "plot": None,
+    }
+    if plot is not None:
+        out["plot"] = str(plot_validation(measured, predicted, plot, title=_plot_title(predictor, out)))
+    out["seconds"] = float(time.perf_counter() - t0)
+    return out
+
+
+def _plot_title(predictor: Predictor, res: Dict[str, Any]) -> str:
+    fp = predictor.fingerprint
+    return (f"{fp.get('device', '?')} {fp.get('device_name', '')} | {fp.get('threads', '?')} thr, batch "
+            f"{predictor.batch_size}, {predictor.img_size}\n n={res['n']}: {res['within_10pct'] * 100:.0f}% within "
+            f"+-10%, MAPE {res['mape']:.1f}%, Spearman {res['spearman']:.3f}")
+
+
+def plot_validation(measured, predicted, path: Union[str, os.PathLike], title: str = "") -> Path:
+    """Predicted vs measured scatter (ms) with y = x and the +-10 % band, saved as PNG.
+
+    Uses matplotlib's Agg canvas directly (no pyplot state, no display needed).
+
+    Returns:
+        The PNG path.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    measured = np.asarray(measured, dtype=np.float64)
+    predicted = np.asarray(predicted, dtype=np.float64)
+    fig = Figure(figsize=(5.5, 5.0), dpi=120)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    lo = float(min(measured.min(), predicted.min())) * 0.95
+    hi = float(max(measured.max(), predicted.max())) * 1.05
+    line = np.linspace(lo, hi, 50)
+    ax.fill_between(line, line * 0.9, line * 1.1, color="tab:green", alpha=0.15, label="+-10 %")
+    ax.plot(line, line, color="k", lw=1, label="y = x")
+    inside = np.abs(predicted - measured) <= 0.1 * measured
+    ax.scatter(measured[inside], predicted[inside], s=12, color="tab:blue", label="within 10 %")
+    ax.scatter(measured[~inside], predicted[~inside], s=12, color="tab:red", label="outside")
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_xlabel("measured latency (ms)")
+    ax.set_ylabel("predicted latency (ms)")
+    if title:
+        ax.set_title(title, fontsize=8)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="png")
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# CLI entry points (wired into `sparsesearch` by search/cli.py)
+# --------------------------------------------------------------------------------------------
+def _load_model(checkpoint: Union[str, os.PathLike]):
+    """(model, meta) via supernet.checkpoint.load_checkpoint."""
+    from supernet.checkpoint import load_checkpoint
+
+    return load_checkpoint(checkpoint)
+
+
+def _arch_from_meta(meta: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    for key in ("model_arch", "model_kwargs", "model", "arch"):
+        v = meta.get(key) if isinstance(meta, dict) else None
+        if v is not None:
+            return v
+    return None
+
+
+def _emit(args: Any, payload: Dict[str, Any], human: str) -> None:
+    if getattr(args, "json", False):
+        sys.stdout.write(json.dumps(payload, default=str) + "\n")
+    else:
+        sys.stdout.write(human + "\n")
+    sys.stdout.flush()
+
+
+def cli_profile(args: Any) -> int:
+    """``sparsesearch profile``: profile a checkpoint and write the predictor JSON.
+
+    Args:
+        args: namespace with ``checkpoint`` (path), ``device`` ("cpu"), ``batch_size`` (1),
+            ``threads`` (1), ``img_size`` (None: the model's), ``out`` (predictor JSON path),
+            ``json`` (bool: print exactly one JSON object on stdout), ``repeats`` (7).
+            Optional: ``calib_configs`` (40), ``seed`` (0), ``progress`` (True).
+
+    Returns:
+        0. Errors propagate (``PredictorError`` / the checkpoint loader's errors).
+    """
+    t0 = time.perf_counter()
+    model, meta = _load_model(args.checkpoint)
+    meta = meta or {}
+    out = getattr(args, "out", None)
+    if not out:
+        raise PredictorError("sparsesearch profile: no --out given; fix: pass --out predictor.json")
+    table = profile(
+        model, getattr(args, "img_size", None),
+        batch_size=int(getattr(args, "batch_size", 1) or 1),
+        device=getattr(args, "device", None) or "cpu",
+        threads=getattr(args, "threads", 1),
+        repeats=int(getattr(args, "repeats", 7) or 7),
+        calib_configs=int(getattr(args, "calib_configs", 40) or 40),
+        seed=int(getattr(args, "seed", 0) or 0),
+        progress=bool(getattr(args, "progress", True)),
+        checkpoint_sha256=meta.get("weights_sha256"),
+        model_arch=_arch_from_meta(meta),
+    )
+    path = save(table, out)
+    pred = Predictor(table, source=str(path))
+    dense = float(pred.predict(np.zeros((1, pred.n_blocks)))[0])
+    cal = table["calibration"]
+    payload = {
+        "predictor": str(path),
+        "checkpoint": str(args.checkpoint),
+        "checkpoint_sha256": table.get("checkpoint_sha256"),
+        "fingerprint": table["fingerprint"],
+        "dense_ms": dense,
+        "calibration": {k: cal[k] for k in ("a", "b", "n", "mape", "mape_uncalibrated")},
+        "seconds": time.perf_counter() - t0,
+    }
+    fp = table["fingerprint"]
+    human = (f"profiled {args.checkpoint} on {fp['device']} ({fp['device_name']}, {fp['threads']} threads, "
+             f"batch {fp['batch_size']}, {fp['img_size'][0]}x{fp['img_size'][1]}) in {payload['seconds']:.0f} s: "
+             f"dense {dense:.2f} ms, calibration a={cal['a']:.3f} b={cal['b']:.3f} ms, "
+             f"MAPE {cal['mape']:.1f}% on {cal['n']} configs -> {path}")
+    _emit(args, payload, human)
+    return 0
+
+
+def cli_validate(args: Any) -> int:
+    """``sparsesearch validate-latency``: check a predictor against end-to-end measurements.
+
+    Args:
+        args: namespace with ``predictor`` (JSON path), ``checkpoint`` (path), ``n`` (200),
+            ``seed`` (0), ``plot`` (PNG path or None), ``json`` (bool: print one JSON object).
+            Optional: ``repeats`` (5), ``progress`` (True), ``device`` (default the profiled one).
+
+    Returns:
+        0. Errors propagate (``PredictorError`` for a bad file or a model that does not match).
+        A checkpoint whose sha256 differs from the one recorded in the predictor only warns
+        (latency depends on the architecture, which :meth:`Predictor.check_model` checks).
+    """
+    pred = Predictor.load(args.predictor)
+    model, meta = _load_model(args.checkpoint)
+    meta = meta or {}
+    sha = meta.get("weights_sha256")
+    if pred.checkpoint_sha256 and sha and sha != pred.checkpoint_sha256:
+        warnings.warn(f"predictor {pred.source} was profiled on checkpoint sha256 {pred.checkpoint_sha256[:12]}..., "
+                      f"{args.checkpoint} is {sha[:12]}...; latency depends on the architecture only, so this is "
+                      "fine if the architectures match", stacklevel=2)
+    res = validate(pred, model, n=int(getattr(args, "n", 200) or 200), seed=int(getattr(args, "seed", 0) or 0),
+                   plot=getattr(args, "plot", None), progress=bool(getattr(args, "progress", True)),
+                   repeats=int(getattr(args, "repeats", 5) or 5), device=getattr(args, "device", None))
+    payload = {k: v for k, v in res.items() if k not in ("configs",)}
+    human = (f"latency predictor {pred.source} on {res['n']} held-out configs: {res['within_10pct'] * 100:.1f}% within "
+             f"+-10%, MAPE {res['mape']:.2f}%, Spearman {res['spearman']:.3f}, max error "
+             f"{res['max_abs_pct_err']:.1f}% ({res['max_abs_err_ms']:.2f} ms)"
+             + (f"; plot {res['plot']}" if res["plot"] else ""))
+    _emit(args, payload, human)
+    return 0
