@@ -26,7 +26,8 @@ Predictor file (JSON, written by :func:`latency.profiler.profile` / :func:`laten
       "blocks": [[{"k": [12, 19, ..., 64], "ms": [0.21, 0.30, ..., 0.95]}, ...], ...],
       "fixed_ms": {"patch_embed": 0.3, "downsample": [0.0, 0.2, 0.1, 0.05],
                    "scoring": [0.05, 0.03, 0.02, 0.02], "head": 0.8},
-      "calibration": {"a": 1.02, "b": 0.4, "n": 40, "mape": 2.1, "residuals_ms": [...], ...},
+      "calibration": {"a": 1.02, "b": 0.4, "method": "lstsq", "n": 40, "mape": 2.1,
+                      "residuals_ms": [...], "measured_ms": [...], "configs": [[...]], ...},
       "model_arch": {...} | null, "checkpoint_sha256": "..." | null
     }
 

@@ -42,7 +42,7 @@ import torch.nn as nn
 
 from supernet.sparse_swin import SparseSwin, keep_count, rank_windows, sparse_block_forward
 
-from .predictor import FORMAT_VERSION, Predictor, PredictorError, current_fingerprint
+from .predictor import FORMAT_VERSION, Predictor, current_fingerprint
 
 __all__ = [
     "DEFAULT_RATIOS",
@@ -330,8 +330,8 @@ def profile(model: nn.Module, img_size: Union[int, Tuple[int, int], None] = None
         The predictor dict (JSON-ready): ``format_version``, ``units`` ("ms"), ``fingerprint``,
         ``img_size`` [H, W], ``batch_size``, ``depths``, ``num_windows`` [[nW per block]],
         ``ratios``, ``blocks`` [[{"k": [...], "ms": [...]}]], ``fixed_ms`` {patch_embed,
-        downsample[], scoring[], head}, ``calibration`` {a, b, n, mape, mape_uncalibrated,
-        residuals_ms, measured_ms, table_ms, configs}, ``model_arch``, ``checkpoint_sha256``,
+        downsample[], scoring[], head}, ``calibration`` {a, b, method ("lstsq" | "offset"), n,
+        mape (%), mape_uncalibrated (%), residuals_ms, measured_ms, table_ms, configs, repeats, seed}, ``model_arch``, ``checkpoint_sha256``,
         ``profile_seconds``.
 
     Raises:
@@ -344,15 +344,15 @@ def profile(model: nn.Module, img_size: Union[int, Tuple[int, int], None] = None
     bb = _backbone(model)
     ratios = [float(r) for r in ratios]
     if not ratios or any(not math.isfinite(r) or r < 0.0 or r >= 1.0 for r in ratios):
-        raise ValueError(f"profile(): ratios must be numbers in [0, 1), got {ratios}")
+        raise ValueError(f"profile(): ratios must be numbers in [0, 1), got {ratios}; fix: pass e.g. ratios=(0.0, 0.1, ..., 0.8)")
     if 0.0 not in ratios:
         ratios = [0.0] + ratios
     ratios = sorted(set(ratios))
     if int(batch_size) < 1 or int(repeats) < 1 or int(warmup) < 0:
         raise ValueError(f"profile(): need batch_size >= 1, repeats >= 1, warmup >= 0 "
-                         f"(got {batch_size}, {repeats}, {warmup})")
+                         f"(got {batch_size}, {repeats}, {warmup}); fix: pass positive values")
     if int(calib_configs) < 2:
-        raise ValueError(f"profile(): calib_configs must be >= 2 to fit a * x + b, got {calib_configs}")
+        raise ValueError(f"profile(): calib_configs must be >= 2 to fit a * x + b, got {calib_configs}; fix: pass calib_configs >= 2 (default 40)")
     hw = _resolve_img_size(bb, img_size)
     dev = torch.device(device)
     if dev.type == "cuda" and dev.index is None:
@@ -453,11 +453,12 @@ def profile(model: nn.Module, img_size: Union[int, Tuple[int, int], None] = None
                                    desc="latency calibration")
 
     raw = Predictor(table, source="<profile>").table_sum(cfgs)
-    a, b = _fit_calibration(raw, measured)
+    a, b, method = _fit_calibration(raw, measured)
     fitted = a * raw + b
     table["calibration"] = {
         "a": a,
         "b": b,
+        "method": method,
         "n": int(len(measured)),
         "mape": float(np.mean(np.abs(fitted - measured) / measured) * 100.0),
         "mape_uncalibrated": float(np.mean(np.abs(raw - measured) / measured) * 100.0),
@@ -472,20 +473,29 @@ def profile(model: nn.Module, img_size: Union[int, Tuple[int, int], None] = None
     return table
 
 
-def _fit_calibration(raw: np.ndarray, measured: np.ndarray) -> Tuple[float, float]:
-    """Least squares ``measured = a * raw + b``.
+#: Accepted range of the calibration slope ``a``. The table already sums the parts a forward
+#: runs, so the slope is ~1 (0.95 measured on the default model); a fit far outside this range
+#: means timing noise (a loaded machine) dominated the calibration, and an offset-only fit is safer.
+CALIBRATION_SLOPE_RANGE = (0.5, 2.0)
 
-    Falls back to ``a = 1, b = mean(measured - raw)`` when the fit is ill-posed (raw values with
-    almost no spread) or non-physical (a <= 0).
+
+def _fit_calibration(raw: np.ndarray, measured: np.ndarray) -> Tuple[float, float, str]:
+    """Least squares ``measured = a * raw + b`` -> (a, b, method).
+
+    Falls back to ``a = 1, b = median(measured - raw)`` (method ``"offset"``) when the fit is
+    ill-posed (fewer than 2 points, raw values with almost no spread) or implausible (``a`` outside
+    :data:`CALIBRATION_SLOPE_RANGE`, typically timing noise on a loaded machine); otherwise method
+    ``"lstsq"``.
     """
     raw = np.asarray(raw, dtype=np.float64)
     measured = np.asarray(measured, dtype=np.float64)
     if len(raw) >= 2 and np.std(raw) > 1e-6 * max(1e-12, float(np.mean(np.abs(raw)))):
         A = np.stack([raw, np.ones_like(raw)], axis=1)
         (a, b), *_ = np.linalg.lstsq(A, measured, rcond=None)
-        if a > 0 and math.isfinite(a) and math.isfinite(b):
-            return float(a), float(b)
-    return 1.0, float(np.mean(measured - raw))
+        lo, hi = CALIBRATION_SLOPE_RANGE
+        if math.isfinite(a) and math.isfinite(b) and lo <= a <= hi:
+            return float(a), float(b), "lstsq"
+    return 1.0, float(np.median(measured - raw)), "offset"
 
 
 def save(table: Dict[str, Any], path: Union[str, os.PathLike]) -> Path:

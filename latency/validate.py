@@ -12,7 +12,6 @@ predicted-vs-measured scatter plot (PNG).
 from __future__ import annotations
 
 import json
-import math
 import os
 import sys
 import time
@@ -26,6 +25,7 @@ import torch.nn as nn
 
 from .predictor import Predictor, PredictorError, current_fingerprint
 from .profiler import (
+    DEFAULT_RATIOS,
     VALIDATION_STREAM,
     _backbone,
     _make_input,
@@ -181,11 +181,20 @@ def _load_model(checkpoint: Union[str, os.PathLike]):
 
 
 def _arch_from_meta(meta: Dict[str, Any]) -> Optional[Dict[str, Any]]:
-    for key in ("model_arch", "model_kwargs", "model", "arch"):
+    for key in ("arch", "model_arch", "model_kwargs"):
         v = meta.get(key) if isinstance(meta, dict) else None
         if v is not None:
             return v
     return None
+
+
+def _ratios_from_meta(meta: Dict[str, Any]):
+    """The checkpoint's search-space ratio set (sidecar ``search_space.ratios``), or the default."""
+    space = meta.get("search_space") if isinstance(meta, dict) else None
+    ratios = space.get("ratios") if isinstance(space, dict) else None
+    if isinstance(ratios, (list, tuple)) and ratios:
+        return [float(r) for r in ratios]
+    return list(DEFAULT_RATIOS)
 
 
 def _emit(args: Any, payload: Dict[str, Any], human: str) -> None:
@@ -204,6 +213,8 @@ def cli_profile(args: Any) -> int:
             ``threads`` (1), ``img_size`` (None: the model's), ``out`` (predictor JSON path),
             ``json`` (bool: print exactly one JSON object on stdout), ``repeats`` (7).
             Optional: ``calib_configs`` (40), ``seed`` (0), ``progress`` (True).
+            The ratio set profiled is the sidecar's ``search_space.ratios`` (default 0.0..0.8);
+            the sidecar's ``arch`` and ``weights_sha256`` are stored in the predictor file.
 
     Returns:
         0. Errors propagate (``PredictorError`` / the checkpoint loader's errors).
@@ -219,6 +230,7 @@ def cli_profile(args: Any) -> int:
         batch_size=int(getattr(args, "batch_size", 1) or 1),
         device=getattr(args, "device", None) or "cpu",
         threads=getattr(args, "threads", 1),
+        ratios=_ratios_from_meta(meta),
         repeats=int(getattr(args, "repeats", 7) or 7),
         calib_configs=int(getattr(args, "calib_configs", 40) or 40),
         seed=int(getattr(args, "seed", 0) or 0),

@@ -130,6 +130,13 @@ def _as_buffer(data: Any) -> Union[bytes, memoryview]:
     raise TypeError(f"expected bytes, memoryview or a numpy uint8 array, got {type(data).__name__}")
 
 
+def _file_mode() -> int:
+    """Permissions of a new file under the current umask (mkstemp files are 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def atomic_write_bytes(path: _PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` through a temporary file in the same folder + ``os.replace``."""
     p = Path(path)
@@ -140,6 +147,7 @@ def atomic_write_bytes(path: _PathLike, data: bytes) -> Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _file_mode())
         os.replace(tmp, p)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -241,6 +249,7 @@ def save_checkpoint(model: SegSupernet, path: _PathLike, *, arch: Dict[str, Any]
             "versions": {"torch": torch.__version__, "timm": timm.__version__,
                          "safetensors": getattr(safetensors, "__version__", "?")},
         }
+        os.chmod(tmp, _file_mode())
         os.replace(tmp, p)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

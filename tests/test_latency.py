@@ -298,7 +298,7 @@ def test_profile_structure(tiny_seg, tiny_table):
     fx = t["fixed_ms"]
     assert len(fx["downsample"]) == 4 and len(fx["scoring"]) == 4 and fx["head"] > 0 and fx["patch_embed"] > 0
     cal = t["calibration"]
-    assert cal["n"] == 12 and cal["a"] > 0 and len(cal["residuals_ms"]) == 12 and np.isfinite(cal["mape"])
+    assert cal["n"] == 12 and cal["a"] > 0 and cal["method"] in ("lstsq", "offset") and len(cal["residuals_ms"]) == 12 and np.isfinite(cal["mape"])
     assert cal["configs"][0] == [0.0] * 8
     fp = t["fingerprint"]
     assert fp["threads"] == 1 and fp["batch_size"] == 1 and fp["dtype"] == "float32" and fp["device"] == "cpu"
@@ -363,7 +363,8 @@ def test_profile_bare_sparse_swin_and_bad_args():
 def test_cli_profile_and_validate_json(tiny_seg, tmp_path, monkeypatch, capsys):
     lv = importlib.import_module("latency.validate")  # the module (latency.validate is the function)
 
-    meta = {"weights_sha256": "cd" * 32, "model_kwargs": {"embed_dim": 16}}
+    meta = {"weights_sha256": "cd" * 32, "arch": {"timm_name": "swin", "timm_kwargs": {"embed_dim": 16}},
+            "search_space": {"ratios": [0.0, 0.25, 0.5]}}
     monkeypatch.setattr(lv, "_load_model", lambda path: (tiny_seg, meta))
     out = tmp_path / "pred.json"
     args = argparse.Namespace(checkpoint="ck.safetensors", device="cpu", batch_size=1, threads=1, img_size=None,
@@ -374,7 +375,8 @@ def test_cli_profile_and_validate_json(tiny_seg, tmp_path, monkeypatch, capsys):
     payload = json.loads(lines[0])
     assert payload["predictor"] == str(out) and payload["dense_ms"] > 0
     saved = json.loads(out.read_text())
-    assert saved["checkpoint_sha256"] == "cd" * 32 and saved["model_arch"] == {"embed_dim": 16}
+    assert saved["checkpoint_sha256"] == "cd" * 32 and saved["model_arch"] == meta["arch"]
+    assert saved["ratios"] == [0.0, 0.25, 0.5]
 
     png = tmp_path / "v.png"
     args = argparse.Namespace(predictor=str(out), checkpoint="ck.safetensors", n=4, seed=1, plot=str(png), json=True,
@@ -388,3 +390,16 @@ def test_cli_profile_and_validate_json(tiny_seg, tmp_path, monkeypatch, capsys):
     args.json = False
     assert cli_validate(args) == 0
     assert "within +-10%" in capsys.readouterr().out
+
+
+def test_calibration_fit():
+    from latency.profiler import _fit_calibration
+
+    raw = np.array([10.0, 12.0, 15.0, 20.0])
+    a, b, how = _fit_calibration(raw, 1.1 * raw + 0.7)
+    assert how == "lstsq" and a == pytest.approx(1.1) and b == pytest.approx(0.7)
+    # measurements that ignore the table (noise on a loaded machine): slope ~0 -> offset-only fit
+    a, b, how = _fit_calibration(raw, np.array([30.0, 29.0, 31.0, 30.0]))
+    assert how == "offset" and a == 1.0 and b == pytest.approx(np.median([20.0, 17.0, 16.0, 10.0]))
+    a, b, how = _fit_calibration(np.array([5.0, 5.0]), np.array([6.0, 7.0]))  # no spread
+    assert how == "offset" and b == pytest.approx(1.5)

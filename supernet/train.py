@@ -1,0 +1,707 @@
+"""Supernet training: dense pre-training, then SparseViT sparsity-aware adaptation.
+
+SparseViT (arXiv 2303.17605, Sec. 3.2 "Sparsity-aware adaptation"; reference code
+mit-han-lab/sparsevit) adapts a dense model so that *one* set of weights works at every per-block
+sparsity config: every training step draws a new config and runs the step at that config. The
+reference rule (:func:`sample_config`): per stage, ``depth // 2`` ratios drawn uniformly from
+{0, 0.1, ..., 0.8}, sorted ascending, each used by the W-MSA and the SW-MSA block of a pair.
+
+Three sampling modes (``[train] sampling``):
+
+* ``"reference"``: one config per step, the rule above (the paper's recipe);
+* ``"sandwich"``: OFA/BigNAS-style sandwich rule, an improvement to measure: per step the densest
+  config (all 0), the sparsest (all ``max(ratios)``) and ``sandwich_random`` reference draws, their
+  gradients accumulated (loss averaged) into one optimizer step;
+* ``"dense"``: never sparse, the dense-only baseline with the same schedule.
+
+A run is ``dense_epochs`` at ``lr`` (always dense) followed by ``adapt_epochs`` at ``adapt_lr``
+(sampled configs); the reference adapts at 10x below the dense learning rate. AdamW (no weight
+decay on norms, biases and relative-position tables), linear warm-up then cosine decay within each
+phase, cross-entropy on the (B, 11, H, W) logits.
+
+Files (``[output] checkpoint = "X.safetensors"``)::
+
+    X.safetensors + X.json   the supernet (see supernet/checkpoint.py), rewritten after every epoch;
+                             the final one carries the reference metrics in the sidecar
+    X.state.pt               optimizer, scheduler and RNG states for ``resume`` (plain tensors,
+                             numbers and strings; read with ``torch.load(weights_only=True)``)
+
+Spec (TOML), every key optional::
+
+    [model]   timm_name, embed_dim, depths, num_heads, window_size, img_size, head_dim,
+              drop_path_rate, timm_weights (a local timm Swin state_dict to start from)
+    [data]    MosaicSpec fields (img_size defaults to [model] img_size), train_length (canvases per
+              epoch), val_length, val_seed, fresh_canvases, data_dir
+    [train]   batch_size, dense_epochs, adapt_epochs, lr, adapt_lr, weight_decay, warmup_steps, seed,
+              threads, sampling, sandwich_random, ratios, grad_clip, eval_ratios, eval_batch_size,
+              val_each_epoch
+    [output]  checkpoint (relative to the spec file's folder)
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Literal, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .checkpoint import CheckpointError, load_checkpoint, load_timm_state_dict, save_checkpoint, sha256_file
+from .data import NUM_SEG_CLASSES, DatasetNotFoundError, FashionMosaic, MosaicSpec
+from .evaluate import DEFAULT_VAL_SEED, REFERENCE_RATIOS, evaluate_config, format_table, reference_table
+from .seg import SegSupernet
+
+__all__ = [
+    "TrainSpecError",
+    "ModelSection",
+    "DataSection",
+    "TrainSection",
+    "OutputSection",
+    "TrainConfig",
+    "load_train_spec",
+    "sample_config",
+    "step_configs",
+    "build_supernet",
+    "make_optimizer",
+    "lr_at",
+    "train_step",
+    "state_path",
+    "train",
+    "cli_train",
+]
+
+STATE_FORMAT = 1
+DEFAULT_RATIOS = [round(0.1 * i, 1) for i in range(9)]  # 0.0 .. 0.8 (SparseViT reference)
+
+
+class TrainSpecError(ValueError):
+    """A training spec is unreadable or invalid; the one-line message names the file, the key and the fix."""
+
+
+# --------------------------------------------------------------------------------------------
+# spec
+# --------------------------------------------------------------------------------------------
+class ModelSection(BaseModel):
+    """``[model]``: the timm Swin backbone and the FPN-lite head.
+
+    ``embed_dim`` / ``depths`` / ``num_heads`` default to those of ``timm_name``.
+    ``timm_weights``: optional local timm Swin state_dict (.safetensors or .pth) loaded into the
+    backbone before training (see :func:`supernet.checkpoint.load_timm_state_dict`).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    timm_name: str = "swin_tiny_patch4_window7_224"
+    embed_dim: Optional[int] = Field(None, ge=4)
+    depths: Optional[Tuple[int, ...]] = None
+    num_heads: Optional[Tuple[int, ...]] = None
+    window_size: int = Field(7, ge=1)
+    img_size: int = Field(224, ge=32, le=4096)
+    head_dim: int = Field(64, ge=1)
+    drop_path_rate: float = Field(0.0, ge=0.0, lt=1.0)
+    timm_weights: Optional[Path] = None
+
+    @model_validator(mode="after")
+    def _check(self) -> "ModelSection":
+        if self.depths is not None and (not self.depths or min(self.depths) < 1):
+            raise ValueError(f"depths must be positive block counts, got {list(self.depths)}")
+        if self.depths is not None and self.num_heads is not None and len(self.depths) != len(self.num_heads):
+            raise ValueError(f"depths {list(self.depths)} and num_heads {list(self.num_heads)} must have one "
+                             "entry per stage")
+        return self
+
+    def timm_kwargs(self) -> Dict[str, Any]:
+        """kwargs for ``timm.create_model`` (those that are set)."""
+        out: Dict[str, Any] = {"window_size": self.window_size, "drop_path_rate": self.drop_path_rate}
+        for key in ("embed_dim", "depths", "num_heads"):
+            if getattr(self, key) is not None:
+                out[key] = getattr(self, key)
+        return out
+
+
+class DataSection(MosaicSpec):
+    """``[data]``: :class:`supernet.data.MosaicSpec` fields plus the sizes of the training / validation sets.
+
+    Attributes:
+        train_length: training canvases per epoch (``batch_size`` divides them; a last partial batch
+            is dropped).
+        val_length: validation canvases for the final reference table (and ``val_each_epoch``).
+        val_seed: canvas seed of the validation set (12345: the search evaluator's default).
+        fresh_canvases: each epoch draws new canvases (indices ``epoch * train_length + i``) instead
+            of reshuffling the same ones.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    train_length: int = Field(2048, ge=1)
+    val_length: int = Field(256, ge=1)
+    val_seed: int = Field(DEFAULT_VAL_SEED, ge=0)
+    fresh_canvases: bool = True
+
+    def mosaic(self) -> MosaicSpec:
+        """The :class:`MosaicSpec` part."""
+        return MosaicSpec(**{k: getattr(self, k) for k in MosaicSpec.model_fields})
+
+
+class TrainSection(BaseModel):
+    """``[train]``: optimisation and sparsity sampling (see the module docstring)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    batch_size: int = Field(16, ge=1)
+    dense_epochs: int = Field(0, ge=0)
+    adapt_epochs: int = Field(1, ge=0)
+    lr: float = Field(1e-3, gt=0.0)
+    adapt_lr: float = Field(1e-4, gt=0.0)
+    weight_decay: float = Field(0.05, ge=0.0)
+    warmup_steps: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0)
+    threads: Optional[int] = Field(None, ge=1)
+    sampling: Literal["reference", "sandwich", "dense"] = "reference"
+    sandwich_random: int = Field(1, ge=0)
+    ratios: List[float] = Field(default_factory=lambda: list(DEFAULT_RATIOS))
+    grad_clip: float = Field(0.0, ge=0.0)
+    eval_ratios: List[float] = Field(default_factory=lambda: list(REFERENCE_RATIOS))
+    eval_batch_size: int = Field(16, ge=1)
+    val_each_epoch: bool = False
+
+    @field_validator("ratios", "eval_ratios")
+    @classmethod
+    def _ratios(cls, v: List[float]) -> List[float]:
+        if not v:
+            raise ValueError("needs at least one ratio")
+        if any(not (0.0 <= r < 1.0) for r in v):
+            raise ValueError(f"ratios must lie in [0, 1), got {v}")
+        if sorted(set(v)) != list(v):
+            raise ValueError(f"ratios must be strictly increasing, got {v}")
+        return [float(r) for r in v]
+
+    @model_validator(mode="after")
+    def _epochs(self) -> "TrainSection":
+        if self.dense_epochs + self.adapt_epochs < 1:
+            raise ValueError("dense_epochs + adapt_epochs must be >= 1")
+        return self
+
+
+class OutputSection(BaseModel):
+    """``[output]``: where the checkpoint goes (``X.safetensors``; ``X.json`` and ``X.state.pt`` beside it)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    checkpoint: Path = Path("supernet.safetensors")
+
+    @field_validator("checkpoint")
+    @classmethod
+    def _suffix(cls, v: Path) -> Path:
+        if v.suffix != ".safetensors":
+            raise ValueError(f"checkpoint must end in .safetensors, got {str(v)!r}")
+        return v
+
+
+class TrainConfig(BaseModel):
+    """A whole training spec: ``[model]``, ``[data]``, ``[train]``, ``[output]``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: ModelSection = Field(default_factory=ModelSection)
+    data: DataSection = Field(default_factory=lambda: DataSection())
+    train: TrainSection = Field(default_factory=TrainSection)
+    output: OutputSection = Field(default_factory=OutputSection)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _data_img_size(cls, values: Any) -> Any:
+        """``[data] img_size`` defaults to ``[model] img_size``."""
+        if isinstance(values, dict):
+            model = values.get("model") or {}
+            data = values.get("data")
+            img = model.get("img_size", 224) if isinstance(model, dict) else getattr(model, "img_size", 224)
+            if data is None:
+                values = {**values, "data": {"img_size": img}}
+            elif isinstance(data, dict) and "img_size" not in data:
+                values = {**values, "data": {**data, "img_size": img}}
+        return values
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "TrainConfig":
+        if self.data.img_size != self.model.img_size:
+            raise ValueError(f"[data] img_size {self.data.img_size} != [model] img_size {self.model.img_size}; "
+                             "set one of them")
+        if self.data.train_length < self.train.batch_size:
+            raise ValueError(f"[data] train_length {self.data.train_length} < [train] batch_size "
+                             f"{self.train.batch_size}: no full batch per epoch")
+        return self
+
+    @property
+    def total_epochs(self) -> int:
+        return self.train.dense_epochs + self.train.adapt_epochs
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.data.train_length // self.train.batch_size
+
+
+def _format_validation(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors():
+        loc = [str(x) for x in err.get("loc", ())]
+        where = f"[{loc[0]}] {'.'.join(loc[1:])}".strip() if loc else "spec"
+        msg = err.get("msg", "").replace("Value error, ", "")
+        parts.append(f"{where}: {msg}")
+    return "; ".join(parts)
+
+
+def load_train_spec(path: os.PathLike | str) -> TrainConfig:
+    """Read a training spec (TOML) into a :class:`TrainConfig`.
+
+    Relative paths (``[output] checkpoint``, ``[data] data_dir``, ``[model] timm_weights``) are
+    resolved against the spec file's folder.
+
+    Raises:
+        TrainSpecError: the file is missing, is not valid TOML, or fails validation (one line:
+            file, section.key, reason, fix).
+    """
+    import tomllib
+
+    p = Path(path)
+    try:
+        raw = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TrainSpecError(f"{p}: training spec not found; fix: pass an existing .toml "
+                             "(e.g. experiments/fashion_mosaic/supernet_quick.toml)") from None
+    except tomllib.TOMLDecodeError as e:
+        raise TrainSpecError(f"{p}: invalid TOML ({e}); fix: correct the syntax") from None
+    base = p.resolve().parent
+    for section, key in (("output", "checkpoint"), ("data", "data_dir"), ("model", "timm_weights")):
+        sec = raw.get(section)
+        if isinstance(sec, dict) and isinstance(sec.get(key), str) and sec[key] and not Path(sec[key]).is_absolute():
+            sec[key] = str(base / Path(sec[key]).expanduser()) if not sec[key].startswith("~") \
+                else str(Path(sec[key]).expanduser())
+    try:
+        return TrainConfig(**raw)
+    except ValidationError as e:
+        raise TrainSpecError(f"{p}: {_format_validation(e)}; fix: edit the spec") from None
+    except TypeError as e:  # e.g. a section that is not a table
+        raise TrainSpecError(f"{p}: {e}; fix: every section must be a TOML table") from None
+
+
+# --------------------------------------------------------------------------------------------
+# sparsity sampling
+# --------------------------------------------------------------------------------------------
+def sample_config(depths: Sequence[int], ratios: Sequence[float], rng: np.random.Generator) -> List[List[float]]:
+    """Draw one sparsity config with the SparseViT reference rule (Sec. 3.2).
+
+    Per stage: ``ceil(depth / 2)`` ratios drawn uniformly (with replacement) from ``ratios``, sorted
+    ascending, each repeated for the W-MSA and SW-MSA block of a pair (an odd last block gets the
+    last value once). For even depths that is the reference's ``depth // 2`` draws.
+
+    Args:
+        depths: blocks per stage, e.g. (2, 2, 6, 2).
+        ratios: the allowed values, e.g. 0.0 .. 0.8.
+        rng: numpy Generator (the only source of randomness).
+
+    Returns:
+        ``list[list[float]]``, non-decreasing inside every stage, pairs equal.
+    """
+    values = np.asarray(ratios, dtype=np.float64)
+    cfg = []
+    for d in depths:
+        draws = np.sort(rng.choice(values, size=(int(d) + 1) // 2, replace=True))
+        cfg.append([float(v) for v in np.repeat(draws, 2)[: int(d)]])
+    return cfg
+
+
+def step_configs(mode: str, depths: Sequence[int], ratios: Sequence[float], rng: np.random.Generator,
+                 n_random: int = 1, dense_phase: bool = False) -> List[List[List[float]]]:
+    """Configs of one optimizer step.
+
+    Args:
+        mode: "reference" (one :func:`sample_config` draw), "sandwich" (dense, sparsest, ``n_random``
+            draws) or "dense" (all 0).
+        depths, ratios, rng: see :func:`sample_config`.
+        n_random: random draws of the sandwich rule.
+        dense_phase: the dense pre-training phase (always one dense config).
+
+    Returns:
+        A list of configs; gradients of all of them are accumulated into one step.
+    """
+    dense = [[0.0] * int(d) for d in depths]
+    if dense_phase or mode == "dense":
+        return [dense]
+    if mode == "reference":
+        return [sample_config(depths, ratios, rng)]
+    if mode == "sandwich":
+        top = float(max(ratios))
+        return [dense, [[top] * int(d) for d in depths]] + [sample_config(depths, ratios, rng) for _ in range(n_random)]
+    raise ValueError(f"sampling must be 'reference', 'sandwich' or 'dense', got {mode!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# model, optimiser, schedule, one step
+# --------------------------------------------------------------------------------------------
+def build_supernet(cfg: TrainConfig) -> SegSupernet:
+    """The :class:`SegSupernet` of ``cfg`` (random init, or ``[model] timm_weights`` in the backbone).
+
+    Raises:
+        TrainSpecError: timm cannot build the model from ``[model]``.
+        CheckpointError: ``timm_weights`` does not fit.
+    """
+    m = cfg.model
+    try:
+        model = SegSupernet.from_timm(m.timm_name, img_size=m.img_size, num_classes=NUM_SEG_CLASSES,
+                                      head_dim=m.head_dim, **m.timm_kwargs())
+    except Exception as e:  # noqa: BLE001 - timm raises RuntimeError / AssertionError / TypeError
+        raise TrainSpecError(f"[model] {m.timm_name} with {m.timm_kwargs()} cannot be built by timm "
+                             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                             "fix: embed_dim must be divisible by num_heads, one num_heads per stage") from None
+    if m.timm_weights is not None:
+        load_timm_state_dict(model, m.timm_weights)
+    return model
+
+
+def arch_of(model: SegSupernet, cfg: TrainConfig) -> Dict[str, Any]:
+    """The sidecar ``arch`` dict, with every size read back from the built model."""
+    bb = model.backbone
+    return {
+        "timm_name": cfg.model.timm_name,
+        "timm_kwargs": {
+            "embed_dim": int(bb.embed_dim),
+            "depths": [int(d) for d in bb.depths],
+            "num_heads": [int(s.blocks[0].attn.num_heads) for s in bb.layers],
+            "window_size": int(cfg.model.window_size),
+        },
+        "head_dim": int(model.decode.head_dim),
+        "num_classes": int(model.num_classes),
+    }
+
+
+def make_optimizer(model: torch.nn.Module, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with base lr 1.0 (the scheduler sets absolute rates); no decay on 1-d params and
+    relative-position bias tables (Swin's recipe)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or "relative_position_bias_table" in name else decay).append(p)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=1.0)
+
+
+def lr_at(step: int, cfg: TrainConfig) -> float:
+    """Learning rate of optimizer step ``step`` (0-based).
+
+    Dense phase (``dense_epochs``): linear warm-up over ``warmup_steps`` to ``lr``, then cosine to 0.
+    Adaptation phase: cosine from ``adapt_lr`` to 0 (with the warm-up when there is no dense phase).
+    """
+    t = cfg.train
+    spe = cfg.steps_per_epoch
+    n_dense = t.dense_epochs * spe
+    n_adapt = t.adapt_epochs * spe
+    if step < n_dense:
+        peak, s, n, warm = t.lr, step, n_dense, t.warmup_steps
+    else:
+        peak, s, n, warm = t.adapt_lr, step - n_dense, max(n_adapt, 1), (t.warmup_steps if n_dense == 0 else 0)
+    warm = min(warm, max(n - 1, 0))
+    if s < warm:
+        return peak * (s + 1) / warm
+    return peak * 0.5 * (1.0 + math.cos(math.pi * (s - warm) / max(n - warm, 1)))
+
+
+def train_step(model: SegSupernet, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
+               configs: Sequence[Any], grad_clip: float = 0.0) -> float:
+    """One optimizer step: cross-entropy at each config, gradients accumulated (loss averaged).
+
+    Args:
+        model: the supernet (in train mode).
+        optimizer: its optimizer.
+        images: float (B, 3, H, W).
+        labels: int64 (B, H, W), classes 0..10.
+        configs: sparsity configs of this step (see :func:`step_configs`).
+        grad_clip: max global gradient norm (0 = no clipping).
+
+    Returns:
+        The mean loss over the configs (float).
+    """
+    optimizer.zero_grad(set_to_none=True)
+    total = 0.0
+    for c in configs:
+        model.set_sparsity(c)
+        loss = F.cross_entropy(model(images), labels)
+        (loss / len(configs)).backward()
+        total += float(loss.detach())
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    optimizer.step()
+    return total / len(configs)
+
+
+# --------------------------------------------------------------------------------------------
+# training state (resume)
+# --------------------------------------------------------------------------------------------
+def state_path(checkpoint: os.PathLike | str) -> Path:
+    """``X.safetensors`` -> ``X.state.pt`` (optimizer / scheduler / RNG state for resume)."""
+    p = Path(checkpoint)
+    return p.with_name(p.stem + ".state.pt")
+
+
+def _config_fingerprint(cfg: TrainConfig) -> Dict[str, Any]:
+    """What must not change across a resume (threads, data_dir and paths may)."""
+    d = cfg.model_dump(mode="json")
+    d["train"].pop("threads", None)
+    d["data"].pop("data_dir", None)
+    d.pop("output", None)
+    d["model"].pop("timm_weights", None)
+    return d
+
+
+def _save_state(path: Path, *, epoch: int, step: int, optimizer, scheduler, rng: np.random.Generator,
+                weights_sha256: str, cfg: TrainConfig, history: List[Dict[str, Any]]) -> None:
+    state = {
+        "format_version": STATE_FORMAT,
+        "epoch": int(epoch),
+        "step": int(step),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "numpy_rng": json.dumps(rng.bit_generator.state),
+        "weights_sha256": weights_sha256,
+        "config": json.dumps(_config_fingerprint(cfg), sort_keys=True),
+        "history": json.dumps(history),
+    }
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        torch.save(state, tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _load_state(path: Path) -> Dict[str, Any]:
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"{path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                              "fix: rerun without --resume to train from scratch") from None
+    if not isinstance(state, dict) or state.get("format_version") != STATE_FORMAT:
+        raise CheckpointError(f"{path} is not a training state of format {STATE_FORMAT}; "
+                              "fix: rerun without --resume to train from scratch")
+    return state
+
+
+# --------------------------------------------------------------------------------------------
+# the loop
+# --------------------------------------------------------------------------------------------
+def _epoch_loader(cfg: TrainConfig, dataset: FashionMosaic, epoch: int) -> torch.utils.data.DataLoader:
+    """Shuffled canvases of one epoch; the order depends only on (seed, epoch)."""
+    n = cfg.data.train_length
+    g = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + epoch)
+    offset = epoch * n if cfg.data.fresh_canvases else 0
+    order = (torch.randperm(n, generator=g) + offset).tolist()
+    return torch.utils.data.DataLoader(dataset, batch_size=cfg.train.batch_size, sampler=order, drop_last=True)
+
+
+def _sidecar_extras(cfg: TrainConfig) -> Dict[str, Any]:
+    d = cfg.data
+    dataset = {"name": "fashion_mosaic", **d.mosaic().model_dump(mode="json"), "train_length": d.train_length,
+               "train_seed": cfg.train.seed, "fresh_canvases": d.fresh_canvases, "val_split": "val",
+               "val_length": d.val_length, "val_seed": d.val_seed}
+    space = {"ratios": list(cfg.train.ratios), "rule": "sparsevit-pairs", "sampling": cfg.train.sampling}
+    return {"img_size": cfg.model.img_size, "num_classes": NUM_SEG_CLASSES, "search_space": space, "dataset": dataset}
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
+          log: Optional[Callable[[str], None]] = None, stop_after: Optional[int] = None) -> Dict[str, Any]:
+    """Train the supernet of ``cfg``; write the checkpoint after every epoch; return the final metrics.
+
+    Args:
+        cfg: the spec.
+        resume: continue from ``X.state.pt`` + ``X.safetensors`` at the last completed epoch (starts
+            from scratch when neither exists; returns the stored metrics when training is complete).
+        progress: tqdm progress bar (loss, canvases/s, lr, ETA) on stderr.
+        log: one-line messages (default: ``tqdm.write`` to stderr when ``progress``, else silent).
+        stop_after: stop once this many epochs of the run are complete (checkpoint + state written),
+            to split a run across jobs; continue later with ``resume=True``.
+
+    Returns:
+        The metrics written into the sidecar: the :func:`supernet.evaluate.reference_table` result
+        (``dense``, ``uniform`` with retention) plus ``"train"`` = {seconds, canvases_per_s, steps,
+        epochs, final_loss} and ``"checkpoint"`` = the weights path. When ``stop_after`` ended the
+        call early: ``{"complete": False, "epoch", "step", "checkpoint"}``.
+
+    Raises:
+        TrainSpecError: the model cannot be built, or ``resume`` with a different spec.
+        CheckpointError: the state file does not belong to the checkpoint, or is unreadable.
+        supernet.data.DatasetNotFoundError: the Fashion-MNIST files are missing.
+    """
+    from tqdm.auto import tqdm
+
+    if log is None:
+        log = (lambda s: tqdm.write(s, file=sys.stderr)) if progress else (lambda s: None)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    t = cfg.train
+    ckpt = Path(cfg.output.checkpoint)
+    ckpt.parent.mkdir(parents=True, exist_ok=True)
+    spath = state_path(ckpt)
+    extras = _sidecar_extras(cfg)
+    spe = cfg.steps_per_epoch
+    total_steps = cfg.total_epochs * spe
+
+    torch.manual_seed(t.seed)
+    rng = np.random.default_rng(t.seed)
+    model = build_supernet(cfg)
+    optimizer = make_optimizer(model, t.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, cfg))
+    epoch, step, history = 0, 0, []
+    train_seconds, canvases_seen = 0.0, 0
+
+    if resume and spath.is_file() and ckpt.is_file():
+        state = _load_state(spath)
+        sha = sha256_file(ckpt)
+        if state["weights_sha256"] != sha:
+            raise CheckpointError(f"{spath} belongs to a different {ckpt.name} (sha256 "
+                                  f"{state['weights_sha256'][:12]}... != {sha[:12]}...); "
+                                  "fix: rerun without --resume to train from scratch")
+        saved = json.loads(state["config"])
+        now = _config_fingerprint(cfg)
+        if saved != now:
+            diff = [f"[{s}] {k}" for s in now for k in set(now[s]) | set(saved.get(s, {}))
+                    if now[s].get(k) != saved.get(s, {}).get(k)]
+            raise TrainSpecError(f"{ckpt}: the spec changed since this checkpoint was written ({', '.join(diff)}); "
+                                 "fix: restore the spec or rerun without --resume")
+        loaded, meta = load_checkpoint(ckpt, verify=False)
+        model.load_state_dict(loaded.state_dict(), strict=True)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        rng.bit_generator.state = json.loads(state["numpy_rng"])
+        epoch, step = int(state["epoch"]), int(state["step"])
+        history = json.loads(state["history"])
+        train_seconds = float(sum(h.get("seconds", 0.0) for h in history))
+        canvases_seen = int(sum(h.get("canvases", 0) for h in history))
+        log(f"resuming {ckpt} at epoch {epoch}/{cfg.total_epochs} (step {step})")
+        if epoch >= cfg.total_epochs and (meta.get("training") or {}).get("complete") and meta.get("metrics"):
+            return {**meta["metrics"], "checkpoint": str(ckpt)}
+    elif resume:
+        log(f"nothing to resume at {ckpt}; training from scratch")
+
+    dataset = FashionMosaic("train", length=cfg.data.train_length * (cfg.total_epochs if cfg.data.fresh_canvases else 1),
+                            spec=cfg.data.mosaic(), seed=t.seed)
+    depths = model.depths
+    arch = arch_of(model, cfg)
+    bar = tqdm(total=total_steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True,
+               mininterval=1.0 if sys.stderr.isatty() else 30.0, file=sys.stderr)
+    loss_ema = None
+    try:
+        while epoch < cfg.total_epochs:
+            dense_phase = epoch < t.dense_epochs
+            phase = "dense" if dense_phase else f"adapt-{t.sampling}"
+            bar.set_description(f"epoch {epoch + 1}/{cfg.total_epochs} {phase}")
+            model.train()
+            t0 = time.perf_counter()
+            losses: List[float] = []
+            n_img = 0
+            for images, labels in _epoch_loader(cfg, dataset, epoch):
+                configs = step_configs(t.sampling, depths, t.ratios, rng, t.sandwich_random, dense_phase)
+                loss = train_step(model, optimizer, images, labels, configs, t.grad_clip)
+                scheduler.step()
+                step += 1
+                n_img += images.shape[0]
+                losses.append(loss)
+                loss_ema = loss if loss_ema is None else 0.9 * loss_ema + 0.1 * loss
+                dt = time.perf_counter() - t0
+                bar.set_postfix(loss=f"{loss_ema:.4f}", img_s=f"{n_img / max(dt, 1e-9):.1f}",
+                                lr=f"{optimizer.param_groups[0]['lr']:.2e}", refresh=False)
+                bar.update(1)
+            seconds = time.perf_counter() - t0
+            model.set_sparsity([[0.0] * d for d in depths])
+            entry: Dict[str, Any] = {"epoch": epoch + 1, "phase": phase, "loss": float(np.mean(losses)),
+                                     "last_loss": losses[-1], "lr_end": float(optimizer.param_groups[0]["lr"]),
+                                     "seconds": seconds, "canvases": n_img, "canvases_per_s": n_img / max(seconds, 1e-9)}
+            if t.val_each_epoch:
+                entry["val_dense"] = evaluate_config(model, None, length=cfg.data.val_length,
+                                                     batch_size=t.eval_batch_size, spec=cfg.data.mosaic(),
+                                                     seed=cfg.data.val_seed)
+            history.append(entry)
+            train_seconds += seconds
+            canvases_seen += n_img
+            epoch += 1
+            log(f"epoch {epoch}/{cfg.total_epochs} {phase}: loss {entry['loss']:.4f}, "
+                f"{entry['canvases_per_s']:.1f} canvases/s, {seconds:.0f} s"
+                + (f", val dense mIoU {entry['val_dense']['miou']:.4f}" if "val_dense" in entry else ""))
+            training = {"config": cfg.model_dump(mode="json"), "epoch": epoch, "epochs": cfg.total_epochs,
+                        "step": step, "complete": False, "history": history, "state_file": spath.name}
+            save_checkpoint(model, ckpt, arch=arch, training=training, metrics=None, **extras)
+            _save_state(spath, epoch=epoch, step=step, optimizer=optimizer, scheduler=scheduler, rng=rng,
+                        weights_sha256=sha256_file(ckpt), cfg=cfg, history=history)
+            if stop_after is not None and epoch >= stop_after and epoch < cfg.total_epochs:
+                log(f"stopping after epoch {epoch}/{cfg.total_epochs}; continue with resume")
+                return {"complete": False, "epoch": epoch, "step": step, "checkpoint": str(ckpt)}
+    finally:
+        bar.close()
+
+    log(f"evaluating dense and uniform {', '.join(f'{r:g}' for r in t.eval_ratios)} on "
+        f"{cfg.data.val_length} val canvases")
+    t0 = time.perf_counter()
+    model.set_sparsity([[0.0] * d for d in depths])
+    table = reference_table(model, t.eval_ratios, length=cfg.data.val_length, batch_size=t.eval_batch_size,
+                            spec=cfg.data.mosaic(), seed=cfg.data.val_seed)
+    metrics = dict(table)
+    metrics["train"] = {"seconds": train_seconds, "eval_seconds": time.perf_counter() - t0, "steps": step,
+                        "epochs": epoch, "canvases": canvases_seen,
+                        "canvases_per_s": canvases_seen / max(train_seconds, 1e-9),
+                        "final_loss": history[-1]["loss"] if history else None}
+    training = {"config": cfg.model_dump(mode="json"), "epoch": epoch, "epochs": cfg.total_epochs, "step": step,
+                "complete": True, "history": history, "state_file": spath.name}
+    save_checkpoint(model, ckpt, arch=arch, training=training, metrics=metrics, **extras)
+    _save_state(spath, epoch=epoch, step=step, optimizer=optimizer, scheduler=scheduler, rng=rng,
+                weights_sha256=sha256_file(ckpt), cfg=cfg, history=history)
+    metrics["checkpoint"] = str(ckpt)
+    return metrics
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+# --------------------------------------------------------------------------------------------
+def cli_train(args: Any) -> int:
+    """``sparsesearch supernet train SPEC.toml [--resume] [--json]``.
+
+    Args:
+        args: a Namespace with ``.spec`` (path), ``.resume`` (bool), ``.json`` (bool).
+
+    Returns:
+        0 on success; 2 on a user error (bad spec, checkpoint mismatch, missing dataset), after
+        printing one ``error: ...`` line to stderr.
+    """
+    try:
+        cfg = load_train_spec(args.spec)
+        metrics = train(cfg, resume=bool(getattr(args, "resume", False)), progress=True)
+    except (TrainSpecError, CheckpointError, DatasetNotFoundError) as e:
+        print(f"error: {e}".splitlines()[0], file=sys.stderr)
+        return 2
+    if getattr(args, "json", False):
+        print(json.dumps(metrics, allow_nan=True))
+        return 0
+    tr = metrics.get("train", {})
+    print(f"checkpoint {metrics.get('checkpoint')} (sidecar {Path(str(metrics.get('checkpoint'))).with_suffix('.json').name})")
+    if tr:
+        print(f"trained {tr.get('epochs')} epochs, {tr.get('steps')} steps, {tr.get('canvases')} canvases in "
+              f"{tr.get('seconds', 0):.0f} s ({tr.get('canvases_per_s', 0):.1f} canvases/s)")
+    print(format_table(metrics))
+    return 0

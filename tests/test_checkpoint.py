@@ -1,0 +1,214 @@
+"""Tests for supernet.checkpoint: safetensors + JSON sidecar round trip, verification, timm weights."""
+import json
+import math
+
+import numpy as np
+import pytest
+import safetensors.torch
+import timm
+import torch
+
+from supernet.checkpoint import (
+    CheckpointError,
+    build_model,
+    load_checkpoint,
+    load_checkpoint_bytes,
+    load_from_state_dict,
+    load_timm_state_dict,
+    read_checkpoint_bytes,
+    read_sidecar,
+    save_checkpoint,
+    sha256_file,
+    sidecar_path,
+)
+from supernet.seg import SegSupernet
+
+torch.set_num_threads(1)
+
+NAME = "swin_tiny_patch4_window7_224"
+KW = dict(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 1, 2, 2), window_size=4)
+ARCH = {"timm_name": NAME, "timm_kwargs": {**KW, "depths": list(KW["depths"]), "num_heads": list(KW["num_heads"])},
+        "head_dim": 16, "num_classes": 11}
+IMG = 64
+SPARSE = [[0.5, 0.5], [0.25, 0.5], [0.0, 0.0], [0.0, 0.0]]
+
+
+def tiny_model(seed=0):
+    torch.manual_seed(seed)
+    return SegSupernet.from_timm(NAME, img_size=IMG, num_classes=11, head_dim=16, **KW)
+
+
+def save(model, path, **extra):
+    kw = dict(arch=ARCH, img_size=IMG, num_classes=11, search_space={"ratios": [0.0, 0.5]},
+              dataset={"img_size": IMG}, training={"epoch": 1}, metrics={"dense": {"miou": 0.5}})
+    kw.update(extra)
+    return save_checkpoint(model, path, **kw)
+
+
+@pytest.fixture
+def saved(tmp_path):
+    model = tiny_model()
+    path = save(model, tmp_path / "ck.safetensors")
+    return model, path
+
+
+def test_round_trip_is_bit_exact(saved):
+    model, path = saved
+    loaded, meta = load_checkpoint(path)
+    a, b = model.state_dict(), loaded.state_dict()
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    x = torch.randn(2, 3, IMG, IMG)
+    model.eval()
+    for cfg in ([[0.0] * 2] * 4, SPARSE):
+        model.set_sparsity(cfg)
+        loaded.set_sparsity(cfg)
+        with torch.inference_mode():
+            assert torch.equal(model(x), loaded(x))
+    # the sidecar describes the file
+    assert meta["weights_sha256"] == sha256_file(path)
+    assert meta["tensors"] == {k: list(v.shape) for k, v in a.items()}
+    assert meta["arch"]["timm_kwargs"]["depths"] == [2, 2, 2, 2]
+    assert meta["metrics"] == {"dense": {"miou": 0.5}} and meta["img_size"] == IMG
+    assert sidecar_path(path).name == "ck.json"
+    # either file of the pair loads, and nothing temporary is left behind
+    loaded2, _ = load_checkpoint(sidecar_path(path))
+    assert torch.equal(loaded2.state_dict()["decode.classifier.weight"], a["decode.classifier.weight"])
+    assert sorted(p.name for p in path.parent.iterdir()) == ["ck.json", "ck.safetensors"]
+
+
+def test_nan_metrics_are_stored_as_null(tmp_path):
+    path = save(tiny_model(), tmp_path / "n.safetensors", metrics={"miou": math.nan})
+    assert read_sidecar(path)["metrics"] == {"miou": None}
+    json.loads(sidecar_path(path).read_text())  # strict JSON
+
+
+def test_corrupted_weights_raise(saved):
+    model, path = saved
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01  # inside the tensor payload, header intact
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match=r"ck.safetensors does not match its sidecar ck.json \(sha256.*fix: re-save"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match="does not match"):
+        read_checkpoint_bytes(path)
+    # without verification the flipped bit goes unnoticed: this is what verify protects against
+    loaded, _ = load_checkpoint(path, verify=False)
+    diff = [k for k, v in model.state_dict().items() if not torch.equal(v, loaded.state_dict()[k])]
+    assert len(diff) == 1
+
+
+def test_sidecar_with_other_shapes_raises(saved):
+    _, path = saved
+    side = sidecar_path(path)
+    meta = json.loads(side.read_text())
+    meta["arch"]["timm_kwargs"]["embed_dim"] = 24  # the rebuilt model no longer fits the weights
+    side.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"does not fit the model.*shape mismatches.*patch_embed.proj.weight"):
+        load_checkpoint(path)
+
+
+def test_sidecar_tensor_list_mismatch_raises(saved):
+    _, path = saved
+    side = sidecar_path(path)
+    meta = json.loads(side.read_text())
+    meta["tensors"]["decode.classifier.weight"] = [12, 16, 1, 1]
+    meta["tensors"]["extra.weight"] = [1]
+    side.write_text(json.dumps(meta))
+    with pytest.raises(CheckpointError, match=r"tensor list of its sidecar.*missing 1: extra.weight.*shape mismatches"):
+        load_checkpoint(path)
+
+
+def test_missing_files_and_bad_json_raise_with_fix(saved):
+    _, path = saved
+    side = sidecar_path(path)
+    text = side.read_text()
+    side.write_text(text[:-20])
+    with pytest.raises(CheckpointError, match=r"ck.json is not valid JSON.*fix:"):
+        load_checkpoint(path)
+    side.write_text(json.dumps({"format_version": 1}))
+    with pytest.raises(CheckpointError, match=r"ck.json lacks arch.*fix:"):
+        load_checkpoint(path)
+    side.unlink()
+    with pytest.raises(CheckpointError, match=r"ck.json \(sidecar of ck.safetensors\) not found; fix: keep X.json"):
+        load_checkpoint(path)
+    with pytest.raises(CheckpointError, match=r"nope.safetensors not found; fix:"):
+        load_checkpoint(path.parent / "nope.safetensors")
+
+
+def test_checkpoint_bytes_verify_sha(saved):
+    model, path = saved
+    data, meta = read_checkpoint_bytes(path)
+    arr = np.frombuffer(data, dtype=np.uint8)  # what the Ray object store hands a worker
+    loaded = load_checkpoint_bytes(memoryview(arr), meta)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k]), k
+    bad = bytearray(data)
+    bad[-5] ^= 0xFF
+    with pytest.raises(CheckpointError, match="does not match its sidecar"):
+        load_checkpoint_bytes(bytes(bad), meta)
+    with pytest.raises(CheckpointError, match="sha256"):
+        load_checkpoint_bytes(data, {**meta, "weights_sha256": "0" * 64})
+
+
+def test_load_from_state_dict_accepts_numpy_and_names_missing_keys(saved):
+    model, path = saved
+    meta = read_sidecar(path)
+    sd = {k: v.numpy() for k, v in model.state_dict().items()}
+    loaded = load_from_state_dict(meta, sd)
+    assert torch.equal(loaded.state_dict()["backbone.norm.weight"], model.state_dict()["backbone.norm.weight"])
+    del sd["backbone.norm.bias"]
+    with pytest.raises(CheckpointError, match=r"missing 1: backbone.norm.bias"):
+        load_from_state_dict(meta, sd)
+    assert isinstance(build_model(meta), SegSupernet)
+
+
+def _timm(embed_dim=16, heads=(1, 1, 2, 2), seed=1):
+    torch.manual_seed(seed)
+    kw = {**KW, "embed_dim": embed_dim, "num_heads": heads}
+    return timm.create_model(NAME, pretrained=False, img_size=IMG, num_classes=10, **kw)
+
+
+def test_timm_state_dict_loads_into_backbone(tmp_path):
+    ref = _timm()
+    sd = ref.state_dict()
+    st = tmp_path / "swin.safetensors"
+    safetensors.torch.save_file({k: v.contiguous() for k, v in sd.items()}, str(st))
+    model = tiny_model(seed=5)
+    report = load_timm_state_dict(model, st)
+    assert set(report["ignored"]) == {"head.fc.weight", "head.fc.bias"}
+    got = model.backbone.state_dict()
+    assert report["loaded"] == len(got)
+    for k, v in got.items():
+        assert torch.equal(v, sd[k]), k
+    # the backbone now computes timm's features
+    x = torch.randn(1, 3, IMG, IMG)
+    ref.eval()
+    model.eval()
+    with torch.inference_mode():
+        assert torch.allclose(model.backbone.forward_features(x), ref.forward_features(x), atol=1e-6)
+    # .pth through torch.load(weights_only=True), wrapped in {"model": ...}
+    pth = tmp_path / "swin.pth"
+    torch.save({"model": sd, "epoch": 3}, pth)
+    other = tiny_model(seed=7)
+    load_timm_state_dict(other, pth)
+    assert torch.equal(other.backbone.state_dict()["norm.weight"], sd["norm.weight"])
+
+
+class _NotATensor:
+    pass
+
+
+def test_timm_state_dict_refuses_pickles_and_mismatches(tmp_path):
+    pth = tmp_path / "evil.pth"
+    torch.save({"state_dict": {"x": torch.zeros(1)}, "obj": _NotATensor()}, pth)
+    with pytest.raises(CheckpointError, match=r"evil.pth cannot be read with torch.load\(weights_only=True\).*fix:"):
+        load_timm_state_dict(tiny_model(), pth)
+    st = tmp_path / "wide.safetensors"
+    safetensors.torch.save_file({k: v.contiguous() for k, v in _timm(embed_dim=24, heads=(1, 2, 2, 4)).state_dict().items()},
+                                str(st))
+    with pytest.raises(CheckpointError, match=r"wide.safetensors does not fit the Swin backbone \(shape mismatches"):
+        load_timm_state_dict(tiny_model(), st)
+    with pytest.raises(CheckpointError, match="not found"):
+        load_timm_state_dict(tiny_model(), tmp_path / "absent.safetensors")

@@ -1,0 +1,98 @@
+"""A real end-to-end search: tiny supernet checkpoint, real latency profile, 2 Ray workers, Parquet, Pareto."""
+import json
+import os
+import subprocess
+import sys
+
+import pyarrow.dataset as pads
+import pytest
+
+from e2e_util import make_tiny_checkpoint, make_tiny_predictor, median_budget, write_spec
+
+pytestmark = pytest.mark.slow
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _cli(*args, check=True):
+    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0",
+               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    p = subprocess.run([sys.executable, "-m", "search.cli", *args], cwd=ROOT, env=env, capture_output=True,
+                       text=True, timeout=600)
+    if check and p.returncode != 0:
+        raise AssertionError(f"exit {p.returncode}\n{p.stdout}\n{p.stderr}")
+    return p
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    d = tmp_path_factory.mktemp("e2e")
+    ck = make_tiny_checkpoint(d)
+    pr = make_tiny_predictor(d, ck)
+    spec = write_spec(d, ck, pr, n_trials=30, population=10, budget_line=f"budget_ms = {median_budget(pr, q=0.6)}")
+    p = _cli("run", str(spec), "--json", "--no-progress")
+    summary = json.loads(p.stdout)
+    return d, spec, summary
+
+
+def test_search_runs_with_two_workers_and_logs_every_trial(experiment):
+    from search.trial_log import final_trials, load_trials
+
+    d, spec, summary = experiment
+    exp = d / "exp_tiny"
+    df = load_trials(exp)
+    fin = final_trials(df)
+    assert sorted(fin["trial_number"]) == list(range(30))
+    assert summary["n_trials"] == 30
+    assert set(df["status"]) <= {"complete", "rejected", "cached"}
+    done = df[df["status"] == "complete"]
+    assert done["worker_id"].nunique() == 2  # both Ray workers evaluated trials
+    # never two evaluations of the same config on this checkpoint
+    assert not done["config_hash"].duplicated().any()
+    # the latency gate: rejected configs are over budget and were never evaluated
+    frozen = json.loads((exp / "experiment.json").read_text())
+    budget = frozen["budget_ms"]
+    rej = df[df["status"] == "rejected"]
+    assert (rej["predicted_latency_ms"] > budget).all()
+    assert rej["eval_seconds"].isna().all() and rej["miou"].isna().all()
+    assert (df[df["status"].isin(["complete", "cached"])]["predicted_latency_ms"] <= budget).all()
+    # cached rows reuse the recorded metrics of the same config
+    for _, r in df[df["status"] == "cached"].iterrows():
+        src = done[done["config_hash"] == r["config_hash"]]
+        assert len(src) == 1 and src["miou"].iloc[0] == r["miou"]
+    # one dataset for pyarrow, pandas
+    assert pads.dataset(exp / "trials", format="parquet").count_rows() == len(df)
+    assert (exp / "reference.json").exists()
+
+
+def test_pareto_cli_json_csv_plot(experiment):
+    d, spec, summary = experiment
+    exp = d / "exp_tiny"
+    p = _cli("pareto", str(exp), "--json", "--plot", str(d / "front.png"), "--history")
+    out = json.loads(p.stdout)
+    front = out["front"]
+    assert front and front == sorted(front, key=lambda r: r["predicted_latency_ms"])
+    # non-dominated: mIoU strictly increases with latency along the front
+    assert all(a["miou"] < b["miou"] for a, b in zip(front, front[1:]))
+    assert out["hypervolume"] > 0 and abs(out["hypervolume"] - summary["hypervolume"]) < 1e-9
+    assert (d / "front.png").stat().st_size > 1000
+    hv = [h["hypervolume"] for h in out["history"]]
+    assert hv == sorted(hv)
+    csv = _cli("pareto", str(exp), "--format", "csv").stdout.splitlines()
+    assert csv[0].startswith("trial_number") and len(csv) == len(front) + 1
+    table = _cli("pareto", str(exp)).stdout
+    assert "reference points" in table and "dense" in table
+
+
+def test_bad_spec_exits_2_with_one_line(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('name = "x"\nn_trials = 5\nbogus = 1\n[supernet]\ncheckpoint = "a"\n[latency]\npredictor = "b"\n')
+    p = _cli("run", str(bad), check=False)
+    assert p.returncode == 2
+    err = p.stderr.strip().splitlines()
+    assert len(err) == 1 and "bogus" in err[0] and "bad.toml" in err[0]
+
+
+def test_missing_checkpoint_exits_2(tmp_path):
+    spec = write_spec(tmp_path, tmp_path / "nope.safetensors", tmp_path / "nope.json")
+    p = _cli("run", str(spec), check=False)
+    assert p.returncode == 2 and "nope.safetensors" in p.stderr

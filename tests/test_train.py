@@ -1,0 +1,273 @@
+"""Tests for supernet.train / supernet.evaluate: sampling rule, schedule, loss, checkpoints, resume, spec, CLI."""
+import argparse
+import gzip
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from supernet.checkpoint import CheckpointError, load_checkpoint, read_sidecar
+from supernet.data import FashionMosaic, MosaicSpec
+from supernet.evaluate import evaluate_config, reference_table, uniform_config
+from supernet.seg import SegSupernet
+from supernet.sparse_swin import validate_sparsity
+from supernet.train import (
+    TrainConfig,
+    TrainSpecError,
+    cli_train,
+    load_train_spec,
+    lr_at,
+    make_optimizer,
+    sample_config,
+    state_path,
+    step_configs,
+    train,
+    train_step,
+)
+
+torch.set_num_threads(1)
+REPO = Path(__file__).resolve().parents[1]
+RATIOS = [round(0.1 * i, 1) for i in range(9)]
+
+
+def _write_idx(path: Path, arr: np.ndarray) -> None:
+    code = 0x08
+    header = struct.pack(">BBBB", 0, 0, code, arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + arr.astype(np.uint8).tobytes())
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    """A tiny Fashion-MNIST look-alike: class c is a filled square of brightness 60 + 19 c."""
+    folder = tmp_path_factory.mktemp("fmnist")
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 60), ("t10k", 40)):
+        labels = (np.arange(n) % 10).astype(np.uint8)
+        imgs = np.zeros((n, 28, 28), np.uint8)
+        for i, c in enumerate(labels):
+            imgs[i, 4:24, 4:24] = 60 + 19 * int(c) + rng.integers(0, 5)
+        _write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", imgs)
+        _write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    return folder
+
+
+def tiny_cfg(data_dir, out: Path, **train_kw) -> TrainConfig:
+    train = dict(batch_size=4, dense_epochs=1, adapt_epochs=1, lr=2e-3, adapt_lr=5e-4, warmup_steps=1,
+                 eval_batch_size=4, threads=1)
+    train.update(train_kw)
+    return TrainConfig(
+        model=dict(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 1, 2, 2), window_size=4, img_size=64, head_dim=16),
+        data=dict(min_scale=16, max_scale=32, max_items=3, train_length=8, val_length=4, data_dir=str(data_dir)),
+        train=train, output=dict(checkpoint=str(out / "ck.safetensors")))
+
+
+# --------------------------------------------------------------------------------------- sampling
+def test_sample_config_follows_the_reference_rule():
+    rng = np.random.default_rng(0)
+    depths = (2, 2, 6, 2)
+    seen = [set() for _ in depths]
+    for _ in range(500):
+        cfg = sample_config(depths, RATIOS, rng)
+        assert [len(s) for s in cfg] == list(depths)
+        validate_sparsity(cfg, depths)  # non-decreasing, in [0, 1)
+        for i, stage in enumerate(cfg):
+            assert stage == sorted(stage)
+            assert all(stage[2 * j] == stage[2 * j + 1] for j in range(len(stage) // 2))  # W / SW pair
+            assert set(stage) <= set(RATIOS)
+            seen[i] |= set(stage)
+    assert all(s == set(RATIOS) for s in seen)  # every value is drawn somewhere
+    # same seed, same draws
+    a = [sample_config(depths, RATIOS, np.random.default_rng(7)) for _ in range(3)]
+    b = [sample_config(depths, RATIOS, np.random.default_rng(7)) for _ in range(3)]
+    assert a == b
+    odd = sample_config((3,), [0.2, 0.4], np.random.default_rng(1))[0]
+    assert len(odd) == 3 and odd[0] == odd[1] and odd == sorted(odd)
+
+
+def test_step_configs_modes():
+    rng = np.random.default_rng(0)
+    depths = (2, 2, 6, 2)
+    dense = [[0.0] * d for d in depths]
+    assert step_configs("reference", depths, RATIOS, rng, dense_phase=True) == [dense]
+    assert step_configs("dense", depths, RATIOS, rng) == [dense]
+    sw = step_configs("sandwich", depths, RATIOS, rng, n_random=2)
+    assert len(sw) == 4 and sw[0] == dense and sw[1] == [[0.8] * d for d in depths]
+    with pytest.raises(ValueError, match="sampling must be"):
+        step_configs("greedy", depths, RATIOS, rng)
+
+
+def test_lr_schedule_warmup_cosine_and_adaptation(data_dir, tmp_path):
+    cfg = tiny_cfg(data_dir, tmp_path, dense_epochs=2, adapt_epochs=2, warmup_steps=2, lr=1e-3, adapt_lr=1e-4)
+    spe = cfg.steps_per_epoch  # 2
+    lrs = [lr_at(s, cfg) for s in range(4 * spe)]
+    assert lrs[0] == pytest.approx(5e-4) and lrs[1] == pytest.approx(1e-3)  # linear warm-up to lr
+    assert lrs[1] > lrs[2] > lrs[3] > 0  # cosine decay of the dense phase
+    assert lrs[4] == pytest.approx(1e-4)  # adaptation restarts at adapt_lr (no warm-up)
+    assert lrs[4] > lrs[5] > lrs[6] > lrs[7] > 0
+
+
+# ------------------------------------------------------------------------------------------ loss
+def test_loss_decreases_on_a_tiny_model(data_dir):
+    torch.manual_seed(0)
+    model = SegSupernet.from_timm("swin_tiny_patch4_window7_224", img_size=64, head_dim=16, embed_dim=16,
+                                  depths=(2, 2, 2, 2), num_heads=(1, 1, 2, 2), window_size=4)
+    ds = FashionMosaic("train", length=4, spec=MosaicSpec(img_size=64, min_scale=16, max_scale=32, max_items=3,
+                                                           data_dir=str(data_dir)))
+    images = torch.stack([ds[i][0] for i in range(4)])
+    labels = torch.stack([ds[i][1] for i in range(4)])
+    opt = make_optimizer(model, 0.05)
+    for g in opt.param_groups:
+        g["lr"] = 2e-3
+    rng = np.random.default_rng(0)
+    model.train()
+    losses = [train_step(model, opt, images, labels, step_configs("sandwich", model.depths, RATIOS, rng), 1.0)
+              for _ in range(8)]
+    assert all(np.isfinite(losses))
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+# ----------------------------------------------------------------------------- train + checkpoint
+def test_train_writes_checkpoint_with_reference_metrics(data_dir, tmp_path):
+    cfg = tiny_cfg(data_dir, tmp_path)
+    metrics = train(cfg, progress=False)
+    ckpt = tmp_path / "ck.safetensors"
+    model, meta = load_checkpoint(ckpt)
+    assert meta["training"]["complete"] and meta["training"]["step"] == 2 * cfg.steps_per_epoch
+    side = meta["metrics"]
+    assert set(side["uniform"]) == {"0.3", "0.5", "0.7"}
+    for r, row in side["uniform"].items():
+        assert row["retention"] == pytest.approx(row["miou"] / side["dense"]["miou"])
+        assert row["config"] == uniform_config(model.depths, float(r))
+        assert row["config"][-1] == [0.0, 0.0]  # last stage dense
+    assert metrics["dense"] == side["dense"] and metrics["checkpoint"] == str(ckpt)
+    assert meta["dataset"]["img_size"] == 64 and meta["dataset"]["val_seed"] == 12345
+    assert meta["arch"]["timm_kwargs"] == {"embed_dim": 16, "depths": [2, 2, 2, 2], "num_heads": [1, 1, 2, 2],
+                                           "window_size": 4}
+    # the stored table is reproducible from the checkpoint alone
+    spec = MosaicSpec(**{k: meta["dataset"][k] for k in MosaicSpec.model_fields})
+    again = evaluate_config(model, side["uniform"]["0.5"]["config"], length=4, batch_size=4, spec=spec, seed=12345)
+    assert again["miou"] == pytest.approx(side["uniform"]["0.5"]["miou"])
+    assert model.sparsity == [[0.0] * 2] * 4  # evaluate_config restored the config
+
+
+def test_resume_continues_from_the_saved_epoch(data_dir, tmp_path):
+    straight = tiny_cfg(data_dir, tmp_path / "a", dense_epochs=1, adapt_epochs=1, sampling="sandwich")
+    split = tiny_cfg(data_dir, tmp_path / "b", dense_epochs=1, adapt_epochs=1, sampling="sandwich")
+    spe = straight.steps_per_epoch
+    train(straight, progress=False)
+    part = train(split, progress=False, stop_after=1)
+    assert part == {"complete": False, "epoch": 1, "step": spe, "checkpoint": str(tmp_path / "b" / "ck.safetensors")}
+    b_ckpt = tmp_path / "b" / "ck.safetensors"
+    assert read_sidecar(b_ckpt)["training"]["step"] == spe
+    assert torch.load(state_path(b_ckpt), weights_only=True)["epoch"] == 1
+    done = train(split, resume=True, progress=False)
+    meta = read_sidecar(b_ckpt)
+    assert meta["training"]["step"] == 2 * spe and meta["training"]["epoch"] == 2
+    assert torch.load(state_path(b_ckpt), weights_only=True)["step"] == 2 * spe
+    # resuming reproduces the uninterrupted run bit for bit (optimizer, schedule and RNG restored)
+    a, _ = load_checkpoint(tmp_path / "a" / "ck.safetensors")
+    b, _ = load_checkpoint(b_ckpt)
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k]), k
+    # a finished run resumes to its stored metrics
+    assert train(split, resume=True, progress=False) == done
+
+
+def test_resume_refuses_a_changed_spec_or_foreign_state(data_dir, tmp_path):
+    cfg = tiny_cfg(data_dir, tmp_path, adapt_epochs=1, dense_epochs=1)
+    train(cfg, progress=False, stop_after=1)
+    changed = tiny_cfg(data_dir, tmp_path, adapt_epochs=1, dense_epochs=1, adapt_lr=1e-2)
+    with pytest.raises(TrainSpecError, match=r"spec changed.*\[train\] adapt_lr.*fix:"):
+        train(changed, resume=True, progress=False)
+    other = tiny_cfg(data_dir, tmp_path / "other", adapt_epochs=1, dense_epochs=1, seed=3)
+    train(other, progress=False, stop_after=1)
+    state_path(tmp_path / "ck.safetensors").write_bytes(state_path(tmp_path / "other" / "ck.safetensors").read_bytes())
+    with pytest.raises(CheckpointError, match=r"ck.state.pt belongs to a different ck.safetensors.*fix:"):
+        train(cfg, resume=True, progress=False)
+
+
+def test_reference_table_restores_sparsity(data_dir):
+    torch.manual_seed(0)
+    model = SegSupernet.from_timm("swin_tiny_patch4_window7_224", img_size=64, head_dim=16, embed_dim=16,
+                                  depths=(2, 2, 2, 2), num_heads=(1, 1, 2, 2), window_size=4)
+    model.set_sparsity([[0.1, 0.1], [0.0, 0.0], [0.0, 0.0], [0.0, 0.0]])
+    spec = MosaicSpec(img_size=64, min_scale=16, max_scale=32, max_items=3, data_dir=str(data_dir))
+    table = reference_table(model, (0.5,), length=4, batch_size=2, spec=spec)
+    assert model.sparsity[0] == [0.1, 0.1] and model.training
+    assert 0.0 <= table["dense"]["miou"] <= 1.0 and table["uniform"]["0.5"]["config"][2] == [0.5, 0.5]
+
+
+# ------------------------------------------------------------------------------------ spec + CLI
+def _write_spec(folder: Path, data_dir: Path, extra: str = "") -> Path:
+    spec = folder / "spec.toml"
+    spec.write_text(f"""
+[model]
+embed_dim = 16
+depths = [2, 2, 2, 2]
+num_heads = [1, 1, 2, 2]
+window_size = 4
+img_size = 64
+head_dim = 16
+
+[data]
+min_scale = 16
+max_scale = 32
+max_items = 3
+train_length = 8
+val_length = 4
+data_dir = "{data_dir}"
+
+[train]
+batch_size = 4
+dense_epochs = 1
+adapt_epochs = 1
+eval_batch_size = 4
+threads = 1
+{extra}
+[output]
+checkpoint = "out/ck.safetensors"
+""")
+    return spec
+
+
+def test_load_train_spec_resolves_paths_and_names_bad_keys(data_dir, tmp_path):
+    cfg = load_train_spec(_write_spec(tmp_path, data_dir))
+    assert cfg.output.checkpoint == tmp_path / "out" / "ck.safetensors"  # relative to the spec's folder
+    assert cfg.data.img_size == 64  # taken from [model]
+    assert cfg.train.ratios == RATIOS and cfg.train.sampling == "reference"
+    with pytest.raises(TrainSpecError, match=r"spec.toml: \[train\] lrr: Extra inputs are not permitted; fix:"):
+        load_train_spec(_write_spec(tmp_path, data_dir, "lrr = 1.0\n"))
+    with pytest.raises(TrainSpecError, match=r"\[train\] sampling"):
+        load_train_spec(_write_spec(tmp_path, data_dir, 'sampling = "random"\n'))
+    with pytest.raises(TrainSpecError, match=r"\[train\] ratios.*strictly increasing"):
+        load_train_spec(_write_spec(tmp_path, data_dir, "ratios = [0.5, 0.1]\n"))
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[model\n")
+    with pytest.raises(TrainSpecError, match=r"bad.toml: invalid TOML"):
+        load_train_spec(bad)
+    with pytest.raises(TrainSpecError, match="not found"):
+        load_train_spec(tmp_path / "absent.toml")
+
+
+@pytest.mark.parametrize("name", ["supernet.toml", "supernet_quick.toml"])
+def test_shipped_recipes_validate(name):
+    cfg = load_train_spec(REPO / "experiments" / "fashion_mosaic" / name)
+    assert cfg.model.img_size == 224 and cfg.train.adapt_epochs >= 1
+    assert cfg.output.checkpoint.suffix == ".safetensors"
+    assert cfg.output.checkpoint.resolve().is_relative_to(REPO / "runs")  # git-ignored run folder
+
+
+def test_cli_train_json_and_user_errors(data_dir, tmp_path, capsys):
+    spec = _write_spec(tmp_path, data_dir)
+    assert cli_train(argparse.Namespace(spec=str(spec), resume=False, json=True)) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out) >= {"dense", "uniform", "train", "checkpoint"}
+    assert Path(out["checkpoint"]).with_suffix(".json").is_file()
+    assert cli_train(argparse.Namespace(spec=str(spec), resume=True, json=False)) == 0
+    assert "retention" in capsys.readouterr().out
+    assert cli_train(argparse.Namespace(spec=str(tmp_path / "nope.toml"), resume=False, json=False)) == 2
+    assert capsys.readouterr().err.startswith("error: ")
