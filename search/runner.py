@@ -274,7 +274,8 @@ class _Search:
                 state = TrialState.COMPLETE
                 user_attrs["constraint"] = (p.predicted_ms - self.budget) if self.budget else -1.0
                 if status == "complete":
-                    self.cache[p.hash] = {"metrics": metrics, "params": None}
+                    prm = r.get("params")
+                    self.cache[p.hash] = {"metrics": metrics, "params": None if prm != prm or prm is None else int(prm)}
             elif status == "rejected":
                 values = self._worst_values(p)
                 state = TrialState.COMPLETE
@@ -336,7 +337,10 @@ class _Search:
     def tell_complete(self, p: _Pending, metrics: Dict[str, float], status: str, res=None, params=None) -> None:
         p.optuna_trial.set_user_attr("constraint", (p.predicted_ms - self.budget) if self.budget else -1.0)
         self.study.tell(p.optuna_trial, self._values(metrics, p, params))
-        self.rows.append(self._row(p, status, metrics=metrics, res=res, attempt=res.attempt if res else 0))
+        row = self._row(p, status, metrics=metrics, res=res, attempt=res.attempt if res else 0)
+        if params is not None:
+            row["params"] = int(params)
+        self.rows.append(row)
         self.counts[status] += 1
         self.done_numbers.add(p.number)
         self._track_front(metrics, p)
@@ -363,7 +367,8 @@ class _Search:
                     self.counts["rejected"] += 1
                     self.done_numbers.add(p.number)
                 elif p.hash in self.cache:
-                    self.tell_complete(p, self.cache[p.hash]["metrics"], "cached")
+                    c = self.cache[p.hash]
+                    self.tell_complete(p, c["metrics"], "cached", params=c.get("params"))
                 elif p.hash in inflight:
                     inflight[p.hash].waiters.append(p)
                 else:
@@ -373,10 +378,10 @@ class _Search:
             for res in pool.results():
                 p: _Pending = res.task.payload
                 if res.metrics is not None:
-                    self.cache[p.hash] = {"metrics": res.metrics}
+                    self.cache[p.hash] = {"metrics": res.metrics, "params": res.params}
                     self.tell_complete(p, res.metrics, "complete", res=res, params=res.params)
                     for w in p.waiters:
-                        self.tell_complete(w, res.metrics, "cached")
+                        self.tell_complete(w, res.metrics, "cached", params=res.params)
                 else:
                     for q in [p] + p.waiters:
                         self.study.tell(q.optuna_trial, state=TrialState.FAIL)

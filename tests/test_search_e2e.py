@@ -96,3 +96,27 @@ def test_missing_checkpoint_exits_2(tmp_path):
     spec = write_spec(tmp_path, tmp_path / "nope.safetensors", tmp_path / "nope.json")
     p = _cli("run", str(spec), check=False)
     assert p.returncode == 2 and "nope.safetensors" in p.stderr
+
+
+def test_joint_activation_and_dimap_weight_search(tmp_path):
+    """Workers apply DIMAP masks on the fly on top of activation sparsity; params is an objective."""
+    from search.trial_log import load_trials
+
+    ck = make_tiny_checkpoint(tmp_path)
+    pr = make_tiny_predictor(tmp_path, ck)
+    extra = ('\n[space.weight_ratios]\nqkv = [0.0, 0.5]\nproj = [0.0, 0.5]\nmlp = [0.0, 0.5]\n'
+             '\n[objectives]\nparams = true\n')
+    spec = write_spec(tmp_path, ck, pr, name="joint", n_trials=12, population=6, budget_line="", workers=1,
+                      extra=extra)
+    _cli("run", str(spec), "--json", "--no-progress")
+    df = load_trials(tmp_path / "exp_joint")
+    done = df[df["status"] == "complete"]
+    assert len(done) >= 3
+    assert done["params"].notna().all()
+    assert set(done["w_mlp"].dropna().round(2)) <= {0.0, 0.5}
+    total = done[(done["w_qkv"] == 0) & (done["w_proj"] == 0) & (done["w_mlp"] == 0)]["params"]
+    pruned = done[done["w_mlp"] == 0.5]["params"]
+    if len(total) and len(pruned):
+        assert pruned.max() < total.min()
+    # a config hash covers the weight ratios too: no two complete rows share one
+    assert not done["config_hash"].duplicated().any()
