@@ -125,6 +125,12 @@ class _Pending:
     macs: int = 0
     generation: int = -1
     waiters: List["_Pending"] = field(default_factory=list)
+    sampler_attrs: Dict[str, Any] = field(default_factory=dict)  # generation / parents at ask time
+
+
+def _sampler_attrs(system_attrs: Dict[str, Any]) -> Dict[str, Any]:
+    """The GA samplers' per-trial state worth keeping (generation, parents, operator)."""
+    return {k: v for k, v in system_attrs.items() if "generation" in k or "parent" in k}
 
 
 # ------------------------------------------------------------------------------------------
@@ -174,6 +180,8 @@ class _Search:
         self.counts = {"complete": 0, "rejected": 0, "failed": 0, "cached": 0}
         self.done_numbers: set = set()
         self.next_number = 0
+        self.free_numbers: List[int] = []  # numbers below next_number missing from the log (moved-aside part)
+        self.rerun = 0  # pending trials re-enqueued by restore(): the first batch after a resume
         self.hv = 0.0
         self._macs_model = None
         self._front_pts: List[Tuple[float, float]] = []
@@ -217,7 +225,7 @@ class _Search:
     def _row(self, p: _Pending, status: str, *, metrics=None, res=None, error=None, attempt=0) -> Dict[str, Any]:
         now = dt.datetime.now(dt.timezone.utc)
         t = self.study._storage.get_trial(p.optuna_trial._trial_id) if p.optuna_trial is not None else None
-        sys_attrs = {k: v for k, v in (t.system_attrs.items() if t else []) if "generation" in k or "parent" in k}
+        sys_attrs = _sampler_attrs(t.system_attrs) if t else {}
         row = {
             "trial_number": p.number, "generation": int(p.generation), "attempt": int(attempt),
             "ratios": list(p.config.flat), "config": json.dumps(p.config.ratios), "config_hash": p.hash,
@@ -255,7 +263,9 @@ class _Search:
 
         from .trial_log import final_trials, load_trials
 
-        df = load_trials(self.exp_dir, on_corrupt="skip")
+        # an unreadable part stops the resume (TrialLogError: one line naming the file) before anything
+        # is written: skipping it would silently drop its trials
+        df = load_trials(self.exp_dir)
         if len(df):
             df = final_trials(df).sort_values("trial_number")
         for _, r in df.iterrows():
@@ -282,6 +292,10 @@ class _Search:
                 user_attrs["constraint"] = p.predicted_ms - (self.budget or 0.0)
             else:
                 values, state = None, TrialState.FAIL
+            if state == TrialState.COMPLETE:
+                # what the sampler's after_trial stored (constraints_func): without it a restored
+                # over-budget trial would count as feasible for constrained NSGA-II / sparsevit
+                sys_attrs["constraints"] = [float(user_attrs["constraint"])]
             self.study.add_trial(create_trial(params=params, distributions=self.dists, values=values,
                                               state=state, user_attrs=user_attrs, system_attrs=sys_attrs))
             self.done_numbers.add(p.number)
@@ -296,8 +310,14 @@ class _Search:
                 if t["number"] not in self.done_numbers:
                     todo.append(t)
                     self.next_number = max(self.next_number, t["number"] + 1)
+        known = self.done_numbers | {t["number"] for t in todo}
+        self.free_numbers = sorted(set(range(self.next_number)) - known)
         for t in sorted(todo, key=lambda t: t["number"]):
-            self.study.enqueue_trial(t["params"], user_attrs={"number": t["number"]})
+            # re-run with the original number, parameters and generation (enqueue_trial + sampler attrs)
+            self.study.add_trial(create_trial(
+                state=TrialState.WAITING, user_attrs={"number": t["number"]},
+                system_attrs={**t.get("sampler_attrs", {}), "fixed_params": t["params"]}))
+        self.rerun = len(todo)
         return todo
 
     # ---- hypervolume (2 objectives: metric, latency) ------------------------------------------
@@ -320,8 +340,11 @@ class _Search:
         trial = self.study.ask(self.dists)
         number = trial.user_attrs.get("number")
         if number is None:
-            number = self.next_number
-            self.next_number += 1
+            if self.free_numbers:  # refill numbers whose rows were lost (a moved-aside part)
+                number = self.free_numbers.pop(0)
+            else:
+                number = self.next_number
+                self.next_number += 1
             trial.set_user_attr("number", number)
         params = {k: trial.params[k] for k in self.dists}
         config = self.space.decode(params)
@@ -330,6 +353,7 @@ class _Search:
         p.predicted_ms = float(self.predictor.predict(np.asarray([config.flat], dtype=np.float64))[0])
         p.macs = self._macs(config.ratios)
         st = self.study._storage.get_trial(trial._trial_id).system_attrs
+        p.sampler_attrs = _sampler_attrs(st)
         gens = [v for k, v in st.items() if k.endswith(":generation")]
         p.generation = int(gens[0]) if gens else (number // self.population if self.population else 0)
         return p
@@ -353,12 +377,15 @@ class _Search:
         batch_size = max(self.population or 0, 2 * pool.size)
         while len(self.done_numbers) < n_trials:
             want = min(batch_size, n_trials - len(self.done_numbers))
+            if self.rerun:  # after a resume, first finish the interrupted batch alone (same generations)
+                want, self.rerun = min(want, self.rerun), 0
             batch: List[_Pending] = []
             inflight: Dict[str, _Pending] = {}
             for _ in range(want):
                 batch.append(self.ask())
             _atomic_write(self.exp_dir / "pending.json", json.dumps(
-                {"trials": [{"number": p.number, "params": p.params} for p in batch]}))
+                {"trials": [{"number": p.number, "params": p.params, "sampler_attrs": p.sampler_attrs}
+                            for p in batch]}))
             for p in batch:
                 if self.budget is not None and p.predicted_ms > self.budget:
                     p.optuna_trial.set_user_attr("constraint", p.predicted_ms - self.budget)
@@ -472,6 +499,13 @@ def _check_frozen(frozen: Dict[str, Any], spec, exp_dir: Path) -> None:
                           "fix: resume with the original spec or run a new experiment (new output_dir)")
 
 
+def _worker_pythonpath() -> List[str]:
+    """PYTHONPATH of the embedded Ray's workers: this package's root, then the driver's PYTHONPATH
+    (where a spec's ``module:function`` evaluator may live)."""
+    extra = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    return [str(Path(__file__).resolve().parents[1])] + extra
+
+
 def _execute(spec, exp_dir: Path, *, n_trials: int, is_resume: bool, address: Optional[str], progress: bool,
              log) -> Dict[str, Any]:
     from tqdm.auto import tqdm
@@ -486,6 +520,12 @@ def _execute(spec, exp_dir: Path, *, n_trials: int, is_resume: bool, address: Op
     if frozen.get("budget_ms") != search.budget or frozen.get("dense_predicted_ms") != search.dense_ms:
         frozen.update(budget_ms=search.budget, dense_predicted_ms=search.dense_ms)
         _atomic_write(ej, json.dumps(frozen, indent=1))
+    if len(search.done_numbers) >= n_trials and (exp_dir / "reference.json").exists():
+        # a finished experiment resumed without a larger budget: nothing to evaluate, no Ray
+        _atomic_write(exp_dir / "pending.json", json.dumps({"trials": []}))
+        return experiment_summary(exp_dir, extra={
+            "elapsed_s": round(time.time() - t0, 2), "trials_this_run": 0, "resumed": is_resume,
+            "rerun_pending": 0, "reference": json.loads((exp_dir / "reference.json").read_text())})
     address = address or spec.ray.address
     owns_ray = False
     import ray
@@ -494,16 +534,21 @@ def _execute(spec, exp_dir: Path, *, n_trials: int, is_resume: bool, address: Op
         w = spec.workers
         ray_init_local(num_cpus=None if address else max(w.num_workers * w.cpus_per_worker, os.cpu_count() or 1),
                        address=address, dashboard=spec.ray.dashboard,
-                       runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(
-                           [str(Path(__file__).resolve().parents[1])] + sys.path[:0])}} if not address else None)
+                       runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(_worker_pythonpath())}}
+                       if not address else None)
         owns_ray = True
     w = spec.workers
     evaluator = dict(name=spec.evaluator.name, subset_size=spec.evaluator.subset_size,
                      batch_size=spec.evaluator.batch_size, split=spec.evaluator.split,
                      kwargs=dict(spec.evaluator.kwargs))
-    pool = WorkerPool(str(search.ckpt_path), search.meta, evaluator, num_workers=w.num_workers,
-                      cpus_per_worker=w.cpus_per_worker, threads=w.torch_threads or w.cpus_per_worker,
-                      max_retries=w.max_retries)
+    try:
+        pool = WorkerPool(str(search.ckpt_path), search.meta, evaluator, num_workers=w.num_workers,
+                          cpus_per_worker=w.cpus_per_worker, threads=w.torch_threads or w.cpus_per_worker,
+                          max_retries=w.max_retries)
+    except BaseException:
+        if owns_ray:
+            ray.shutdown()
+        raise
     try:
         pool.wait_ready()
         refs = _reference_points(search, pool)

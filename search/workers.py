@@ -7,7 +7,9 @@ search, restored bit-exactly afterwards) and one evaluator call.
 
 Fault tolerance uses Ray's own machinery: actors are created with ``max_restarts`` so Ray replaces
 an actor whose process or node died (it re-runs ``__init__`` on a live node); the pool re-submits a
-trial whose actor died to another actor up to ``max_retries`` times, then reports it failed.
+trial whose actor died to another actor up to ``max_retries`` times, then reports it failed. An actor
+that died gets no new task until a ``ping`` shows Ray has restarted it; one that Ray gave up on is
+replaced by a new actor (up to ``max_restarts`` times per pool).
 """
 from __future__ import annotations
 
@@ -21,7 +23,13 @@ from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 
-__all__ = ["EvalWorker", "WorkerPool", "Task", "Result", "ray_init_local"]
+from .errors import UserError
+
+__all__ = ["EvalWorker", "WorkerPool", "Task", "Result", "ray_init_local", "WorkerStartError"]
+
+
+class WorkerStartError(UserError):
+    """The Ray workers could not load the supernet or build the evaluator."""
 
 
 def ray_init_local(num_cpus: Optional[int] = None, address: Optional[str] = None, dashboard: bool = False,
@@ -185,17 +193,36 @@ class WorkerPool:
         self.max_retries = max_retries
         self._cls = ray.remote(EvalWorker).options(num_cpus=cpus_per_worker, max_restarts=max_restarts,
                                                    max_task_retries=0)
+        self.max_replacements = max_restarts
+        self.replaced = 0  # actors the pool created anew after Ray gave up restarting them
+        self.worker_deaths = 0  # evaluations lost to a dead actor / node (each one re-submitted or failed)
         self.actors = [self._new_actor(i) for i in range(num_workers)]
         self._idle: Deque[int] = deque(range(num_workers))
         self._inflight: Dict[Any, Tuple[int, Task]] = {}
         self._queue: Deque[Task] = deque()
+        self._probes: Dict[Any, int] = {}  # ping of an actor that died -> its slot (idle again once it answers)
+        self._dead: set = set()  # slots with no actor left
 
     def _new_actor(self, i: int):
         return self._cls.remote(self.weights_ref, self.meta, self.evaluator, self.threads, f"w{i}")
 
     def wait_ready(self, timeout: float = 600) -> List[Tuple[str, str, int]]:
-        """Block until every actor has loaded the supernet; returns (worker_id, node, pid)."""
-        return self.ray.get([a.ping.remote() for a in self.actors], timeout=timeout)
+        """Block until every actor has loaded the supernet; returns (worker_id, node, pid).
+
+        Raises:
+            WorkerStartError: an actor's ``__init__`` raised (bad evaluator, unreadable checkpoint bytes);
+                the one-line message carries the worker's error.
+        """
+        from ray.exceptions import RayActorError
+
+        try:
+            return self.ray.get([a.ping.remote() for a in self.actors], timeout=timeout)
+        except RayActorError as e:
+            lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+            cause = next((ln for ln in reversed(lines) if "Error" in ln.split(":")[0]), lines[-1] if lines else "")
+            raise WorkerStartError(f"the Ray workers could not start: {cause[:500]}; fix: check the spec's "
+                                   "[evaluator] and [supernet] settings (the evaluator must be importable "
+                                   "on every worker)") from None
 
     @property
     def size(self) -> int:
@@ -217,32 +244,76 @@ class WorkerPool:
     def busy(self) -> int:
         return len(self._inflight) + len(self._queue)
 
-    def results(self, timeout: Optional[float] = None) -> Iterator[Result]:
-        """Yield results as they complete (each finished task once: success, error or final failure)."""
-        from ray.exceptions import RayActorError, RayTaskError, WorkerCrashedError
+    def _probe(self, i: int) -> None:
+        """Watch slot ``i`` (its actor died): it takes tasks again once a ping answers."""
+        self._probes[self.actors[i].ping.remote()] = i
 
+    def _probe_done(self, ref) -> None:
+        from ray.exceptions import RayError
+
+        i = self._probes.pop(ref)
+        try:
+            self.ray.get(ref)
+        except RayError:  # Ray gave up on it (restarts exhausted): a new actor takes the slot
+            if self.replaced < self.max_replacements:
+                self.replaced += 1
+                self.actors[i] = self._new_actor(i)
+                self._probe(i)
+            else:
+                self._dead.add(i)
+            return
+        self._idle.append(i)
+
+    def results(self, timeout: Optional[float] = None) -> Iterator[Result]:
+        """Yield results as they complete (each finished task once: success, error or final failure).
+
+        A task whose actor or node died is re-submitted (``attempt`` + 1) to the next live actor, at
+        most ``max_retries`` times, then yielded as failed. With every actor gone for good, the queued
+        tasks are yielded as failed.
+        """
+        from ray.exceptions import (LocalRayletDiedError, NodeDiedError, ObjectLostError, OutOfMemoryError,
+                                    RayActorError, RayError, WorkerCrashedError)
+
+        died = (RayActorError, WorkerCrashedError, NodeDiedError, ObjectLostError, OutOfMemoryError,
+                LocalRayletDiedError)
         while self._inflight or self._queue:
             self._dispatch()
-            ready, _ = self.ray.wait(list(self._inflight), num_returns=1, timeout=timeout)
+            if not self._inflight and not self._probes and not self._idle:  # no actor left at all
+                while self._queue:
+                    t = self._queue.popleft()
+                    now = time.time()
+                    res = Result(t.number, None, 0.0, now, now, "-", "?", t.attempt,
+                                 "no live worker left (every actor died and could not be replaced)")
+                    res.task = t
+                    yield res
+                return
+            ready, _ = self.ray.wait(list(self._inflight) + list(self._probes), num_returns=1, timeout=timeout)
             if not ready:
                 return
             ref = ready[0]
+            if ref in self._probes:
+                self._probe_done(ref)
+                continue
             i, task = self._inflight.pop(ref)
             try:
                 res: Result = self.ray.get(ref)
-            except (RayActorError, WorkerCrashedError) as e:  # actor / node died mid-evaluation
-                self._idle.append(i)  # Ray restarts the actor (max_restarts); its handle stays valid
+            except died as e:  # actor / node died mid-evaluation
+                self.worker_deaths += 1
+                self._probe(i)  # Ray restarts the actor (max_restarts); no task for it until it answers
                 if task.attempt < self.max_retries:
                     task.attempt += 1
-                    self._queue.appendleft(task)
+                    self._queue.appendleft(task)  # the next live actor takes it
                     continue
                 now = time.time()
                 res = Result(task.number, None, 0.0, now, now, f"w{i}", "?", task.attempt,
                              f"worker died {task.attempt + 1} times: {type(e).__name__}")
-            except RayTaskError as e:
+                res.task = task
+                yield res
+                continue
+            except RayError as e:  # the call itself failed (e.g. arguments could not be deserialised)
                 now = time.time()
                 res = Result(task.number, None, 0.0, now, now, f"w{i}", "?", task.attempt,
-                             str(e).splitlines()[0][:500])
+                             " ".join(str(e).split())[:500])
             self._idle.append(i)
             res.task = task
             yield res

@@ -42,6 +42,7 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Dict, Iterable, Mapping, Optional, Tuple, Union
@@ -74,6 +75,7 @@ __all__ = [
 FORMAT_VERSION = 1
 _REQUIRED = ("format_version", "arch", "img_size", "num_classes", "weights_sha256", "tensors")
 _PathLike = Union[str, "os.PathLike[str]"]
+_NUM_LIST = re.compile(r"\[\s*([-+0-9.eE,\s]+?)\s*\]")
 
 
 class CheckpointError(ValueError):
@@ -158,6 +160,9 @@ def atomic_write_bytes(path: _PathLike, data: bytes) -> Path:
 def atomic_write_json(path: _PathLike, obj: Any) -> Path:
     """Write ``obj`` as indented JSON (strict: NaN becomes ``null``) atomically."""
     text = json.dumps(_json_safe(obj), indent=2, sort_keys=False, allow_nan=False) + "\n"
+    # one line per list of numbers (shapes, configs): a match spanning a line break cannot be inside a string
+    text = _NUM_LIST.sub(lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]"
+                         if "\n" in m.group(0) else m.group(0), text)
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 

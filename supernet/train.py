@@ -17,7 +17,8 @@ Three sampling modes (``[train] sampling``):
 A run is ``dense_epochs`` at ``lr`` (always dense) followed by ``adapt_epochs`` at ``adapt_lr``
 (sampled configs); the reference adapts at 10x below the dense learning rate. AdamW (no weight
 decay on norms, biases and relative-position tables), linear warm-up then cosine decay within each
-phase, cross-entropy on the (B, 11, H, W) logits.
+phase, cross-entropy on the (B, 11, H, W) logits (optionally with the background class, about 80 % of
+the pixels, down-weighted by ``background_weight``).
 
 Files (``[output] checkpoint = "X.safetensors"``)::
 
@@ -33,8 +34,8 @@ Spec (TOML), every key optional::
     [data]    MosaicSpec fields (img_size defaults to [model] img_size), train_length (canvases per
               epoch), val_length, val_seed, fresh_canvases, data_dir
     [train]   batch_size, dense_epochs, adapt_epochs, lr, adapt_lr, weight_decay, warmup_steps, seed,
-              threads, sampling, sandwich_random, ratios, grad_clip, eval_ratios, eval_batch_size,
-              val_each_epoch
+              threads, sampling, sandwich_random, ratios, grad_clip, background_weight, eval_ratios,
+              eval_batch_size, val_each_epoch
     [output]  checkpoint (relative to the spec file's folder)
 """
 from __future__ import annotations
@@ -168,6 +169,7 @@ class TrainSection(BaseModel):
     sandwich_random: int = Field(1, ge=0)
     ratios: List[float] = Field(default_factory=lambda: list(DEFAULT_RATIOS))
     grad_clip: float = Field(0.0, ge=0.0)
+    background_weight: float = Field(1.0, gt=0.0, le=1.0)
     eval_ratios: List[float] = Field(default_factory=lambda: list(REFERENCE_RATIOS))
     eval_batch_size: int = Field(16, ge=1)
     val_each_epoch: bool = False
@@ -397,8 +399,9 @@ def make_optimizer(model: torch.nn.Module, weight_decay: float) -> torch.optim.A
 def lr_at(step: int, cfg: TrainConfig) -> float:
     """Learning rate of optimizer step ``step`` (0-based).
 
-    Dense phase (``dense_epochs``): linear warm-up over ``warmup_steps`` to ``lr``, then cosine to 0.
-    Adaptation phase: cosine from ``adapt_lr`` to 0 (with the warm-up when there is no dense phase).
+    Dense phase (``dense_epochs``): linear warm-up over ``warmup_steps`` to ``lr``, then cosine
+    decay towards 0 (the phase's last step is just above 0). Adaptation phase: the same cosine from
+    ``adapt_lr`` (with the warm-up only when there is no dense phase).
     """
     t = cfg.train
     spe = cfg.steps_per_epoch
@@ -411,11 +414,11 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     warm = min(warm, max(n - 1, 0))
     if s < warm:
         return peak * (s + 1) / warm
-    return peak * 0.5 * (1.0 + math.cos(math.pi * (s - warm) / max(n - warm, 1)))
+    return peak * 0.5 * (1.0 + math.cos(math.pi * (s - warm + 1) / (n - warm + 1)))
 
 
 def train_step(model: SegSupernet, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
-               configs: Sequence[Any], grad_clip: float = 0.0) -> float:
+               configs: Sequence[Any], grad_clip: float = 0.0, class_weight: Optional[torch.Tensor] = None) -> float:
     """One optimizer step: cross-entropy at each config, gradients accumulated (loss averaged).
 
     Args:
@@ -425,6 +428,7 @@ def train_step(model: SegSupernet, optimizer: torch.optim.Optimizer, images: tor
         labels: int64 (B, H, W), classes 0..10.
         configs: sparsity configs of this step (see :func:`step_configs`).
         grad_clip: max global gradient norm (0 = no clipping).
+        class_weight: optional (K,) per-class weights of the cross-entropy (weighted mean over pixels).
 
     Returns:
         The mean loss over the configs (float).
@@ -433,7 +437,7 @@ def train_step(model: SegSupernet, optimizer: torch.optim.Optimizer, images: tor
     total = 0.0
     for c in configs:
         model.set_sparsity(c)
-        loss = F.cross_entropy(model(images), labels)
+        loss = F.cross_entropy(model(images), labels, weight=class_weight)
         (loss / len(configs)).backward()
         total += float(loss.detach())
     if grad_clip > 0:
@@ -605,6 +609,10 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
                             spec=cfg.data.mosaic(), seed=t.seed)
     depths = model.depths
     arch = arch_of(model, cfg)
+    class_weight = None
+    if t.background_weight != 1.0:  # class 0 = background, most of the pixels of a canvas
+        class_weight = torch.ones(NUM_SEG_CLASSES)
+        class_weight[0] = t.background_weight
     bar = tqdm(total=total_steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True,
                mininterval=1.0 if sys.stderr.isatty() else 30.0, file=sys.stderr)
     loss_ema = None
@@ -619,7 +627,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
             n_img = 0
             for images, labels in _epoch_loader(cfg, dataset, epoch):
                 configs = step_configs(t.sampling, depths, t.ratios, rng, t.sandwich_random, dense_phase)
-                loss = train_step(model, optimizer, images, labels, configs, t.grad_clip)
+                loss = train_step(model, optimizer, images, labels, configs, t.grad_clip, class_weight)
                 scheduler.step()
                 step += 1
                 n_img += images.shape[0]

@@ -1,0 +1,113 @@
+"""Test-wide settings and process helpers.
+
+Ray stays on loopback and sends no usage stats in every test (set at import, before any test
+imports ray). ``spawned`` starts subprocesses in their own session and, at teardown, SIGKILLs
+every process still in those sessions: the spawned command and whatever it started (an embedded
+Ray's gcs_server / raylet / workers, or the daemons of ``ray start``). Nothing else is touched:
+a session id belongs to exactly the processes started under it.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List
+
+import pytest
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _stat(pid: int):
+    """(state, ppid, pgid, session) of a process, or None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            text = f.read()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2:].split()
+    return fields[0], int(fields[1]), int(fields[2]), int(fields[3])
+
+
+def session_pids(sid: int) -> List[int]:
+    """Live (non-zombie) processes whose session id is ``sid``."""
+    out = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            st = _stat(int(name))
+            if st and st[3] == sid and st[0] != "Z":
+                out.append(int(name))
+    return sorted(out)
+
+
+def kill_session(sid: int, timeout: float = 30.0) -> List[int]:
+    """SIGKILL every process of session ``sid`` until none is left; returns the pids killed."""
+    killed: List[int] = []
+    deadline = time.time() + timeout
+    while True:
+        pids = session_pids(sid)
+        if not pids:
+            return killed
+        if time.time() > deadline:
+            raise AssertionError(f"processes of session {sid} survive SIGKILL: {pids}")
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
+            except ProcessLookupError:
+                pass
+        time.sleep(0.1)
+
+
+def cli_env(**extra: str) -> Dict[str, str]:
+    """Environment for a ``python -m search.cli`` subprocess (repo + tests on PYTHONPATH)."""
+    env = dict(os.environ, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0",
+               PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests")]
+                                          + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
+    env.update(extra)
+    return env
+
+
+def run_cli(*args: str, env=None, timeout: float = 600, check: bool = False) -> subprocess.CompletedProcess:
+    """``python -m search.cli ARGS`` in a subprocess of its own session (cleaned up afterwards)."""
+    p = subprocess.Popen([sys.executable, "-m", "search.cli", *args], cwd=ROOT, env=env or cli_env(),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = p.communicate(timeout=timeout)
+    finally:
+        kill_session(p.pid)
+    cp = subprocess.CompletedProcess(p.args, p.returncode, out, err)
+    if check and cp.returncode != 0:
+        raise AssertionError(f"{' '.join(args)}: exit {cp.returncode}\n{out[-3000:]}\n{err[-5000:]}")
+    return cp
+
+
+class Spawned:
+    """Subprocesses started in new sessions; :meth:`cleanup` kills every process of those sessions."""
+
+    def __init__(self) -> None:
+        self.sids: List[int] = []
+
+    def popen(self, args, **kw) -> subprocess.Popen:
+        p = subprocess.Popen(args, start_new_session=True, **kw)
+        self.sids.append(p.pid)
+        return p
+
+    def cleanup(self) -> None:
+        for sid in self.sids:
+            kill_session(sid)
+
+
+@pytest.fixture
+def spawned():
+    s = Spawned()
+    try:
+        yield s
+    finally:
+        s.cleanup()
