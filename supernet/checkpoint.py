@@ -70,6 +70,7 @@ __all__ = [
     "load_timm_state_dict",
     "atomic_write_bytes",
     "atomic_write_json",
+    "to_json_safe",
 ]
 
 FORMAT_VERSION = 1
@@ -159,21 +160,21 @@ def atomic_write_bytes(path: _PathLike, data: bytes) -> Path:
 
 def atomic_write_json(path: _PathLike, obj: Any) -> Path:
     """Write ``obj`` as indented JSON (strict: NaN becomes ``null``) atomically."""
-    text = json.dumps(_json_safe(obj), indent=2, sort_keys=False, allow_nan=False) + "\n"
+    text = json.dumps(to_json_safe(obj), indent=2, sort_keys=False, allow_nan=False) + "\n"
     # one line per list of numbers (shapes, configs): a match spanning a line break cannot be inside a string
     text = _NUM_LIST.sub(lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]"
                          if "\n" in m.group(0) else m.group(0), text)
     return atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def _json_safe(obj: Any) -> Any:
+def to_json_safe(obj: Any) -> Any:
     """Convert tuples, numpy scalars, Paths and non-finite floats to strict-JSON values."""
     if isinstance(obj, Mapping):
-        return {str(k): _json_safe(v) for k, v in obj.items()}
+        return {str(k): to_json_safe(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_json_safe(v) for v in obj]
+        return [to_json_safe(v) for v in obj]
     if isinstance(obj, np.ndarray):
-        return _json_safe(obj.tolist())
+        return to_json_safe(obj.tolist())
     if isinstance(obj, (np.integer,)):
         return int(obj)
     if isinstance(obj, (float, np.floating)):

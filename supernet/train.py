@@ -54,7 +54,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .checkpoint import CheckpointError, load_checkpoint, load_timm_state_dict, save_checkpoint, sha256_file
+from .checkpoint import (CheckpointError, to_json_safe, load_checkpoint, load_timm_state_dict, save_checkpoint,
+                         sha256_file)
 from .data import NUM_SEG_CLASSES, DatasetNotFoundError, FashionMosaic, MosaicSpec
 from .evaluate import DEFAULT_VAL_SEED, REFERENCE_RATIOS, evaluate_config, format_table, reference_table
 from .seg import SegSupernet
@@ -283,9 +284,9 @@ def load_train_spec(path: os.PathLike | str) -> TrainConfig:
     base = p.resolve().parent
     for section, key in (("output", "checkpoint"), ("data", "data_dir"), ("model", "timm_weights")):
         sec = raw.get(section)
-        if isinstance(sec, dict) and isinstance(sec.get(key), str) and sec[key] and not Path(sec[key]).is_absolute():
-            sec[key] = str(base / Path(sec[key]).expanduser()) if not sec[key].startswith("~") \
-                else str(Path(sec[key]).expanduser())
+        if isinstance(sec, dict) and isinstance(sec.get(key), str) and sec[key]:
+            q = Path(sec[key]).expanduser()
+            sec[key] = os.path.normpath(q if q.is_absolute() else base / q)
     try:
         return TrainConfig(**raw)
     except ValidationError as e:
@@ -704,7 +705,7 @@ def cli_train(args: Any) -> int:
         print(f"error: {e}".splitlines()[0], file=sys.stderr)
         return 2
     if getattr(args, "json", False):
-        print(json.dumps(metrics, allow_nan=True))
+        print(json.dumps(to_json_safe(metrics), allow_nan=False))  # NaN -> null: strict JSON
         return 0
     tr = metrics.get("train", {})
     print(f"checkpoint {metrics.get('checkpoint')} (sidecar {Path(str(metrics.get('checkpoint'))).with_suffix('.json').name})")
