@@ -131,13 +131,13 @@ def cmd_supernet_train(a: argparse.Namespace) -> int:
 
 
 def cmd_latency_profile(a: argparse.Namespace) -> int:
-    from latency.profiler import cli_profile
+    from latency import cli_profile
 
     return cli_profile(a)
 
 
 def cmd_latency_validate(a: argparse.Namespace) -> int:
-    from latency.validate import cli_validate
+    from latency import cli_validate
 
     return cli_validate(a)
 
