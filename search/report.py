@@ -21,10 +21,12 @@ def plot_front(df, front, metric: str, reference: Dict[str, Any], budget_ms: Opt
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
     ok = df[df["status"].isin(["complete", "cached"])]
     ax.scatter(ok["predicted_latency_ms"], ok[metric], s=10, alpha=0.4, color="tab:blue", label=f"trials ({len(ok)})")
+    lo = [v for v in ok[metric].tolist() if v == v]
+    floor = max(0.0, min(lo) - 0.05) if lo else 0.0
     rej = df[df["status"] == "rejected"]
-    if len(rej):
-        ax.scatter(rej["predicted_latency_ms"], np.zeros(len(rej)), s=8, marker="x", color="0.6",
-                   label=f"rejected by the latency gate ({len(rej)})")
+    if len(rej):  # never evaluated: drawn on the floor of the plot at their predicted latency
+        ax.scatter(rej["predicted_latency_ms"], np.full(len(rej), floor + 0.005), s=10, marker="x", color="0.5",
+                   label=f"rejected by the latency gate ({len(rej)}, not evaluated)")
     if len(front):
         ax.step(front["predicted_latency_ms"], front[metric], where="post", color="tab:red", lw=1.5)
         ax.scatter(front["predicted_latency_ms"], front[metric], s=24, color="tab:red", zorder=3,
@@ -41,9 +43,7 @@ def plot_front(df, front, metric: str, reference: Dict[str, Any], budget_ms: Opt
     ax.set_ylabel(metric)
     ax.set_title(title or "sparsity search")
     ax.grid(alpha=0.3)
-    lo = [v for v in ok[metric].tolist() if v == v]
-    if lo:
-        ax.set_ylim(bottom=max(0.0, min(lo) - 0.05))
+    ax.set_ylim(bottom=floor)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     Path(path).parent.mkdir(parents=True, exist_ok=True)
