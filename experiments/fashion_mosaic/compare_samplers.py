@@ -42,7 +42,7 @@ def main(argv=None):
     p.add_argument("--budget-fraction", type=float, default=0.6)
     p.add_argument("--subset", type=int, default=32)
     p.add_argument("--work", default="runs/compare")
-    p.add_argument("--out", default="experiments/fashion_mosaic")
+    p.add_argument("--out", default="experiments/fashion_mosaic/results")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
 

@@ -24,7 +24,7 @@ def main(argv=None):
     p.add_argument("--ratios", type=float, nargs="+", default=[0.19, 0.28, 0.38, 0.5])
     p.add_argument("--length", type=int, default=96, help="validation canvases")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", default="experiments/fashion_mosaic")
+    p.add_argument("--out", default="experiments/fashion_mosaic/results")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
 
