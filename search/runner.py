@@ -571,7 +571,7 @@ def _execute(spec, exp_dir: Path, *, n_trials: int, is_resume: bool, address: Op
     return experiment_summary(exp_dir, extra={
         "elapsed_s": round(time.time() - t0, 2), "search_loop_s": round(t_end - t_loop, 4),
         "trials_this_run": n_run, "resumed": is_resume, "rerun_pending": len(repeated),
-        "reference": refs})
+        "worker_deaths": pool.worker_deaths, "actors_replaced": pool.replaced, "reference": refs})
 
 
 def _prepare_dir(spec) -> Path:

@@ -111,3 +111,26 @@ def spawned():
         yield s
     finally:
         s.cleanup()
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+    """(folder, checkpoint, predictor) of the tiny real supernet, made once per test session (read-only)."""
+    from search.testing import make_tiny_checkpoint, make_tiny_predictor
+
+    d = tmp_path_factory.mktemp("tiny_model")
+    ck = make_tiny_checkpoint(d)
+    return d, ck, make_tiny_predictor(d, ck)
+
+
+@pytest.fixture
+def short_tmp():
+    """A short private folder under /tmp (Ray's unix socket paths must stay under 108 bytes)."""
+    import shutil
+    import tempfile
+
+    d = Path(tempfile.mkdtemp(prefix="ss", dir="/tmp"))
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import ROOT, cli_env, kill_session, run_cli, session_pids
-from e2e_util import make_tiny_checkpoint, make_tiny_predictor, write_spec
+from e2e_util import write_spec
 
 N_TRIALS, POP, N_KILLS = 40, 8, 10
 
@@ -61,16 +61,15 @@ def _pending(exp: Path) -> dict:
 
 
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    d = tmp_path_factory.mktemp("resume")
-    ck = make_tiny_checkpoint(d)
-    return d, ck, make_tiny_predictor(d, ck)
+def tiny(tiny_model):
+    return tiny_model
 
 
 @pytest.fixture(scope="module")
-def killed_search(tiny):
+def killed_search(tiny, tmp_path_factory):
     """The search killed N_KILLS times and resumed to the end; what was seen before each kill."""
-    d, ck, pr = tiny
+    _, ck, pr = tiny
+    d = tmp_path_factory.mktemp("kill")
     spec = _sleepy_spec(d, ck, pr)
     exp = d / "exp_kill"
     seed = int(os.environ.get("SPARSESEARCH_KILL_SEED", random.SystemRandom().randrange(1 << 30)))
@@ -271,3 +270,29 @@ def test_second_driver_on_a_locked_experiment_exits_2_and_a_killed_holder_frees_
     assert (exp / ".lock").exists()
     with _Lock(exp):
         assert f"pid {os.getpid()}" in (exp / ".lock").read_text()
+
+
+@pytest.mark.slow
+def test_restore_rebuilds_the_sampler_state(killed_search, tmp_path):
+    """restore(): values, constraints (feasibility) and generations of every logged trial, no Ray."""
+    from search.runner import _Search
+    from search.samplers import is_feasible, trial_generation
+    from search.spec import load_spec
+    from search.trial_log import final_trials, load_trials
+
+    exp = tmp_path / "exp"
+    shutil.copytree(killed_search["exp"], exp)
+    s = _Search(load_spec(killed_search["spec"]), exp, progress=False)
+    assert s.restore() == [] and s.free_numbers == [] and s.next_number == N_TRIALS
+    fin = final_trials(load_trials(exp)).set_index("trial_number")
+    trials = {t.user_attrs["number"]: t for t in s.study.trials}
+    assert sorted(trials) == list(range(N_TRIALS))
+    for n, t in trials.items():
+        row = fin.loc[n]
+        assert is_feasible(t) == (row["status"] != "rejected"), n
+        assert trial_generation(t) == row["generation"] == n // POP
+        if row["status"] in ("complete", "cached"):
+            assert t.values[0] == row["miou"] and t.values[1] == row["predicted_latency_ms"]
+    # the next ask continues the evolution: generation N_TRIALS // POP, number N_TRIALS
+    p = s.ask()
+    assert p.number == N_TRIALS and p.generation == N_TRIALS // POP
