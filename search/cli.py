@@ -145,7 +145,12 @@ def cmd_latency_validate(a: argparse.Namespace) -> int:
 def cmd_prune_dimap(a: argparse.Namespace) -> int:
     from supernet.prune import cli_prune_dimap
 
-    return cli_prune_dimap(a)
+    from .errors import UserError
+
+    try:
+        return cli_prune_dimap(a)
+    except ValueError as e:  # bad ratios / module names: user input
+        raise UserError(f"prune dimap: {e}") from e
 
 
 def cmd_dimap_report(a: argparse.Namespace) -> int:
