@@ -224,8 +224,7 @@ class _Search:
     # ---- rows -------------------------------------------------------------------------------
     def _row(self, p: _Pending, status: str, *, metrics=None, res=None, error=None, attempt=0) -> Dict[str, Any]:
         now = dt.datetime.now(dt.timezone.utc)
-        t = self.study._storage.get_trial(p.optuna_trial._trial_id) if p.optuna_trial is not None else None
-        sys_attrs = _sampler_attrs(t.system_attrs) if t else {}
+        sys_attrs = p.sampler_attrs  # captured once at ask time (GA samplers set them during ask)
         row = {
             "trial_number": p.number, "generation": int(p.generation), "attempt": int(attempt),
             "ratios": list(p.config.flat), "config": json.dumps(p.config.ratios), "config_hash": p.hash,

@@ -620,7 +620,7 @@ def load_trials(
             msg = (
                 f"trial-log part {part} is unreadable ({problem}); move it aside, e.g. "
                 f"{_move_aside_hint(part)}: the other parts are intact and "
-                "`sparsesearch resume` re-runs its trials"
+                "`sparsesearch resume` gives its trial numbers to new trials"
             )
             if on_corrupt == "raise":
                 raise TrialLogError(msg)
