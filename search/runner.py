@@ -195,7 +195,7 @@ class _Search:
             from supernet.checkpoint import build_model
 
             self._macs_model = build_model(self.meta)
-        return count_macs(self._macs_model, self.meta.get("img_size"), ratios=ratios)
+        return count_macs(self._macs_model, None, ratios=ratios)  # at the backbone's own input size
 
     def _values(self, metrics: Dict[str, float], p: _Pending, params: Optional[int]) -> List[float]:
         out = []

@@ -142,7 +142,7 @@ def make_trainable(spec) -> Callable[..., None]:
             st["macs_model"] = build_model(st["meta"])
         from supernet.macs import count_macs
 
-        macs = int(count_macs(st["macs_model"], st["meta"].get("img_size"), ratios=cfg.ratios))
+        macs = int(count_macs(st["macs_model"], None, ratios=cfg.ratios))
         base = {"latency_ms": predicted, "macs": macs, "config_hash": chash, "ratios": cfg.ratios,
                 "weight_ratios": cfg.weight_ratios, "worker_pid": os.getpid()}
         budget = st["budget"]

@@ -10,7 +10,8 @@ Sidecar fields (``format_version`` 1)::
 
     format_version   int, 1
     arch             {"timm_name": str, "timm_kwargs": {embed_dim, depths, num_heads, window_size, ...},
-                      "head_dim": int, "num_classes": int}
+                      "head_dim": int, "num_classes": int, "input_size": int (optional: the backbone's
+                      input size when images are resized before it, the reduced-resolution baseline)}
     img_size         int or [H, W], input size in pixels
     num_classes      int, segmentation classes (11 for FashionMosaic)
     search_space     dict or null, e.g. {"ratios": [0.0, 0.1, ..., 0.8]}
@@ -319,9 +320,11 @@ def build_model(meta: Mapping[str, Any]) -> SegSupernet:
     for key in ("depths", "num_heads"):
         if isinstance(kwargs.get(key), list):
             kwargs[key] = tuple(kwargs[key])
+    inp = arch.get("input_size")
+    inp = tuple(inp) if isinstance(inp, list) else (int(inp) if inp is not None else None)
     try:
         return SegSupernet.from_timm(arch["timm_name"], img_size=img, num_classes=num_classes,
-                                     head_dim=int(arch.get("head_dim", 64)), **kwargs)
+                                     head_dim=int(arch.get("head_dim", 64)), input_size=inp, **kwargs)
     except Exception as e:  # noqa: BLE001 - timm raises RuntimeError / TypeError / AssertionError
         raise CheckpointError(
             f"checkpoint sidecar arch {arch['timm_name']!r} with {kwargs} cannot be built by timm "

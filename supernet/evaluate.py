@@ -53,7 +53,7 @@ def uniform_config(depths: Sequence[int], ratio: float,
 
 
 def _model_img_size(model: torch.nn.Module) -> int:
-    size = getattr(getattr(model, "backbone", model), "img_size", None) or (224, 224)
+    size = getattr(model, "img_size", None) or getattr(getattr(model, "backbone", model), "img_size", None) or (224, 224)
     return int(size[0]) if isinstance(size, (tuple, list)) else int(size)
 
 

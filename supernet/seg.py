@@ -73,22 +73,48 @@ class SegSupernet(nn.Module):
         num_classes: segmentation classes.
         head_dim: channels of the fused head.
 
+        img_size: size of the images the model takes, int or (H, W) (default: the backbone's own).
+            When it differs from the backbone's ``img_size`` the images are resized (bilinear,
+            antialiased) to the backbone's size and the logits upsampled back: the *reduced input
+            resolution* baseline of SparseViT (Sec. 4.4), same task, fewer pixels.
+
     Shapes:
         ``forward(x)``: (B, 3, H, W) -> (B, num_classes, H, W) logits.
     """
 
-    def __init__(self, backbone: SparseSwin, num_classes: int = 11, head_dim: int = 64):
+    def __init__(self, backbone: SparseSwin, num_classes: int = 11, head_dim: int = 64,
+                 img_size: Union[int, Tuple[int, int], None] = None):
         super().__init__()
         self.backbone = backbone
         self.num_classes = num_classes
         self.decode = FPNLiteHead(backbone.stage_dims, head_dim, num_classes)
+        own = backbone.img_size
+        self.img_size: Optional[Tuple[int, int]] = (
+            (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)) if img_size is not None \
+            else (tuple(own) if own is not None else None)
 
     @classmethod
     def from_timm(cls, name: str, img_size: Union[int, Tuple[int, int]] = 224, num_classes: int = 11,
-                  head_dim: int = 64, **timm_kwargs: Any) -> "SegSupernet":
-        """Build a timm Swin (``pretrained=False``, classifier removed) and the head around it."""
+                  head_dim: int = 64, input_size: Union[int, Tuple[int, int], None] = None,
+                  **timm_kwargs: Any) -> "SegSupernet":
+        """Build a timm Swin (``pretrained=False``, classifier removed) and the head around it.
+
+        Args:
+            img_size: size of the images the model takes.
+            input_size: the backbone's input size when it differs from ``img_size`` (reduced input
+                resolution baseline); default ``img_size``.
+        """
         timm_kwargs.setdefault("num_classes", 0)
-        return cls(SparseSwin.from_timm(name, img_size=img_size, **timm_kwargs), num_classes, head_dim)
+        bb = SparseSwin.from_timm(name, img_size=input_size if input_size is not None else img_size, **timm_kwargs)
+        return cls(bb, num_classes, head_dim, img_size=img_size)
+
+    @property
+    def input_size(self) -> Optional[Tuple[int, int]]:
+        """The backbone's input size when the images are resized before it, else ``None``."""
+        own = self.backbone.img_size
+        if own is None or self.img_size is None or tuple(own) == tuple(self.img_size):
+            return None
+        return tuple(own)
 
     @property
     def depths(self) -> Tuple[int, ...]:
@@ -113,7 +139,11 @@ class SegSupernet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) images -> (B, num_classes, H, W) logits at the current sparsity."""
-        return self.forward_head(self.backbone.forward_stages(x), out_size=tuple(x.shape[-2:]))
+        out_size = tuple(x.shape[-2:])
+        inp = self.input_size
+        if inp is not None:
+            x = F.interpolate(x, size=inp, mode="bilinear", align_corners=False, antialias=True)
+        return self.forward_head(self.backbone.forward_stages(x), out_size=out_size)
 
     def head_macs(self, img_size: Union[int, Tuple[int, int], None] = None) -> int:
         """Analytic MACs per image of the segmentation head (upsampling not counted)."""

@@ -203,6 +203,50 @@ def test_reference_table_restores_sparsity(data_dir):
     assert 0.0 <= table["dense"]["miou"] <= 1.0 and table["uniform"]["0.5"]["config"][2] == [0.5, 0.5]
 
 
+def test_init_starts_from_a_checkpoint_and_refuses_another_architecture(data_dir, tmp_path):
+    dense = tiny_cfg(data_dir, tmp_path / "dense", dense_epochs=1, adapt_epochs=0)
+    train(dense, progress=False)
+    dense_ck = tmp_path / "dense" / "ck.safetensors"
+    d = dense.model_dump()
+    d["model"]["init"] = str(dense_ck)
+    d["train"].update(dense_epochs=0, adapt_epochs=1)
+    d["output"]["checkpoint"] = str(tmp_path / "adapt" / "ck.safetensors")
+    adapt = TrainConfig(**d)
+    from supernet.train import build_supernet
+    start = build_supernet(adapt)
+    ref, _ = load_checkpoint(dense_ck)
+    for k, v in ref.state_dict().items():  # the adaptation starts exactly at the dense weights
+        assert torch.equal(v, start.state_dict()[k]), k
+    train(adapt, progress=False)
+    after, _ = load_checkpoint(tmp_path / "adapt" / "ck.safetensors")
+    assert any(not torch.equal(v, after.state_dict()[k]) for k, v in ref.state_dict().items())
+    d["model"]["embed_dim"] = 8
+    d["model"]["num_heads"] = (1, 1, 1, 1)
+    with pytest.raises(CheckpointError, match=r"init .*another architecture.*embed_dim.*fix:"):
+        build_supernet(TrainConfig(**d))
+    with pytest.raises(Exception, match="timm_weights or init"):
+        TrainConfig(model={"init": str(dense_ck), "timm_weights": str(dense_ck)})
+
+
+def test_reduced_input_resolution_model(data_dir, tmp_path):
+    """input_size: 64 px canvases go through a 32 px backbone; logits come back at 64 px; the
+    checkpoint rebuilds the same model and the evaluator draws 64 px canvases."""
+    cfg = tiny_cfg(data_dir, tmp_path, dense_epochs=1, adapt_epochs=0, sampling="dense")
+    d = cfg.model_dump()
+    d["model"]["input_size"] = 32
+    cfg = TrainConfig(**d)
+    train(cfg, progress=False)
+    model, meta = load_checkpoint(tmp_path / "ck.safetensors")
+    assert meta["arch"]["input_size"] == 32 and meta["img_size"] == 64
+    assert model.img_size == (64, 64) and model.input_size == (32, 32)
+    assert model.backbone.img_size == (32, 32)
+    seen = []
+    model.backbone.patch_embed.register_forward_hook(lambda m, i, o: seen.append(tuple(i[0].shape[-2:])))
+    out = model(torch.zeros(2, 3, 64, 64))
+    assert out.shape == (2, 11, 64, 64) and seen == [(32, 32)]
+    assert meta["metrics"]["img_size"] == 64
+
+
 # ------------------------------------------------------------------------------------ spec + CLI
 def _write_spec(folder: Path, data_dir: Path, extra: str = "") -> Path:
     spec = folder / "spec.toml"
@@ -273,3 +317,42 @@ def test_cli_train_json_and_user_errors(data_dir, tmp_path, capsys):
     assert "retention" in capsys.readouterr().out
     assert cli_train(argparse.Namespace(spec=str(tmp_path / "nope.toml"), resume=False, json=False)) == 2
     assert capsys.readouterr().err.startswith("error: ")
+
+
+def test_lowres_phase_runs_first_on_smaller_canvases(data_dir, tmp_path):
+    """[lowres]: the first epochs draw smaller canvases (items scaled), with their own step count and
+    learning-rate schedule; the full-size epochs see the same canvases as a run without it."""
+    base = tiny_cfg(data_dir, tmp_path / "plain", dense_epochs=1, adapt_epochs=1)
+    d = base.model_dump()
+    d["lowres"] = dict(epochs=2, img_size=32, max_items=4, train_length=12, batch_size=6, lr=3e-3)
+    d["output"]["checkpoint"] = str(tmp_path / "low" / "ck.safetensors")
+    cfg = TrainConfig(**d)
+    spec = cfg.lowres_spec()
+    assert (spec.img_size, spec.min_scale, spec.max_scale, spec.max_items) == (32, 8, 16, 4)
+    phases = cfg.phases()
+    assert [p.name for p in phases] == ["lowres", "dense", "adapt-reference"]
+    assert [p.steps_per_epoch for p in phases] == [2, 2, 2] and cfg.total_epochs == 4
+    lrs = [lr_at(s, cfg) for s in range(8)]
+    assert lrs[0] == pytest.approx(3e-3)  # warm-up of 1 step to the lowres peak
+    assert lrs[4] == pytest.approx(2e-3)  # the dense phase warms up to its own peak
+    assert max(lrs[6:]) <= 5e-4 + 1e-12  # adaptation: its own cosine from adapt_lr
+    from supernet import train as T
+    sizes = []
+    orig = T.train_step
+
+    def spy(model, opt, images, labels, configs, *a, **k):
+        sizes.append(tuple(images.shape[-2:]))
+        return orig(model, opt, images, labels, configs, *a, **k)
+
+    T.train_step = spy
+    try:
+        train(cfg, progress=False)
+    finally:
+        T.train_step = orig
+    assert sizes == [(32, 32)] * 4 + [(64, 64)] * 4
+    meta = read_sidecar(tmp_path / "low" / "ck.safetensors")
+    assert [h["phase"] for h in meta["training"]["history"]] == ["lowres", "lowres", "dense", "adapt-reference"]
+    assert meta["training"]["step"] == 8
+    # the checkpoint rebuilds a strict 64 px model
+    model, _ = load_checkpoint(tmp_path / "low" / "ck.safetensors")
+    assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 11, 64, 64)
