@@ -3,11 +3,12 @@
 Model: SegSupernet on a timm Swin with embed_dim 32, depths 2-2-6-2, heads 1-2-4-8, window 7,
 at 224 x 224 (random weights: latency does not depend on weight values), batch 1.
 
-1. Profile it (``latency.profile``, default ratio set 0.0..0.8, warm-up 3, 7 repeats,
-   40 calibration configs) and report the profiling time.
+1. Profile it (``latency.profile``, default ratio set 0.0..0.8, warm-up 3, 11 drift-corrected
+   repeats, 40 calibration configs) and report the profiling time.
 2. Prediction throughput: ``--n-predict`` random configs (default 1e6) predicted in batches of
    ``--batch`` (default 100k) as numpy [n, 12] arrays; configs/s over the whole run (best of 3).
-3. Validation: ``--n`` held-out random configs measured end to end (median of 5 repeats) against
+3. Validation: ``--n`` held-out random configs measured end to end (drift-corrected median of 11
+   repeats, each run between two dense runs) against
    the predictions: share within +-10 %, MAPE, Spearman rho, max error (``latency.validate``).
 
 Usage:
@@ -36,6 +37,14 @@ from latency.profiler import DEFAULT_RATIOS, random_configs  # noqa: E402
 from supernet.seg import SegSupernet  # noqa: E402
 
 ARCH = dict(embed_dim=32, depths=(2, 2, 6, 2), num_heads=(1, 2, 4, 8), window_size=7)
+
+
+def _loadavg():
+    """1-minute load average at the end of the run (the machine is shared: context for the figures)."""
+    try:
+        return float(open("/proc/loadavg").read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def throughput(pred: Predictor, n: int, batch: int, seed: int = 0, rounds: int = 3) -> dict:
@@ -96,8 +105,12 @@ def main(argv=None) -> dict:
         "calibration": {k: cal[k] for k in ("a", "b", "n", "mape", "mape_uncalibrated")},
         "throughput": thr,
         "validation": {k: val[k] for k in ("n", "within_10pct", "mape", "spearman", "max_abs_pct_err",
-                                           "max_abs_err_ms", "mean_pct_err", "seconds", "plot")},
-        "validation_points": {"measured_ms": val["measured_ms"], "predicted_ms": val["predicted_ms"]},
+                                           "max_abs_err_ms", "mean_pct_err", "relative_within_10pct",
+                                           "relative_mape", "dense_ms_measured", "dense_ms_predicted",
+                                           "dense_ms_at_profiling", "seconds", "plot")},
+        "load_during_run": _loadavg(),
+        "validation_points": {"measured_ms": val["measured_ms"], "predicted_ms": val["predicted_ms"],
+                              "measured_ratio": val["measured_ratio"], "configs": val["configs"]},
     }
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -109,7 +122,8 @@ def main(argv=None) -> dict:
         print(f"latency predictor ({a.device}, {a.threads} thr, batch {a.batch_size}, {a.img_size}px): profile "
               f"{prof_s:.0f} s, {thr['configs_per_s']:.3g} configs/s ({thr['predict_one_us']:.1f} us/predict_one), "
               f"validation n={v['n']}: {v['within_10pct'] * 100:.0f}% within +-10%, MAPE {v['mape']:.1f}%, "
-              f"Spearman {v['spearman']:.3f}, max err {v['max_abs_pct_err']:.1f}% -> {out}")
+              f"Spearman {v['spearman']:.3f}, max err {v['max_abs_pct_err']:.1f}%, relative to dense "
+              f"{v['relative_within_10pct'] * 100:.0f}% within +-10% -> {out}")
     return res
 
 

@@ -28,6 +28,8 @@ Predictor file (JSON, written by :func:`latency.profiler.profile` / :func:`laten
                    "scoring": [0.05, 0.03, 0.02, 0.02], "head": 0.8},
       "calibration": {"a": 1.02, "b": 0.4, "method": "lstsq", "n": 40, "mape": 2.1,
                       "residuals_ms": [...], "measured_ms": [...], "configs": [[...]], ...},
+      "reference_ms": 36.1,   # dense forward at the profiling session's typical speed (optional)
+      "drift_correction": "dense-forward reference",
       "model_arch": {...} | null, "checkpoint_sha256": "..." | null
     }
 

@@ -9,8 +9,8 @@ batch size / image size:
   ``{keep_count(nW, r) for r in ratios}``: ``k = nW`` runs the dense timm block ``blk(x)``,
   ``0 < k < nW`` runs :func:`supernet.sparse_swin.sparse_block_forward` on a random subset of k
   windows per image, ``k = 0`` (identity) costs 0. The input is the block's real input features
-  from a dense forward of a fixed random batch. Each value is the median of ``repeats`` timings,
-  the k values of a block interleaved inside every repeat so that drift hits all of them;
+  from a dense forward of a fixed random batch. The k values of a block are interleaved inside
+  every repeat, in a fresh random order;
 * the fixed parts: patch embedding, each stage's downsample (PatchMerging; ``Identity`` for
   stage 0), each stage's window scoring (token importance + window ranking for every shift of the
   stage; it runs only when a block of the stage has ratio > 0) and the head (the segmentation
@@ -20,6 +20,12 @@ batch size / image size:
   are timed end to end and ``measured = a * table_sum + b`` is fitted by least squares, which
   captures framework overhead outside the profiled parts (Python dispatch of ``forward_stage``,
   allocator effects, cache misses between blocks).
+
+Drift correction: a shared CPU changes speed by tens of % within seconds, so every timed run is
+bracketed by dense forwards of the whole model and recorded as a ratio to them; the median ratio
+times the median dense forward of the whole session gives the ms in the table and the calibration
+(see :func:`measure_configs_drift`; the table stores that dense time as ``reference_ms``). Blocks
+profiled seconds apart, and the calibration, therefore share one machine speed.
 
 The result is the predictor file (JSON, see :data:`FORMAT_VERSION` and :func:`save`), read by
 :class:`latency.predictor.Predictor`. Times are milliseconds per forward of one batch.
@@ -34,7 +40,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -49,6 +55,8 @@ __all__ = [
     "profile",
     "save",
     "measure_configs",
+    "measure_configs_drift",
+    "DriftMeasurement",
     "random_configs",
     "kept_window_counts",
     "CALIBRATION_STREAM",
@@ -197,67 +205,141 @@ def _model_device_dtype(model: nn.Module) -> Tuple[torch.device, torch.dtype]:
 # --------------------------------------------------------------------------------------------
 # end-to-end measurement (shared by the calibration and latency.validate)
 # --------------------------------------------------------------------------------------------
-def measure_configs(model: nn.Module, x: torch.Tensor, configs: np.ndarray, *, warmup: int = 1,
-                    repeats: int = 5, progress: bool = False, desc: str = "end-to-end") -> np.ndarray:
-    """End-to-end latency (ms) of ``model(x)`` at each config: median of ``repeats`` timings.
+class DriftMeasurement(NamedTuple):
+    """End-to-end latencies measured against an interleaved dense reference.
 
-    Call inside an inference session (:func:`profile` and :func:`latency.validate.validate` do);
-    the model is left at the last config. Warm-up: ``warmup`` dense forwards, then one untimed
-    forward per config; timed repeats interleave the configs (config 0..n-1, then again) so that
-    machine drift spreads over all configs.
+    Attributes:
+        ms: float64 [n] drift-corrected latency of each config, ms (``ratio * reference_ms``).
+        ratio: float64 [n] median over repeats of (config time / mean of the dense runs just before
+            and after it): latency relative to the dense model at the machine's speed of the moment.
+        reference_ms: median of every dense reference run of the session, ms.
+        reference_samples: every dense reference run, ms (pooled by :func:`profile`).
+    """
+
+    ms: np.ndarray
+    ratio: np.ndarray
+    reference_ms: float
+    reference_samples: List[float]
+
+
+def measure_configs_drift(model: nn.Module, x: torch.Tensor, configs: np.ndarray, *, warmup: int = 1,
+                          repeats: int = 5, progress: bool = False, desc: str = "end-to-end",
+                          seed: int = 0) -> DriftMeasurement:
+    """End-to-end latency of ``model(x)`` at each config, corrected for the machine's drift.
+
+    A shared CPU changes speed by tens of % over seconds (other tenants, frequency): measured here,
+    the dense forward of the default supernet ranged 44-90 ms in one minute, in regimes lasting
+    seconds, so two medians of 5 runs of the same config differed by 7 % on average. Every timed
+    config run therefore sits between two dense runs (``d, c1, d, c2, d, ...``; each dense run is
+    shared by its neighbours), the config's time is divided by the mean of its two neighbours, and
+    the median ratio over ``repeats`` (config order shuffled every repeat) is scaled by the median
+    of all dense runs: the latency at the session's typical speed. Measured here: half-vs-half
+    disagreement of 5-run estimates drops from 7.4 % to 3.2 % MAPE (60 random configs).
+
+    Call inside an inference session (:func:`profile` and :func:`latency.validate.validate` do); the
+    model is left at the last config.
 
     Args:
         model: SegSupernet or SparseSwin (on its device, eval mode).
         x: (B, 3, H, W) input batch on the model's device.
         configs: float64 [n, n_blocks] flat configs.
-        warmup: dense warm-up forwards (>= 0).
-        repeats: timed forwards per config (>= 1).
+        warmup: dense warm-up forwards (>= 0); every config also runs once untimed.
+        repeats: timed runs per config (>= 1).
         progress: show a tqdm bar.
+        seed: seed of the per-repeat config order.
 
     Returns:
-        float64 array [n] of ms per forward of the batch.
+        A :class:`DriftMeasurement` (ms per forward of the batch).
     """
     bb = _backbone(model)
     depths = bb.depths
     configs = np.asarray(configs, dtype=np.float64)
     n = configs.shape[0]
     nested = [_nested(c, depths) for c in configs]
+    dense = [[0.0] * d for d in depths]
     sync = _sync_fn(x.device)
-    bb.set_sparsity(0.0)
+    rng = np.random.default_rng([int(seed), 0xD71F7])
+
+    def run(cfg) -> float:
+        bb.set_sparsity(cfg)
+        return _time_ms(lambda: model(x), sync)
+
+    bb.set_sparsity(dense)
     for _ in range(max(0, int(warmup))):
         model(x)
-    samples: List[List[float]] = [[] for _ in range(n)]
     bar = _progress(n * (1 + repeats), desc, progress)
-    for i in range(n):
-        bb.set_sparsity(nested[i])
+    for cfg in nested:
+        bb.set_sparsity(cfg)
         model(x)
         if bar is not None:
             bar.update(1)
+    ratios: List[List[float]] = [[] for _ in range(n)]
+    refs: List[float] = []
     for _ in range(max(1, int(repeats))):
-        for i in range(n):
-            bb.set_sparsity(nested[i])
-            samples[i].append(_time_ms(lambda: model(x), sync))
+        prev = run(dense)
+        refs.append(prev)
+        for i in rng.permutation(n):
+            t = run(nested[i])
+            nxt = run(dense)
+            refs.append(nxt)
+            ratios[i].append(t / (0.5 * (prev + nxt)))
+            prev = nxt
             if bar is not None:
                 bar.update(1)
     if bar is not None:
         bar.close()
-    return np.asarray([statistics.median(s) for s in samples], dtype=np.float64)
+    ratio = np.asarray([statistics.median(r) for r in ratios], dtype=np.float64)
+    ref = float(statistics.median(refs))
+    return DriftMeasurement(ratio * ref, ratio, ref, refs)
+
+
+def measure_configs(model: nn.Module, x: torch.Tensor, configs: np.ndarray, *, warmup: int = 1,
+                    repeats: int = 5, progress: bool = False, desc: str = "end-to-end") -> np.ndarray:
+    """Drift-corrected end-to-end latency (ms) of ``model(x)`` at each config.
+
+    Same as ``measure_configs_drift(...).ms`` (see :func:`measure_configs_drift`).
+
+    Returns:
+        float64 array [n] of ms per forward of the batch.
+    """
+    return measure_configs_drift(model, x, configs, warmup=warmup, repeats=repeats, progress=progress, desc=desc).ms
 
 
 # --------------------------------------------------------------------------------------------
 # profiling
 # --------------------------------------------------------------------------------------------
-def _interleaved_medians(fns: Sequence[Callable[[], Any]], warmup: int, repeats: int,
-                         sync: Callable[[], None], rng: np.random.Generator) -> List[float]:
-    """Median ms of each fn; every repeat runs all fns once, in a fresh random order."""
+def _interleaved_ratios(fns: Sequence[Callable[[], Any]], warmup: int, repeats: int,
+                        sync: Callable[[], None], rng: np.random.Generator,
+                        reference: Callable[[], Any]) -> Tuple[List[float], List[float]]:
+    """Median time of each fn relative to ``reference``, and the reference's samples.
+
+    Every repeat runs the reference, one untimed fn (to warm the caches the reference evicted),
+    then all fns once in a fresh random order, then the reference again; each fn time is divided
+    by the mean of the two reference runs of its repeat, so a change
+    of machine speed between repeats (or between the blocks of a profile) cancels out. The caller
+    scales the median ratios by the median reference time of the whole session.
+
+    Returns:
+        (median ratio per fn, reference samples in ms).
+    """
     for _ in range(max(0, warmup)):
+        reference()
         for f in fns:
             f()
-    samples: List[List[float]] = [[] for _ in fns]
+    ratios: List[List[float]] = [[] for _ in fns]
+    refs: List[float] = []
     for _ in range(max(1, repeats)):
-        for i in rng.permutation(len(fns)):
-            samples[i].append(_time_ms(fns[i], sync))
-    return [float(statistics.median(s)) for s in samples]
+        before = _time_ms(reference, sync)
+        order = rng.permutation(len(fns))
+        fns[order[-1]]()  # untimed: the reference evicted the caches; time every fn warm, as in a tight loop
+        times = [0.0] * len(fns)
+        for i in order:
+            times[i] = _time_ms(fns[i], sync)
+        after = _time_ms(reference, sync)
+        refs += [before, after]
+        for i, t in enumerate(times):
+            ratios[i].append(t / (0.5 * (before + after)))
+    return [float(statistics.median(r)) for r in ratios], refs
 
 
 def _dense_trace(model: nn.Module, bb: SparseSwin, x: torch.Tensor):
@@ -298,7 +380,7 @@ def _scoring_fn(stage: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
 
 def profile(model: nn.Module, img_size: Union[int, Tuple[int, int], None] = None, *, batch_size: int = 1,
             device: Union[str, torch.device] = "cpu", threads: Optional[int] = 1,
-            ratios: Sequence[float] = DEFAULT_RATIOS, warmup: int = 3, repeats: int = 7,
+            ratios: Sequence[float] = DEFAULT_RATIOS, warmup: int = 3, repeats: int = 11,
             calib_configs: int = 40, seed: int = 0, progress: bool = True,
             checkpoint_sha256: Optional[str] = None, model_arch: Optional[Dict[str, Any]] = None,
             calib_repeats: Optional[int] = None) -> Dict[str, Any]:
@@ -318,13 +400,13 @@ def profile(model: nn.Module, img_size: Union[int, Tuple[int, int], None] = None
         ratios: the ratio set (0 <= r < 1) the search uses; the k values of every block are
             ``{int(nW * (1 - r))}`` plus nW.
         warmup: untimed calls of every measured function before timing.
-        repeats: timed calls per value (median kept).
+        repeats: timed calls per value (median of the drift-corrected ratios kept).
         calib_configs: end-to-end configs for the calibration (dense + random), >= 2.
         seed: seed of the input batch, the kept-window subsets and the calibration configs.
         progress: tqdm bars (stderr) over blocks x k and over the calibration.
         checkpoint_sha256: weights hash stored in the file (``None``: unknown).
         model_arch: model kwargs stored in the file (from the checkpoint sidecar), or ``None``.
-        calib_repeats: timed forwards per calibration config (default ``max(3, repeats // 2 + 1)``).
+        calib_repeats: timed forwards per calibration config (default ``repeats``).
 
     Returns:
         The predictor dict (JSON-ready): ``format_version``, ``units`` ("ms"), ``fingerprint``,
@@ -359,7 +441,7 @@ def profile(model: nn.Module, img_size: Union[int, Tuple[int, int], None] = None
         dev = torch.device("cuda", torch.cuda.current_device())
     model.to(dev)
     _, dtype = _model_device_dtype(model)
-    c_rep = int(calib_repeats) if calib_repeats is not None else max(3, int(repeats) // 2 + 1)
+    c_rep = int(calib_repeats) if calib_repeats is not None else int(repeats)
 
     depths = list(bb.depths)
     nws = bb.num_windows(hw)
@@ -376,6 +458,13 @@ def profile(model: nn.Module, img_size: Union[int, Tuple[int, int], None] = None
                 f"profile(): the model does not run at img_size {hw[0]}x{hw[1]} ({type(e).__name__}: "
                 f"{str(e).splitlines()[0] if str(e) else ''}); fix: profile at the model's own size "
                 f"{bb.img_size} or rebuild the model for this size") from e
+
+        # Every measurement below is relative to the dense model's forward run just before and after
+        # it (drift correction, see measure_configs_drift); one scale, the median of all those
+        # dense runs, turns the ratios into ms, so blocks profiled seconds apart share one speed.
+        bb.set_sparsity(0.0)
+        reference = lambda: model(x)  # noqa: E731
+        ref_samples: List[float] = []
 
         # ---- blocks x k ------------------------------------------------------------------
         ks_all = [[kept_window_counts(nw, ratios) for nw in row] for row in nws]
@@ -396,9 +485,10 @@ def profile(model: nn.Module, img_size: Union[int, Tuple[int, int], None] = None
                         keep = torch.stack([torch.from_numpy(rng.permutation(nw)[:k]) for _ in range(B)])
                         keep = keep.to(device=dev, dtype=torch.long)
                         fns.append(lambda blk=blk, xin=xin, keep=keep: sparse_block_forward(blk, xin, keep))
-                ms = _interleaved_medians(fns, int(warmup), int(repeats), sync, rng)
+                rel, refs = _interleaved_ratios(fns, int(warmup), int(repeats), sync, rng, reference)
+                ref_samples += refs
                 entry_k = ([0] if 0 in ks_all[s][j] else []) + ks
-                entry_ms = ([0.0] if 0 in ks_all[s][j] else []) + ms
+                entry_ms = ([0.0] if 0 in ks_all[s][j] else []) + rel  # ratios until scaled below
                 row_out.append({"k": [int(k) for k in entry_k], "ms": [float(v) for v in entry_ms]})
                 if bar is not None:
                     bar.update(len(ks))
@@ -420,7 +510,21 @@ def profile(model: nn.Module, img_size: Union[int, Tuple[int, int], None] = None
             feats = [o.permute(0, 3, 1, 2) for o in stage_out]
             out_size = tuple(x.shape[-2:])
             fixed_fns.append(lambda: model.forward_head(feats, out_size=out_size))
-        fixed = _interleaved_medians(fixed_fns, int(warmup), int(repeats), sync, rng)
+        fixed, refs = _interleaved_ratios(fixed_fns, int(warmup), int(repeats), sync, rng, reference)
+        ref_samples += refs
+
+        # ---- calibration ----------------------------------------------------------------
+        crng = np.random.default_rng([int(seed), CALIBRATION_STREAM])
+        cfgs = random_configs(depths, ratios, int(calib_configs), crng, include_dense=True)
+        cal = measure_configs_drift(model, x, cfgs, warmup=int(warmup), repeats=c_rep, progress=progress,
+                                    desc="latency calibration", seed=seed)
+        ref_samples += cal.reference_samples
+        scale = float(statistics.median(ref_samples))  # dense forward, ms, at the session's typical speed
+        measured = cal.ratio * scale
+        for row in blocks_out:
+            for entry in row:
+                entry["ms"] = [float(v * scale) for v in entry["ms"]]
+        fixed = [float(v * scale) for v in fixed]
         fixed_ms = {
             "patch_embed": fixed[0],
             "downsample": fixed[1:1 + n_st],
@@ -441,16 +545,12 @@ def profile(model: nn.Module, img_size: Union[int, Tuple[int, int], None] = None
             "blocks": blocks_out,
             "fixed_ms": fixed_ms,
             "calibration": {"a": 1.0, "b": 0.0, "n": 0},
+            "reference_ms": scale,
+            "drift_correction": "dense-forward reference",
             "head": "segmentation" if bb is not model else "classifier",
             "model_arch": model_arch,
             "checkpoint_sha256": checkpoint_sha256,
         }
-
-        # ---- calibration ----------------------------------------------------------------
-        crng = np.random.default_rng([int(seed), CALIBRATION_STREAM])
-        cfgs = random_configs(depths, ratios, int(calib_configs), crng, include_dense=True)
-        measured = measure_configs(model, x, cfgs, warmup=int(warmup), repeats=c_rep, progress=progress,
-                                   desc="latency calibration")
 
     raw = Predictor(table, source="<profile>").table_sum(cfgs)
     a, b, method = _fit_calibration(raw, measured)

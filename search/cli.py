@@ -224,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--batch-size", type=int, default=1)
     r.add_argument("--threads", type=int, default=1)
     r.add_argument("--img-size", type=int)
-    r.add_argument("--repeats", type=int, default=7)
+    r.add_argument("--repeats", type=int, default=11, help="timed runs per block x k and per calibration config")
     r.add_argument("--calib-configs", type=int, default=40)
     r.add_argument("--out", required=True)
     r.add_argument("--json", action="store_true")
@@ -233,6 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--checkpoint", required=True)
     r.add_argument("--n", type=int, default=200)
     r.add_argument("--seed", type=int, default=1)
+    r.add_argument("--repeats", type=int, default=11, help="timed runs per config (median kept)")
     r.add_argument("--plot")
     r.add_argument("--json", action="store_true")
 

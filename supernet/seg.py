@@ -75,7 +75,7 @@ class SegSupernet(nn.Module):
 
         img_size: size of the images the model takes, int or (H, W) (default: the backbone's own).
             When it differs from the backbone's ``img_size`` the images are resized (bilinear,
-            antialiased) to the backbone's size and the logits upsampled back: the *reduced input
+            antialiased) by backbone size / ``img_size`` and the logits upsampled back: the *reduced input
             resolution* baseline of SparseViT (Sec. 4.4), same task, fewer pixels.
 
     Shapes:
@@ -141,8 +141,9 @@ class SegSupernet(nn.Module):
         """(B, 3, H, W) images -> (B, num_classes, H, W) logits at the current sparsity."""
         out_size = tuple(x.shape[-2:])
         inp = self.input_size
-        if inp is not None:
-            x = F.interpolate(x, size=inp, mode="bilinear", align_corners=False, antialias=True)
+        if inp is not None:  # same scale factor for any image size (e.g. the smaller [lowres] canvases)
+            size = tuple(max(1, round(o * i / s)) for o, i, s in zip(out_size, inp, self.img_size))
+            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
         return self.forward_head(self.backbone.forward_stages(x), out_size=out_size)
 
     def head_macs(self, img_size: Union[int, Tuple[int, int], None] = None) -> int:

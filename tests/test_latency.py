@@ -320,6 +320,47 @@ def test_tiny_profile_predicts_own_latency(tiny_seg, tiny_table):
     assert np.all((ratio > 0.5) & (ratio < 2.0)), (pred, measured)
 
 
+def test_interleaved_ratios_cancel_machine_drift():
+    """A machine that runs 3x slower every other repeat (shared-CPU regimes) scrambles raw medians;
+    the ratios to the bracketing reference runs stay at the true 0.2 / 0.4."""
+    import time as _t
+
+    from latency.profiler import _interleaved_ratios
+
+    speed = {"f": 1.0, "calls": 0}
+
+    def work(ms):
+        def run():
+            _t.sleep(ms * speed["f"] / 1e3)
+        return run
+
+    ref_inner = work(10.0)
+
+    def reference():  # the machine changes regime between repeats (after each closing reference)
+        ref_inner()
+        speed["calls"] += 1
+        if speed["calls"] % 2 == 0:
+            speed["f"] = 3.0 if speed["f"] == 1.0 else 1.0
+
+    rel, refs = _interleaved_ratios([work(2.0), work(4.0)], 0, 8, lambda: None, np.random.default_rng(0), reference)
+    assert len(refs) == 16
+    assert rel[0] == pytest.approx(0.2, rel=0.15) and rel[1] == pytest.approx(0.4, rel=0.15)
+    assert max(refs) > 2.2 * min(refs)  # the drift was really there
+
+
+def test_measure_configs_drift_ratios(tiny_seg):
+    from latency.profiler import measure_configs_drift
+
+    cfgs = np.array([[0.0] * 8, [0.8] * 6 + [0.0, 0.0]])
+    with _session(tiny_seg, 1):
+        x = _make_input(1, (64, 64), 5, torch.device("cpu"), torch.float32)
+        m = measure_configs_drift(tiny_seg, x, cfgs, warmup=2, repeats=9)
+    assert m.ratio[0] == pytest.approx(1.0, rel=0.25)  # the dense config against its dense neighbours
+    assert m.ratio[1] < m.ratio[0]  # pruning 80 % of the windows of stages 0-2 is faster
+    assert len(m.reference_samples) == 9 * 3 and m.reference_ms == pytest.approx(np.median(m.reference_samples))
+    assert np.allclose(m.ms, m.ratio * m.reference_ms)
+
+
 def test_validate_and_plot(tiny_seg, tiny_table, tmp_path):
     p = Predictor(tiny_table)
     png = tmp_path / "v.png"
@@ -329,6 +370,9 @@ def test_validate_and_plot(tiny_seg, tiny_table, tmp_path):
     assert r["n"] == 8 and len(r["measured_ms"]) == 8 and 0.0 <= r["within_10pct"] <= 1.0
     assert r["mape"] >= 0 and -1.0 <= r["spearman"] <= 1.0 and r["max_abs_pct_err"] >= r["mape"] - 1e-9
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert 0.0 <= r["relative_within_10pct"] <= 1.0 and r["relative_mape"] >= 0
+    assert r["dense_ms_at_profiling"] == tiny_table["reference_ms"] > 0 and r["dense_ms_measured"] > 0
+    assert len(r["measured_ratio"]) == 8
     calib = {tuple(c) for c in tiny_table["calibration"]["configs"]}
     assert not calib & {tuple(c) for c in r["configs"]}  # held out
 

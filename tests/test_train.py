@@ -299,12 +299,33 @@ def test_load_train_spec_resolves_paths_and_names_bad_keys(data_dir, tmp_path):
         load_train_spec(tmp_path / "absent.toml")
 
 
-@pytest.mark.parametrize("name", ["supernet.toml", "supernet_quick.toml"])
+RECIPES = sorted(p.name for p in (REPO / "experiments" / "fashion_mosaic").glob("*.toml")
+                 if p.name.startswith(("supernet", "baseline_")))
+
+
+def test_recipe_set_is_complete():
+    assert {"supernet_quick.toml", "supernet_dense.toml", "supernet.toml", "supernet_sandwich.toml",
+            "supernet_denseonly.toml", "baseline_w050.toml", "baseline_w075.toml", "baseline_r160.toml",
+            "baseline_r192.toml"} <= set(RECIPES)
+
+
+@pytest.mark.parametrize("name", RECIPES)
 def test_shipped_recipes_validate(name):
     cfg = load_train_spec(REPO / "experiments" / "fashion_mosaic" / name)
-    assert cfg.model.img_size == 224 and cfg.train.adapt_epochs >= 1
+    assert cfg.model.img_size == 224
     assert cfg.output.checkpoint.suffix == ".safetensors"
     assert cfg.output.checkpoint.resolve().is_relative_to(REPO / "runs")  # git-ignored run folder
+    if cfg.model.init is not None:  # adaptation variants start from the dense recipe's checkpoint
+        dense = load_train_spec(REPO / "experiments" / "fashion_mosaic" / "supernet_dense.toml")
+        assert cfg.model.init == dense.output.checkpoint and cfg.train.dense_epochs == 0
+        assert cfg.model.model_dump(exclude={"init"}) == dense.model.model_dump(exclude={"init"})
+        assert cfg.data == dense.data and cfg.train.adapt_epochs >= 1
+    if name.startswith("baseline_"):  # trained the same way: same canvases and steps as dense + adaptation
+        full = load_train_spec(REPO / "experiments" / "fashion_mosaic" / "supernet.toml")
+        dense = load_train_spec(REPO / "experiments" / "fashion_mosaic" / "supernet_dense.toml")
+        assert cfg.lowres == dense.lowres and cfg.data == dense.data
+        assert cfg.train.dense_epochs == dense.train.dense_epochs + full.train.adapt_epochs
+        assert cfg.train.sampling == "dense"
 
 
 def test_cli_train_json_and_user_errors(data_dir, tmp_path, capsys):
