@@ -342,3 +342,17 @@ def test_digest_missing_checkpoint_is_user_error(tmp_path: Path) -> None:
     with pytest.raises(SpecError) as info:
         spec.spec_digest()
     assert "[supernet] checkpoint: file not found" in str(info.value)
+
+
+SHIPPED = sorted((Path(__file__).resolve().parents[1] / "experiments").rglob("search_*.toml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_shipped_search_specs_validate(path: Path) -> None:
+    spec = load_spec(path)
+    assert spec.sampler.name in ("nsga2", "nsga3", "tpe", "random", "sparsevit")
+    assert spec.latency.predictor is not None and spec.n_trials >= 100
+
+
+def test_shipped_search_specs_exist() -> None:
+    assert {"search_quick.toml", "search_full.toml"} <= {p.name for p in SHIPPED}
