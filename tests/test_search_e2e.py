@@ -120,3 +120,31 @@ def test_joint_activation_and_dimap_weight_search(tmp_path):
         assert pruned.max() < total.min()
     # a config hash covers the weight ratios too: no two complete rows share one
     assert not done["config_hash"].duplicated().any()
+
+
+def test_baselines_experiment_script(experiment, tmp_path):
+    """experiments/fashion_mosaic/baselines.py: front vs uniform vs baseline checkpoints at measured latency."""
+    sys.path.insert(0, ROOT)
+    from experiments.fashion_mosaic import baselines
+
+    d, spec, summary = experiment
+    out = baselines.main(["--checkpoint", str(d / "tiny.safetensors"), "--exp", str(d / "exp_tiny"),
+                          "--baseline", f"same weights={d / 'tiny.safetensors'}", "--length", "4",
+                          "--repeats", "3", "--max-front", "4", "--out", str(tmp_path)])
+    pts = {p["name"]: p for p in out["points"]}
+    kinds = [p["kind"] for p in out["points"]]
+    assert kinds[:4] == ["dense", "uniform", "uniform", "uniform"] and kinds[-1] == "baseline"
+    assert 1 <= kinds.count("front") <= 4
+    assert pts["dense"]["latency_ratio"] == 1.0 and all(p["measured_ms"] > 0 for p in out["points"])
+    # the baseline is the supernet's own weights, run densely: same canvases -> same mIoU, same MACs
+    assert pts["same weights"]["miou"] == pts["dense"]["miou"] and pts["same weights"]["macs"] == pts["dense"]["macs"]
+    assert pts["uniform 0.7"]["macs"] < pts["uniform 0.3"]["macs"] < pts["dense"]["macs"]
+    assert [c["point"] for c in out["comparisons"]] == ["uniform 0.3", "uniform 0.5", "uniform 0.7", "same weights"]
+    for c in out["comparisons"]:
+        if c["front"] is not None:
+            assert c["front_ms"] <= c["measured_ms"] and c["front_wins"] == (c["front_miou"] >= c["miou"])
+    ab = out["at_budget"]
+    assert ab["budget_ms"] == pytest.approx(0.6 * pts["dense"]["measured_ms"])
+    assert ab["front"] is None or ab["measured_ms"] <= ab["budget_ms"]
+    assert "Best front config" in (tmp_path / "baselines.md").read_text() or "No front config" in (tmp_path / "baselines.md").read_text()
+    assert (tmp_path / "baselines.png").stat().st_size > 1000
