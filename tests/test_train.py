@@ -377,3 +377,36 @@ def test_lowres_phase_runs_first_on_smaller_canvases(data_dir, tmp_path):
     # the checkpoint rebuilds a strict 64 px model
     model, _ = load_checkpoint(tmp_path / "low" / "ck.safetensors")
     assert model(torch.zeros(1, 3, 64, 64)).shape == (1, 11, 64, 64)
+
+
+def test_supernet_tables_reads_sidecars(tmp_path):
+    """experiments/fashion_mosaic/supernet_tables.py: tables from sidecars, missing / unfinished runs listed."""
+    import sys
+
+    sys.path.insert(0, str(REPO))
+    from experiments.fashion_mosaic import supernet_tables
+    from search.testing import TINY_ARCH, TINY_IMG
+    from supernet.checkpoint import save_checkpoint
+    from supernet.seg import SegSupernet
+
+    def run(stem, dense, uni, sampling, complete=True):
+        model = SegSupernet.from_timm(TINY_ARCH["timm_name"], img_size=TINY_IMG, num_classes=11, head_dim=16,
+                                      **TINY_ARCH["timm_kwargs"])
+        metrics = {"length": 8, "dense": {"miou": dense, "pixel_acc": 0.9}, "train": {"seconds": 60.0},
+                   "uniform": {r: {"miou": v} for r, v in zip(("0.3", "0.5", "0.7"), uni)}}
+        save_checkpoint(model, tmp_path / f"{stem}.safetensors", arch=TINY_ARCH, img_size=TINY_IMG, num_classes=11,
+                        training={"complete": complete, "config": {"train": {"sampling": sampling}, "model": {}}},
+                        metrics=metrics)
+
+    run("denseonly", 0.40, (0.20, 0.15, 0.10), "dense")
+    run("supernet", 0.36, (0.34, 0.32, 0.30), "reference")
+    run("baseline_w050", 0.30, (0.1, 0.1, 0.1), "dense", complete=False)  # killed mid-run: not a result
+    out = supernet_tables.main(["--runs", str(tmp_path), "--out", str(tmp_path / "o")])
+    ad = {r["run"]: r for r in out["adaptation"]}
+    assert set(ad) == {"denseonly", "supernet"} and "baseline_w050" in out["missing"] and "dense" in out["missing"]
+    assert ad["supernet"]["retention"]["0.5"] == pytest.approx(0.32 / 0.36)
+    assert ad["supernet"]["gain_vs_denseonly"]["0.7"] == pytest.approx(0.20)
+    assert ad["supernet"]["params"] > 0 and ad["supernet"]["macs"] > 0
+    md = (tmp_path / "o" / "supernet_full.md").read_text()
+    assert "| + reference adaptation (supernet.toml) | 1.0 | 0.3600 | 0.3400 | 0.3200 | 0.3000 |" in md
+    assert "+0.2000" in md and "Not trained yet" in md
