@@ -38,7 +38,7 @@ def plot_front(df, front, metric: str, reference: Dict[str, Any], budget_ms: Opt
             ax.scatter([ref["predicted_latency_ms"]], [m], marker=next(markers, "o"), s=50, color="black",
                        zorder=4, label=name)
     if budget_ms:
-        ax.axvline(budget_ms, color="tab:green", ls="--", label=f"budget {budget_ms:g} ms")
+        ax.axvline(budget_ms, color="tab:green", ls="--", label=f"budget {budget_ms:.2f} ms")
     ax.set_xlabel("predicted latency (ms)")
     ax.set_ylabel(metric)
     ax.set_title(title or "sparsity search")
