@@ -19,7 +19,7 @@ import time
 import traceback
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -88,7 +88,8 @@ class EvalWorker:
     """Ray actor body: loads the supernet once, evaluates configs on request.
 
     Args:
-        weights: numpy uint8 array of the ``.safetensors`` file (from the object store, zero-copy).
+        weights: numpy uint8 array of the ``.safetensors`` file, or a one-element list holding the
+            Ray ObjectRef of that array (fetched from the object store here, zero-copy).
         meta: the checkpoint sidecar dict (its ``weights_sha256`` is verified).
         evaluator: dict(name, subset_size, batch_size, split, kwargs) of the spec's evaluator.
         threads: torch intra-op threads of this worker.
@@ -98,7 +99,7 @@ class EvalWorker:
         supernet.checkpoint.CheckpointError: the bytes do not match the sidecar's sha256.
     """
 
-    def __init__(self, weights: np.ndarray, meta: Dict[str, Any], evaluator: Dict[str, Any], threads: int = 1,
+    def __init__(self, weights: Union[np.ndarray, List[Any]], meta: Dict[str, Any], evaluator: Dict[str, Any], threads: int = 1,
                  worker_id: str = "w0"):
         import torch
 
@@ -106,6 +107,9 @@ class EvalWorker:
         from .evaluators import build_evaluator
 
         torch.set_num_threads(threads)
+        if isinstance(weights, list):
+            import ray
+            weights = ray.get(weights[0])
         self.worker_id = worker_id
         self.node = socket.gethostname()
         try:
@@ -204,7 +208,9 @@ class WorkerPool:
         self._dead: set = set()  # slots with no actor left
 
     def _new_actor(self, i: int):
-        return self._cls.remote(self.weights_ref, self.meta, self.evaluator, self.threads, f"w{i}")
+        # the ref travels inside a list, so Ray does not resolve it as a constructor argument (which,
+        # with max_restarts > 0, logs an error line on every start); the pool keeps the ref alive
+        return self._cls.remote([self.weights_ref], self.meta, self.evaluator, self.threads, f"w{i}")
 
     def wait_ready(self, timeout: float = 600) -> List[Tuple[str, str, int]]:
         """Block until every actor has loaded the supernet; returns (worker_id, node, pid).
