@@ -121,6 +121,7 @@ class _Pending:
     optuna_trial: Any = None
     config: Any = None
     hash: str = ""
+    key: str = ""  # execution identity (kept windows per block + weight ratios): the result-cache key
     predicted_ms: float = float("nan")
     macs: int = 0
     generation: int = -1
@@ -188,14 +189,30 @@ class _Search:
         self._last_flush = time.time()
 
     # ---- model-free facts about a config ----------------------------------------------------
-    def _macs(self, ratios) -> int:
-        from supernet.macs import count_macs
-
+    def _arch_model(self):
+        """The checkpoint's architecture with random weights (for MACs and kept-window counts)."""
         if self._macs_model is None:
             from supernet.checkpoint import build_model
 
             self._macs_model = build_model(self.meta)
-        return count_macs(self._macs_model, None, ratios=ratios)  # at the backbone's own input size
+        return self._macs_model
+
+    def _macs(self, ratios) -> int:
+        from supernet.macs import count_macs
+
+        return count_macs(self._arch_model(), None, ratios=ratios)  # at the backbone's own input size
+
+    def _exec_key(self, config) -> str:
+        """Result-cache key of a config: the windows every block keeps, plus the weight ratios.
+
+        A block keeps k = int(nW * (1 - r)) of its nW windows (SparseViT, ``supernet.keep_count``), so
+        several ratios give the same k: at 224 px a stage-2 block has 4 windows (ratios 0.1 and 0.2
+        both keep 3) and a stage-3 block 1 (any r > 0 skips it). Configs with equal counts run the
+        same computation and get the same metrics, MACs and predicted latency, so one evaluation
+        serves them all. Counted at the backbone's own input size, as the MACs and the predictor are.
+        """
+        counts = self._arch_model().backbone.keep_counts(None, config.ratios)
+        return json.dumps([counts, config.weight_ratios], sort_keys=True, separators=(",", ":"))
 
     def _values(self, metrics: Dict[str, float], p: _Pending, params: Optional[int]) -> List[float]:
         out = []
@@ -274,7 +291,8 @@ class _Search:
             status = r["status"]
             sys_attrs = json.loads(r["sampler_attrs"]) if isinstance(r.get("sampler_attrs"), str) else {}
             metrics = json.loads(r["metrics_json"]) if isinstance(r.get("metrics_json"), str) else None
-            p = _Pending(int(r["trial_number"]), params, config=self.space.decode(params),
+            config = self.space.decode(params)
+            p = _Pending(int(r["trial_number"]), params, config=config, key=self._exec_key(config),
                          hash=r["config_hash"], predicted_ms=float(r["predicted_latency_ms"]),
                          macs=int(r["macs"]) if r["macs"] == r["macs"] else 0, generation=int(r["generation"]))
             user_attrs = {"number": p.number}
@@ -284,7 +302,7 @@ class _Search:
                 user_attrs["constraint"] = (p.predicted_ms - self.budget) if self.budget else -1.0
                 if status == "complete":
                     prm = r.get("params")
-                    self.cache[p.hash] = {"metrics": metrics, "params": None if prm != prm or prm is None else int(prm)}
+                    self.cache[p.key] = {"metrics": metrics, "params": None if prm != prm or prm is None else int(prm)}
             elif status == "rejected":
                 values = self._worst_values(p)
                 state = TrialState.COMPLETE
@@ -347,7 +365,7 @@ class _Search:
             trial.set_user_attr("number", number)
         params = {k: trial.params[k] for k in self.dists}
         config = self.space.decode(params)
-        p = _Pending(number, params, optuna_trial=trial, config=config,
+        p = _Pending(number, params, optuna_trial=trial, config=config, key=self._exec_key(config),
                      hash=self.space.config_hash(config, self.ckpt_sha))
         p.predicted_ms = float(self.predictor.predict(np.asarray([config.flat], dtype=np.float64))[0])
         p.macs = self._macs(config.ratios)
@@ -392,19 +410,19 @@ class _Search:
                     self.rows.append(self._row(p, "rejected"))
                     self.counts["rejected"] += 1
                     self.done_numbers.add(p.number)
-                elif p.hash in self.cache:
-                    c = self.cache[p.hash]
+                elif p.key in self.cache:
+                    c = self.cache[p.key]
                     self.tell_complete(p, c["metrics"], "cached", params=c.get("params"))
-                elif p.hash in inflight:
-                    inflight[p.hash].waiters.append(p)
+                elif p.key in inflight:
+                    inflight[p.key].waiters.append(p)
                 else:
-                    inflight[p.hash] = p
+                    inflight[p.key] = p
                     pool.submit(Task(p.number, p.config.ratios, p.config.weight_ratios, payload=p))
             self._update(pbar)
             for res in pool.results():
                 p: _Pending = res.task.payload
                 if res.metrics is not None:
-                    self.cache[p.hash] = {"metrics": res.metrics, "params": res.params}
+                    self.cache[p.key] = {"metrics": res.metrics, "params": res.params}
                     self.tell_complete(p, res.metrics, "complete", res=res, params=res.params)
                     for w in p.waiters:
                         self.tell_complete(w, res.metrics, "cached", params=res.params)

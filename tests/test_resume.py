@@ -296,3 +296,24 @@ def test_restore_rebuilds_the_sampler_state(killed_search, tmp_path):
     # the next ask continues the evolution: generation N_TRIALS // POP, number N_TRIALS
     p = s.ask()
     assert p.number == N_TRIALS and p.generation == N_TRIALS // POP
+
+
+def test_result_cache_key_groups_configs_that_keep_the_same_windows(tiny, tmp_path):
+    """Ratios that give every block the same kept-window count share one evaluation (runner._exec_key)."""
+    from search.runner import _Search
+    from search.space import Config
+    from search.spec import load_spec
+
+    _, ck, pr = tiny
+    s = _Search(load_spec(write_spec(tmp_path, ck, pr)), tmp_path / "exp", progress=False)
+    nw = s._arch_model().backbone.num_windows(None)
+    assert nw[0] == [16, 16] and nw[2] == [1, 1]  # tiny supernet at 112 px
+    d = [len(r) for r in nw]
+
+    def key(stage, r):
+        return s._exec_key(Config([[r] * n if i == stage else [0.0] * n for i, n in enumerate(d)]))
+
+    assert key(2, 0.2) == key(2, 0.6)  # one window: any ratio > 0 keeps int(1 * (1 - r)) = 0
+    assert key(2, 0.2) != key(2, 0.0)
+    assert key(0, 0.2) != key(0, 0.4)  # 16 windows: keeps 12 vs 9
+    assert key(0, 0.0) == key(2, 0.0)  # both dense

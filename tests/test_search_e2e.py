@@ -55,10 +55,21 @@ def test_search_runs_with_two_workers_and_logs_every_trial(experiment):
     assert (rej["predicted_latency_ms"] > budget).all()
     assert rej["eval_seconds"].isna().all() and rej["miou"].isna().all()
     assert (df[df["status"].isin(["complete", "cached"])]["predicted_latency_ms"] <= budget).all()
-    # cached rows reuse the recorded metrics of the same config
+    # cached rows reuse the recorded metrics of the config that runs the same computation (same kept
+    # windows in every block); no two evaluations ran the same computation
+    from supernet.checkpoint import build_model, read_sidecar
+
+    bb = build_model(read_sidecar(d / "tiny.safetensors")).backbone
+
+    def kept(cfg):
+        return json.dumps(bb.keep_counts(None, json.loads(cfg)))
+
+    done_kept = done["config"].map(kept)
+    assert not done_kept.duplicated().any()
     for _, r in df[df["status"] == "cached"].iterrows():
-        src = done[done["config_hash"] == r["config_hash"]]
+        src = done[done_kept == kept(r["config"])]
         assert len(src) == 1 and src["miou"].iloc[0] == r["miou"]
+        assert src["predicted_latency_ms"].iloc[0] == pytest.approx(r["predicted_latency_ms"])
     # one dataset for pyarrow, pandas
     assert pads.dataset(exp / "trials", format="parquet").count_rows() == len(df)
     assert (exp / "reference.json").exists()
