@@ -15,8 +15,9 @@ from .predictor import (
     Predictor,
     PredictorError,
     current_fingerprint,
+    save,
 )
-from .profiler import profile, save
+from .profiler import profile
 from .validate import cli_profile, cli_validate, validate
 
 __all__ = [

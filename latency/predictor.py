@@ -11,7 +11,7 @@ with ``a, b`` the end-to-end calibration of the profiler. k values the profiler 
 are filled by linear interpolation in k between profiled points (``k = 0`` costs 0), so every
 k in 0..nW has a value and ``predict`` is a gather + sum over numpy arrays (millions of configs/s).
 
-Predictor file (JSON, written by :func:`latency.profiler.profile` / :func:`latency.profiler.save`,
+Predictor file (JSON, written by :func:`latency.profiler.profile` / :func:`save`,
 ``format_version`` 1; all times in ms per forward of one batch)::
 
     {
@@ -47,20 +47,25 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from supernet.fileio import atomic_write_json
 
 __all__ = [
     "FORMAT_VERSION",
     "Predictor",
     "PredictorError",
+    "PredictorFile",
     "FingerprintWarning",
     "current_fingerprint",
     "compare_fingerprints",
+    "save",
 ]
 
 #: Version of the predictor JSON format this module reads and writes.
 FORMAT_VERSION = 1
 
-_PROFILE_FIX = "fix: re-create it with `sparsesearch profile --checkpoint CKPT --out FILE`"
+_PROFILE_FIX = "fix: re-create it with `sparsesearch latency profile --checkpoint CKPT --out FILE`"
 
 
 class PredictorError(ValueError):
@@ -169,6 +174,81 @@ def compare_fingerprints(profiled: Dict[str, Any], current: Dict[str, Any]) -> L
 
 
 # --------------------------------------------------------------------------------------------
+# the file (typed model), reader checks and writer
+# --------------------------------------------------------------------------------------------
+_NonNeg = Field(ge=0.0, allow_inf_nan=False)
+
+
+class _BlockTable(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    k: List[int]
+    ms: List[float]
+
+
+class _FixedMs(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    patch_embed: float = _NonNeg
+    downsample: List[float]
+    scoring: List[float]
+    head: float = _NonNeg
+
+
+class _Calibration(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    a: float = Field(gt=0.0, allow_inf_nan=False)
+    b: float = Field(allow_inf_nan=False)
+
+
+class PredictorFile(BaseModel):
+    """The predictor JSON file (see the module docstring), as a typed model.
+
+    Types and signs are checked here (every latency >= 0, calibration slope ``a > 0``, finite
+    numbers); :class:`Predictor` adds the cross-field checks (one table per block of ``depths``,
+    ascending k, k = nW present, predictions positive for every config).
+    """
+
+    model_config = ConfigDict(extra="allow")
+    format_version: int
+    depths: List[int]
+    num_windows: List[List[int]]
+    blocks: List[List[_BlockTable]]
+    fixed_ms: _FixedMs
+    calibration: _Calibration
+    fingerprint: Dict[str, Any] = Field(default_factory=dict)
+    img_size: Optional[List[int]] = None
+    batch_size: int = Field(1, ge=1)
+    ratios: Optional[List[float]] = None
+    checkpoint_sha256: Optional[str] = None
+    model_arch: Optional[Dict[str, Any]] = None
+
+
+def _one_line(e: ValidationError) -> str:
+    parts = []
+    for err in e.errors(include_url=False)[:3]:
+        loc = ".".join(str(x) for x in err.get("loc", ()))
+        parts.append(f"{loc}: {err.get('msg', '')} (got {err.get('input')!r:.40})")
+    more = f" (+{e.error_count() - 3} more)" if e.error_count() > 3 else ""
+    return "; ".join(parts) + more
+
+
+def save(table: Dict[str, Any], path: Union[str, os.PathLike]) -> Path:
+    """Validate a predictor dict (from :func:`latency.profiler.profile`) and write it as JSON, atomically.
+
+    Args:
+        table: the predictor dict.
+        path: destination ``.json``; parent folders are created.
+
+    Returns:
+        The path written.
+
+    Raises:
+        PredictorError: the dict is not a valid predictor table (nothing is written).
+    """
+    Predictor(table, source=str(path))  # validate before writing
+    return atomic_write_json(path, table)
+
+
+# --------------------------------------------------------------------------------------------
 # the predictor
 # --------------------------------------------------------------------------------------------
 def _num(v: Any, what: str, src: str) -> float:
@@ -215,7 +295,7 @@ class Predictor:
         """Read a predictor JSON file.
 
         Args:
-            path: file written by ``latency.profiler.save``.
+            path: file written by :func:`save`.
             expect_fingerprint: if given (e.g. ``current_fingerprint("cpu", 1, 1, "float32", 224)``),
                 :meth:`check_fingerprint` is run against it (``FingerprintWarning`` on mismatch).
 
@@ -249,6 +329,10 @@ class Predictor:
         if t["format_version"] != FORMAT_VERSION:
             raise PredictorError(f"predictor {src}: format_version {t['format_version']!r}, this code reads "
                                  f"{FORMAT_VERSION}; {_PROFILE_FIX}")
+        try:
+            PredictorFile.model_validate(t)
+        except ValidationError as e:
+            raise self._err(_one_line(e)) from None
         depths = t["depths"]
         if (not isinstance(depths, list) or not depths
                 or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in depths)):
@@ -317,6 +401,8 @@ class Predictor:
         self._downsample = np.asarray([_num(v, "fixed_ms.downsample", src) for v in fx["downsample"]])
         self._scoring = np.asarray([_num(v, "fixed_ms.scoring", src) for v in fx["scoring"]])
         self._head = _num(fx["head"], "fixed_ms.head", src)
+        if (self._downsample < 0).any() or (self._scoring < 0).any():
+            raise self._err("fixed_ms.downsample / scoring must be >= 0 ms")
         self._fixed_total = float(self._patch_embed + self._downsample.sum() + self._head)
 
         cal = t["calibration"]
@@ -324,6 +410,11 @@ class Predictor:
             raise self._err("calibration must be an object with 'a' and 'b'")
         self._a = _num(cal["a"], "calibration.a", src)
         self._b = _num(cal["b"], "calibration.b", src)
+        # the cheapest config (every block skipped) must still cost > 0 ms, or budgets lose their meaning
+        floor = self._a * self._fixed_total + self._b
+        if floor <= 0:
+            raise self._err(f"calibration a={self._a:g}, b={self._b:g} predicts {floor:.3g} ms for the sparsest "
+                            "config (predictions must be > 0)")
 
         fp = t.get("fingerprint") or {}
         if not isinstance(fp, dict):
@@ -351,8 +442,7 @@ class Predictor:
         return self.table
 
     def save(self, path: Union[str, os.PathLike]) -> Path:
-        """Write the table as JSON (atomic); see :func:`latency.profiler.save`."""
-        from .profiler import save
+        """Write the table as JSON (atomic); see :func:`save`."""
         return save(self.table, path)
 
     # ---- config handling ------------------------------------------------------------------
@@ -535,7 +625,7 @@ class Predictor:
         if diffs:
             warnings.warn(
                 f"latency predictor {self.source} was profiled elsewhere ({'; '.join(diffs)}): its predictions do "
-                "not hold here; fix: re-profile on this machine with `sparsesearch profile`",
+                "not hold here; fix: re-profile on this machine with `sparsesearch latency profile`",
                 FingerprintWarning, stacklevel=stacklevel)
         return diffs
 

@@ -37,7 +37,6 @@ import json
 import math
 import os
 import statistics
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, NamedTuple, Optional, Sequence, Tuple, Union
@@ -46,9 +45,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from supernet.sparse_swin import SparseSwin, keep_count, rank_windows, sparse_block_forward
+from supernet.sparse_swin import DEFAULT_RATIOS, SparseSwin, keep_count, rank_windows, sparse_block_forward
 
-from .predictor import FORMAT_VERSION, Predictor, current_fingerprint
+from .predictor import FORMAT_VERSION, Predictor, current_fingerprint, save  # noqa: F401 - save re-exported
 
 __all__ = [
     "DEFAULT_RATIOS",
@@ -64,7 +63,6 @@ __all__ = [
 ]
 
 #: Default ratio set: 0.0, 0.1, ..., 0.8 (SparseViT's search space).
-DEFAULT_RATIOS: Tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(9))
 
 #: Random streams (``numpy.random.default_rng([seed, stream])``): calibration and validation
 #: configs never share a stream, so validation configs are held out for the same ``seed``.
@@ -596,32 +594,3 @@ def _fit_calibration(raw: np.ndarray, measured: np.ndarray) -> Tuple[float, floa
         if math.isfinite(a) and math.isfinite(b) and lo <= a <= hi:
             return float(a), float(b), "lstsq"
     return 1.0, float(np.median(measured - raw)), "offset"
-
-
-def save(table: Dict[str, Any], path: Union[str, os.PathLike]) -> Path:
-    """Write a predictor dict (from :func:`profile`) as JSON, atomically (temp file + rename).
-
-    Args:
-        table: the dict :func:`profile` returned.
-        path: destination ``.json``; parent folders are created.
-
-    Returns:
-        The path written.
-
-    Raises:
-        latency.predictor.PredictorError: the dict is not a valid predictor table.
-    """
-    Predictor(table, source=str(path))  # validate before writing
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(table, f, indent=1)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    return path

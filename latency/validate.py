@@ -6,8 +6,8 @@ reports the share of configs within +-10 %, the MAPE, Spearman's rho (the search
 so the ordering matters as much as the absolute error) and the worst error; optionally it saves a
 predicted-vs-measured scatter plot (PNG).
 
-:func:`cli_profile` and :func:`cli_validate` are the bodies of ``sparsesearch profile`` and
-``sparsesearch validate-latency``; they take an ``argparse.Namespace`` and return an exit code.
+:func:`cli_profile` and :func:`cli_validate` are the bodies of ``sparsesearch latency profile`` and
+``sparsesearch latency validate``; they take an ``argparse.Namespace`` and return an exit code.
 """
 from __future__ import annotations
 
@@ -96,7 +96,7 @@ def validate(predictor: Predictor, model: nn.Module, n: int = 200, seed: int = 0
     predictor.check_fingerprint(current_fingerprint(dev, threads, bs, dtype, hw), stacklevel=2)
 
     bb = _backbone(model)
-    ratios = predictor.ratios or [round(0.1 * i, 1) for i in range(9)]
+    ratios = predictor.ratios or list(DEFAULT_RATIOS)
     rng = np.random.default_rng([int(seed), VALIDATION_STREAM])
     calib = {tuple(c) for c in (predictor.table.get("calibration", {}).get("configs") or [])}
     cfgs = random_configs(bb.depths, ratios, int(n), rng, include_dense=False)
@@ -226,7 +226,7 @@ def _emit(args: Any, payload: Dict[str, Any], human: str) -> None:
 
 
 def cli_profile(args: Any) -> int:
-    """``sparsesearch profile``: profile a checkpoint and write the predictor JSON.
+    """``sparsesearch latency profile``: profile a checkpoint and write the predictor JSON.
 
     Args:
         args: namespace with ``checkpoint`` (path), ``device`` ("cpu"), ``batch_size`` (1),
@@ -244,7 +244,7 @@ def cli_profile(args: Any) -> int:
     meta = meta or {}
     out = getattr(args, "out", None)
     if not out:
-        raise PredictorError("sparsesearch profile: no --out given; fix: pass --out predictor.json")
+        raise PredictorError("sparsesearch latency profile: no --out given; fix: pass --out predictor.json")
     table = profile(
         model, getattr(args, "img_size", None),
         batch_size=int(getattr(args, "batch_size", 1) or 1),
@@ -281,7 +281,7 @@ def cli_profile(args: Any) -> int:
 
 
 def cli_validate(args: Any) -> int:
-    """``sparsesearch validate-latency``: check a predictor against end-to-end measurements.
+    """``sparsesearch latency validate``: check a predictor against end-to-end measurements.
 
     Args:
         args: namespace with ``predictor`` (JSON path), ``checkpoint`` (path), ``n`` (200),

@@ -19,9 +19,56 @@ EXIT_USER_ERROR = 2
 
 def _emit(obj: Dict[str, Any], as_json: bool, text: Optional[str] = None) -> None:
     if as_json:
-        print(json.dumps(obj, default=str))
+        from supernet.fileio import to_json_safe
+
+        print(json.dumps(to_json_safe(obj), default=str, allow_nan=False))  # strict JSON: NaN -> null
     elif text is not None:
         print(text)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with the project's error contract: one ``sparsesearch: error:`` line, exit 2."""
+
+    def error(self, message: str) -> None:  # noqa: D401 - argparse API
+        print(f"sparsesearch: error: {self.prog}: {message}; fix: see `{self.prog} --help`", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
+    return v
+
+
+def _nonneg_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {v}")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (v > 0 and v != float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return v
+
+
+def _fraction(text: str) -> float:
+    v = _positive_float(text)
+    if v > 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return v
 
 
 def _user_error_types():
@@ -29,7 +76,7 @@ def _user_error_types():
 
     types: List[type] = [UserError]
     for mod, name in (("supernet.data", "DatasetNotFoundError"), ("supernet.checkpoint", "CheckpointError"),
-                      ("latency.predictor", "PredictorError")):
+                      ("latency.predictor", "PredictorError"), ("supernet.train", "TrainSpecError")):
         try:
             types.append(getattr(__import__(mod, fromlist=[name]), name))
         except Exception:  # noqa: BLE001 - optional module
@@ -83,15 +130,45 @@ def cmd_resume(a: argparse.Namespace) -> int:
 
 
 def cmd_pareto(a: argparse.Namespace) -> int:
+    from supernet.fileio import to_json_safe
+
     from .report import pareto_report
 
-    rep = pareto_report(Path(a.exp_dir), budget_ms=a.budget_ms, plot=a.plot, history=a.history)
+    rep = pareto_report([Path(d) for d in a.exp_dir], budget_ms=a.budget_ms, plot=a.plot, history=a.history)
     if a.json or a.format == "json":
-        print(json.dumps(rep["json"], default=str))
+        print(json.dumps(to_json_safe(rep["json"]), default=str, allow_nan=False))
     elif a.format == "csv":
         print(rep["front_df"].to_csv(index=False), end="")
     else:
         print(rep["text"])
+    return 0
+
+
+def cmd_fork(a: argparse.Namespace) -> int:
+    from .runner import fork
+
+    s = fork(Path(a.exp_dir), Path(a.out), budget_ms=a.budget_ms, budget_fraction=a.budget_fraction,
+             n_trials=a.n_trials, address=a.address, progress=not a.no_progress)
+    _emit(s, a.json, _summary_text(s) + (f"\nforked from {a.exp_dir}: {s['fork']}" if s.get("fork") else ""))
+    return 0
+
+
+def cmd_measure(a: argparse.Namespace) -> int:
+    from .measure import measure_front
+
+    m = measure_front(Path(a.exp_dir), repeats=a.repeats, progress=not a.no_progress)
+    lines = [f"measured {m['n']} front members of {a.exp_dir} end to end on this device"]
+    if m["n"]:
+        lines[0] += (f": {m['within_10pct'] * 100:.0f} % within +-10 % of predicted (relative to dense "
+                     f"{m['relative_within_10pct'] * 100:.0f} %), MAPE {m['mape']:.1f} %")
+        lines.append(f"{'trial':>6} {'predicted ms':>13} {'measured ms':>12} {'error':>7}  over budget")
+        for r in m["members"]:
+            lines.append(f"{r['trial_number']:>6} {r['predicted_latency_ms']:>13.2f} {r['measured_latency_ms']:>12.2f} "
+                         f"{r['error_pct']:>6.1f}%  {'YES' if r['over_budget'] else ''}")
+        if m["over_budget"]:
+            lines.append(f"members over the budget ({m['budget_ms']:.2f} ms) when measured: {m['over_budget']}")
+        lines.append(f"written: {a.exp_dir}/measured.json and the measured_latency_ms column of {a.exp_dir}/front.parquet")
+    _emit(m, a.json, "\n".join(lines))
     return 0
 
 
@@ -163,11 +240,11 @@ def cmd_dimap_report(a: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="sparsesearch",
         description="Distributed evolutionary search of SparseViT per-block sparsity for timm Swin under a "
                     "latency budget: spec -> sampler -> latency gate -> Ray workers -> Parquet -> Pareto.")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
 
     def add(name, fn, help_, parent=sub):
         sp = parent.add_parser(name, help=help_, description=help_)
@@ -177,29 +254,46 @@ def build_parser() -> argparse.ArgumentParser:
     r = add("run", cmd_run, "run a new search from a spec (embedded local Ray unless --address)")
     r.add_argument("spec", help="experiment spec (TOML)")
     r.add_argument("--address", help="Ray cluster to join (e.g. auto, HOST:6379); default: embedded local Ray")
-    r.add_argument("--n-trials", type=int, help="override the spec's n_trials")
+    r.add_argument("--n-trials", type=_positive_int, help="override the spec's n_trials (trials evaluated or cached)")
     r.add_argument("--no-progress", action="store_true")
     r.add_argument("--json", action="store_true", help="print one JSON object (the summary) on stdout")
 
     r = add("resume", cmd_resume, "continue a killed or finished experiment")
     r.add_argument("exp_dir")
-    r.add_argument("--n-trials", type=int, help="new total trial budget (default: the spec's)")
+    r.add_argument("--n-trials", type=_positive_int, help="new total trial budget (default: the spec's)")
     r.add_argument("--address")
     r.add_argument("--no-progress", action="store_true")
     r.add_argument("--json", action="store_true")
 
-    r = add("pareto", cmd_pareto, "the Pareto front of an experiment (feasible trials, by latency)")
-    r.add_argument("exp_dir")
-    r.add_argument("--budget-ms", type=float, help="only configs at or under this predicted latency")
+    r = add("pareto", cmd_pareto, "the Pareto front of one experiment, or the joint front of several on one checkpoint")
+    r.add_argument("exp_dir", nargs="+", help="experiment directories (several: the joint front, with each point's experiment)")
+    r.add_argument("--budget-ms", type=_positive_float, help="only configs at or under this predicted latency")
     r.add_argument("--format", choices=("table", "csv", "json"), default="table")
-    r.add_argument("--plot", help="write a PNG: all trials, the front, reference points, the budget line")
+    r.add_argument("--plot", help="write a PNG (a folder: FOLDER/front.png): all trials, the front, reference points, "
+                                  "the budget line")
     r.add_argument("--history", action="store_true", help="also give the hypervolume per generation")
+    r.add_argument("--json", action="store_true")
+
+    r = add("fork", cmd_fork, "a new experiment warm-started from an old one with a new budget (old evaluations reused)")
+    r.add_argument("exp_dir")
+    r.add_argument("--out", required=True, help="the new experiment directory")
+    r.add_argument("--budget-ms", type=_positive_float)
+    r.add_argument("--budget-fraction", type=_fraction)
+    r.add_argument("--n-trials", type=_positive_int)
+    r.add_argument("--address")
+    r.add_argument("--no-progress", action="store_true")
+    r.add_argument("--json", action="store_true")
+
+    r = add("measure", cmd_measure, "measure the end-to-end latency of the front members on this device")
+    r.add_argument("exp_dir")
+    r.add_argument("--repeats", type=_positive_int, default=11, help="timed runs per config (drift-corrected)")
+    r.add_argument("--no-progress", action="store_true")
     r.add_argument("--json", action="store_true")
 
     r = add("submit", cmd_submit, "submit a search to a Ray cluster through the Job Submission API")
     r.add_argument("spec")
     r.add_argument("--address", required=True, help="Ray job server, e.g. http://127.0.0.1:8265")
-    r.add_argument("--n-trials", type=int)
+    r.add_argument("--n-trials", type=_positive_int)
     r.add_argument("--wait", action="store_true", help="wait for the job to finish")
     r.add_argument("--json", action="store_true")
 
@@ -221,19 +315,19 @@ def build_parser() -> argparse.ArgumentParser:
     r = add("profile", cmd_latency_profile, "per-block latency table + calibration -> predictor JSON", ltsub)
     r.add_argument("--checkpoint", required=True)
     r.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
-    r.add_argument("--batch-size", type=int, default=1)
-    r.add_argument("--threads", type=int, default=1)
-    r.add_argument("--img-size", type=int)
-    r.add_argument("--repeats", type=int, default=11, help="timed runs per block x k and per calibration config")
-    r.add_argument("--calib-configs", type=int, default=40)
+    r.add_argument("--batch-size", type=_positive_int, default=1)
+    r.add_argument("--threads", type=_positive_int, default=1)
+    r.add_argument("--img-size", type=_positive_int, help="the search resolution (default: the checkpoint's)")
+    r.add_argument("--repeats", type=_positive_int, default=11, help="timed runs per block x k and per calibration config")
+    r.add_argument("--calib-configs", type=_positive_int, default=40)
     r.add_argument("--out", required=True)
     r.add_argument("--json", action="store_true")
     r = add("validate", cmd_latency_validate, "measure random configs end to end against the predictor", ltsub)
     r.add_argument("--predictor", required=True)
     r.add_argument("--checkpoint", required=True)
-    r.add_argument("--n", type=int, default=200)
+    r.add_argument("--n", type=_positive_int, default=200)
     r.add_argument("--seed", type=int, default=1)
-    r.add_argument("--repeats", type=int, default=11, help="timed runs per config (median kept)")
+    r.add_argument("--repeats", type=_positive_int, default=11, help="timed runs per config (median kept)")
     r.add_argument("--plot")
     r.add_argument("--json", action="store_true")
 
@@ -244,21 +338,26 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--ratio", type=float)
     r.add_argument("--module-ratios", help="e.g. qkv=0.3,proj=0.3,mlp=0.5")
     r.add_argument("--out", required=True)
-    r.add_argument("--finetune", type=int, default=0, help="fine-tuning epochs with masks fixed")
+    r.add_argument("--finetune", type=_nonneg_int, default=0, help="fine-tuning epochs with masks fixed (>= 0)")
     r.add_argument("--json", action="store_true")
 
     dm = add("dimap", None, "DIMAP reports")
     dmsub = dm.add_subparsers(dest="sub", required=True, metavar="SUBCOMMAND")
     r = add("report", cmd_dimap_report, "analytic params/FLOPs reductions at DIMAP1/2/3 vs the paper", dmsub)
     r.add_argument("--model", default="swin_tiny_patch4_window7_224")
-    r.add_argument("--img-size", type=int, default=224)
+    r.add_argument("--img-size", type=_positive_int, default=224)
     r.add_argument("--json", action="store_true")
     return p
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    import warnings
+
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    # library chatter a user cannot act on (torch / timm deprecations) stays out of the one-line contract
+    warnings.filterwarnings("ignore", category=UserWarning, module=r"(torch|timm|torchvision)(\.|$)")
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"(torch|timm|torchvision)(\.|$)")
     parser = build_parser()
     a = parser.parse_args(argv)
     errors = _user_error_types()

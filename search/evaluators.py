@@ -16,9 +16,11 @@ from typing import Any, Callable, Dict, Optional
 
 import torch
 
+from supernet.evaluate import DEFAULT_VAL_SEED
+
 from .errors import UserError
 
-__all__ = ["FashionMosaicEvaluator", "build_evaluator", "EvaluatorError"]
+__all__ = ["FashionMosaicEvaluator", "build_evaluator", "mosaic_fields", "EvaluatorError"]
 
 Evaluator = Callable[[torch.nn.Module], Dict[str, float]]
 
@@ -32,49 +34,87 @@ class FashionMosaicEvaluator:
 
     The canvases (``subset_size`` of them, from the ``split`` half of Fashion-MNIST's test set,
     generated deterministically from ``seed``) are built once when the evaluator is created and
-    kept in memory, so every trial is scored on exactly the same pixels.
+    kept in memory (on ``device``), so every trial is scored on exactly the same pixels.
+
+    Besides ``evaluator(model) -> metrics`` it offers the ranged protocol the workers use for
+    multi-fidelity evaluation (:mod:`search.fidelity`) and the stage-prefix cache
+    (:class:`supernet.prefix_cache.StagePrefixCache`): :meth:`confusion` over canvases
+    ``[start, stop)`` (whole batches), :meth:`metrics` of a confusion matrix; confusion matrices of
+    disjoint ranges add up to the whole subset's.
 
     Args:
         subset_size: canvases evaluated per trial.
         batch_size: canvases per forward pass.
         split: "val" or "test".
         mosaic: MosaicSpec fields (img_size, items, scales, ...), normally the checkpoint's
-            dataset spec from its sidecar.
+            dataset spec from its sidecar with the spec's ``[evaluator]`` overrides.
         seed: canvas seed (the checkpoint's validation seed by default).
         data_dir: folder of the Fashion-MNIST IDX files (default: Debian's package / env var).
+        prefix_cache_bytes: memory bound of the stage-prefix cache (0 = off).
+        device: where the canvases live and the model runs ("cpu", "cuda", ...).
 
     Returns (call):
-        ``{"miou": float, "pixel_acc": float}`` (ratios 0..1).
+        ``{"miou", "pixel_acc", "item_class_acc", "item_recall"}`` (ratios 0..1).
 
     Raises:
         supernet.data.DatasetNotFoundError: the IDX files are missing.
+        ValueError: a mosaic field is invalid.
     """
 
     def __init__(self, subset_size: int = 256, batch_size: int = 32, split: str = "val",
-                 mosaic: Optional[Dict[str, Any]] = None, seed: int = 12345, data_dir: Optional[str] = None):
+                 mosaic: Optional[Dict[str, Any]] = None, seed: int = DEFAULT_VAL_SEED, data_dir: Optional[str] = None,
+                 prefix_cache_bytes: int = 0, device: str = "cpu"):
         from supernet.data import FashionMosaic, MosaicSpec
+        from supernet.prefix_cache import StagePrefixCache
 
         fields = dict(mosaic or {})
         if data_dir is not None:
             fields["data_dir"] = data_dir
         fields = {k: v for k, v in fields.items() if k in MosaicSpec.model_fields}
-        ds = FashionMosaic(split=split, length=subset_size, spec=MosaicSpec(**fields), seed=seed)
+        self.spec = MosaicSpec(**fields)
+        ds = FashionMosaic(split=split, length=subset_size, spec=self.spec, seed=seed)
         imgs, labels = zip(*(ds[i] for i in range(subset_size)))
-        self.images = torch.stack(imgs)
-        self.labels = torch.stack(labels)
-        self.batch_size = batch_size
+        self.device = torch.device(device)
+        self.images = torch.stack(imgs).to(self.device)
+        self.labels = torch.stack(labels).to(self.device)
+        self.batch_size = int(batch_size)
         self.num_classes = 11
+        self.n_canvases = int(subset_size)
+        self.cache = StagePrefixCache(prefix_cache_bytes) if prefix_cache_bytes > 0 else None
+
+    def confusion(self, model: torch.nn.Module, start: int = 0, stop: Optional[int] = None,
+                  extra_key: Any = None) -> torch.Tensor:
+        """Confusion matrix (K, K) int64 of ``model`` at its current sparsity on canvases ``[start, stop)``.
+
+        ``start`` must be a multiple of ``batch_size`` (batches are the prefix cache's unit).
+        ``extra_key``: what else the computation depends on (the weight ratios of a joint search).
+        """
+        from supernet.metrics import confusion_matrix
+
+        stop = self.n_canvases if stop is None else min(int(stop), self.n_canvases)
+        if start % self.batch_size:
+            raise ValueError(f"start {start} is not a multiple of the batch size {self.batch_size}")
+        cm = torch.zeros((self.num_classes, self.num_classes), dtype=torch.int64)
+        with torch.inference_mode():
+            for i in range(start, stop, self.batch_size):
+                x = self.images[i:min(i + self.batch_size, stop)]
+                if self.cache is not None and x.shape[0] == min(self.batch_size, self.n_canvases - i):
+                    logits = self.cache.forward(model, x, batch_key=i // self.batch_size, extra_key=extra_key)
+                else:
+                    logits = model(x)
+                cm += confusion_matrix(logits.argmax(1), self.labels[i:i + x.shape[0]], self.num_classes).cpu()
+        return cm
+
+    @staticmethod
+    def metrics(cm: torch.Tensor) -> Dict[str, float]:
+        """``{"miou", "pixel_acc", "item_class_acc", "item_recall"}`` of a confusion matrix."""
+        from supernet.metrics import item_class_accuracy, item_recall, miou, pixel_accuracy
+
+        return {"miou": float(miou(cm)), "pixel_acc": float(pixel_accuracy(cm)),
+                "item_class_acc": float(item_class_accuracy(cm)), "item_recall": float(item_recall(cm))}
 
     def __call__(self, model: torch.nn.Module) -> Dict[str, float]:
-        from supernet.metrics import SegMetric
-
-        metric = SegMetric(self.num_classes)
-        with torch.inference_mode():
-            for i in range(0, len(self.images), self.batch_size):
-                logits = model(self.images[i:i + self.batch_size])
-                metric.update(logits, self.labels[i:i + self.batch_size])
-        out = metric.compute()
-        return {"miou": float(out["miou"]), "pixel_acc": float(out["pixel_acc"])}
+        return self.metrics(self.confusion(model))
 
 
 def _import(name: str) -> Callable[..., Any]:
@@ -91,8 +131,25 @@ def _import(name: str) -> Callable[..., Any]:
     return fn
 
 
+def mosaic_fields(meta: Optional[Dict[str, Any]], img_size: Any = None,
+                  mosaic: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """The canvases the built-in evaluator scores: the checkpoint's dataset spec (sidecar), then the spec's
+    ``[evaluator] img_size`` and ``[evaluator.mosaic]`` overrides."""
+    meta = meta or {}
+    out = dict(meta.get("dataset") or {})
+    out.setdefault("img_size", meta.get("img_size", 224))
+    if isinstance(out["img_size"], (list, tuple)):
+        out["img_size"] = int(out["img_size"][0])
+    if img_size is not None:
+        out["img_size"] = int(img_size[0] if isinstance(img_size, (list, tuple)) else img_size)
+    out.update(mosaic or {})
+    return out
+
+
 def build_evaluator(name: str, *, subset_size: int, batch_size: int, split: str,
-                    kwargs: Optional[Dict[str, Any]] = None, meta: Optional[Dict[str, Any]] = None) -> Evaluator:
+                    kwargs: Optional[Dict[str, Any]] = None, meta: Optional[Dict[str, Any]] = None,
+                    img_size: Any = None, mosaic: Optional[Dict[str, Any]] = None, prefix_cache_bytes: int = 0,
+                    device: str = "cpu") -> Evaluator:
     """Build the evaluator a spec names (on the worker).
 
     Args:
@@ -101,17 +158,18 @@ def build_evaluator(name: str, *, subset_size: int, batch_size: int, split: str,
         kwargs: the spec's ``[evaluator.kwargs]``, passed to the function (``factory = true``:
             the function is called once with them and must return the evaluator).
         meta: the checkpoint sidecar (its ``dataset`` spec sets the canvas size and layout).
+        img_size, mosaic: the spec's canvas overrides (built-in evaluator).
+        prefix_cache_bytes, device: the worker's stage-prefix cache bound and device (built-in evaluator).
 
     Raises:
         EvaluatorError: the function cannot be imported.
     """
     kwargs = dict(kwargs or {})
     if name == "fashion_mosaic":
-        meta = meta or {}
-        mosaic = dict((meta.get("dataset") or {}))
-        mosaic.setdefault("img_size", meta.get("img_size", 224))
         return FashionMosaicEvaluator(subset_size=subset_size, batch_size=batch_size, split=split,
-                                      mosaic=mosaic, seed=int(kwargs.pop("seed", 12345)), **kwargs)
+                                      mosaic=mosaic_fields(meta, img_size, mosaic),
+                                      seed=int(kwargs.pop("seed", DEFAULT_VAL_SEED)),
+                                      prefix_cache_bytes=prefix_cache_bytes, device=device, **kwargs)
     fn = _import(name)
     if kwargs.pop("factory", False):
         return fn(**kwargs)

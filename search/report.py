@@ -52,48 +52,107 @@ def plot_front(df, front, metric: str, reference: Dict[str, Any], budget_ms: Opt
     return path
 
 
-def pareto_report(exp_dir: Path, budget_ms: Optional[float] = None, plot: Optional[str] = None,
+def _plot_path(plot: str) -> str:
+    """Where ``--plot`` writes: FOLDER/front.png for a folder (existing, or ending in /), a ``.png`` suffix
+    added when the name has none (what matplotlib would append), the path as given otherwise."""
+    p = Path(plot)
+    if p.is_dir() or str(plot).endswith(("/", "\\")):
+        return str(p / "front.png")
+    if not p.suffix:
+        return str(p.with_suffix(".png"))
+    return str(p)
+
+
+def _load_experiment(exp_dir: Path):
+    from .runner import ResumeError, load_frozen_spec
+
+    try:
+        frozen, _ = load_frozen_spec(exp_dir)
+    except ResumeError as e:
+        from .errors import UserError
+
+        raise UserError(str(e).replace("`sparsesearch run SPEC.toml` first", "pass the output_dir of a "
+                                       "`sparsesearch run`")) from None
+    return frozen
+
+
+def pareto_report(exp_dirs, budget_ms: Optional[float] = None, plot: Optional[str] = None,
                   history: bool = False) -> Dict[str, Any]:
-    """Build the ``sparsesearch pareto`` output for ``exp_dir``.
+    """Build the ``sparsesearch pareto`` output for one experiment, or the joint front of several.
 
     Args:
-        exp_dir: experiment directory.
-        budget_ms: keep front configs at or under this predicted latency (default: the spec's budget).
-        plot: PNG path to write.
-        history: add the hypervolume per generation.
+        exp_dirs: an experiment directory, or a list of them (the joint front of experiments that searched
+            the same checkpoint at the same resolution with the same metric; each point keeps its experiment).
+        budget_ms: keep front configs at or under this predicted latency (default: the experiment's budget; for
+            several experiments with different budgets, the largest).
+        plot: PNG path to write (a folder: FOLDER/front.png).
+        history: add the hypervolume per generation (one experiment).
 
     Returns:
         ``{"json": dict, "text": str, "front_df": DataFrame}``.
 
     Raises:
         search.trial_log.TrialLogError: a corrupted part file (named, with the fix).
-        search.errors.UserError: not an experiment directory.
+        search.errors.UserError: not an experiment directory; experiments of different checkpoints or metrics.
     """
+    import pandas as pd
+
     from .errors import UserError
+    from .front import read_measured
     from .pareto import hypervolume, hypervolume_history, pareto_front
     from .trial_log import final_trials, load_trials
 
-    exp_dir = Path(exp_dir)
-    ej = exp_dir / "experiment.json"
-    if not ej.exists():
-        raise UserError(f"{exp_dir} is not an experiment directory (no experiment.json); "
-                        "fix: pass the output_dir of a `sparsesearch run`")
-    frozen = json.loads(ej.read_text())
-    spec = frozen["spec"]
+    dirs = [Path(exp_dirs)] if isinstance(exp_dirs, (str, Path)) else [Path(d) for d in exp_dirs]
+    frozens = [_load_experiment(d) for d in dirs]
+    first = frozens[0]
+    spec = first["spec"]
     metric = spec["objectives"]["metric"]
-    budget = budget_ms if budget_ms is not None else frozen.get("budget_ms", spec["latency"]["budget_ms"])
-    df = load_trials(exp_dir)
-    fin = final_trials(df) if len(df) else df
-    objectives = ((metric, "max"), ("predicted_latency_ms", "min"))
-    front = pareto_front(fin, objectives, budget_ms=budget) if len(fin) else fin
-    reference = json.loads((exp_dir / "reference.json").read_text()) if (exp_dir / "reference.json").exists() else {}
+    maximize = spec["objectives"].get("metric_direction", "maximize") == "maximize"
+    for d, f in zip(dirs[1:], frozens[1:]):
+        if f.get("checkpoint_sha256") != first.get("checkpoint_sha256") or f["spec"]["objectives"]["metric"] != metric \
+                or f.get("search_img_size") != first.get("search_img_size"):
+            raise UserError(f"{d} searched another checkpoint, resolution or metric than {dirs[0]}; fix: a joint "
+                            "front needs experiments of the same supernet (pass them separately)")
+    budgets = [f.get("budget_ms", f["spec"]["latency"].get("budget_ms")) for f in frozens]
+    budget = budget_ms if budget_ms is not None else (
+        None if any(b is None for b in budgets) else max(budgets))
+    parts = []
+    for d, f in zip(dirs, frozens):
+        df = load_trials(d)
+        fin = final_trials(df) if len(df) else df
+        if len(fin):
+            fin = fin.assign(experiment=f["spec"]["name"], exp_dir=str(d))
+            measured = read_measured(d)
+            fin["measured_latency_ms"] = [float((measured.get(h) or {}).get("measured_latency_ms", float("nan")))
+                                          for h in fin["config_hash"]]
+            parts.append(fin)
+    fin = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["trial_number", "status", metric,
+                                                                                "predicted_latency_ms"])
+    objectives = ((metric, "max" if maximize else "min"), ("predicted_latency_ms", "min"))
+    if len(dirs) > 1 and len(fin):  # trial numbers repeat across experiments: one front over all rows
+        fin = fin.assign(_uid=range(len(fin)))
+        front = pareto_front(fin.rename(columns={"trial_number": "_tn", "_uid": "trial_number"}), objectives,
+                             budget_ms=budget).rename(columns={"trial_number": "_uid", "_tn": "trial_number"})
+    else:
+        front = pareto_front(fin, objectives, budget_ms=budget) if len(fin) else fin
+    reference = {}
+    if (dirs[0] / "reference.json").exists():
+        from supernet.fileio import read_json
+
+        from .runner import ResumeError
+
+        reference = read_json(dirs[0] / "reference.json", "reference-points file", "fix: delete it", ResumeError)
     dense_ms = (reference.get("dense") or {}).get("predicted_latency_ms")
     ref_lat = budget or (dense_ms * 1.1 if dense_ms else (float(fin["predicted_latency_ms"].max()) * 1.1 if len(fin) else 1.0))
-    hv = float(hypervolume(front[[metric, "predicted_latency_ms"]].to_numpy(), [0.0, ref_lat], ["max", "min"])) if len(front) else 0.0
-    cols = ["trial_number", "generation", metric, "predicted_latency_ms", "macs", "config"]
-    front_df = front[cols].reset_index(drop=True) if len(front) else front
+    hv = float(hypervolume(front[[metric, "predicted_latency_ms"]].to_numpy(), [0.0, ref_lat],
+                           ["max" if maximize else "min", "min"])) if len(front) else 0.0
+    cols = ["experiment", "trial_number", "generation", metric, "predicted_latency_ms", "measured_latency_ms",
+            "macs", "config"]
+    front_df = front[[c for c in cols if c in front.columns]].reset_index(drop=True) if len(front) else front
+    names = [f["spec"]["name"] for f in frozens]
     out: Dict[str, Any] = {
-        "experiment": spec["name"], "exp_dir": str(exp_dir), "budget_ms": budget, "metric": metric,
+        "experiment": names[0] if len(names) == 1 else names, "exp_dir": str(dirs[0]) if len(dirs) == 1 else
+        [str(d) for d in dirs], "budget_ms": budget, "metric": metric,
         "n_trials": int(len(fin)), "hypervolume": hv, "hypervolume_reference": [0.0, ref_lat],
         "front": [{**{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items() if k != "config"},
                    "config": json.loads(r["config"])} for r in front_df.to_dict("records")],
@@ -103,27 +162,33 @@ def pareto_report(exp_dir: Path, budget_ms: Optional[float] = None, plot: Option
         dm = reference["dense"]["metrics"][metric]
         out["front_vs_dense"] = [{"trial_number": r["trial_number"], "latency_ratio": r["predicted_latency_ms"] / dense_ms,
                                   "metric_retention": r[metric] / dm if dm else None} for r in out["front"]]
-    if history:
+    if history and len(dirs) == 1:
         h = hypervolume_history(fin, objectives, ref_point=[0.0, ref_lat], by="generation", budget_ms=budget)
         out["history"] = h.to_dict("records")
     if plot:
-        out["plot"] = plot_front(fin, front, metric, reference, budget, plot, title=f"{spec['name']}: {len(fin)} trials")
-    lines = [f"experiment {spec['name']} ({exp_dir}): {len(fin)} trials, front of {len(front_df)}"
+        out["plot"] = plot_front(fin, front, metric, reference, budget, _plot_path(plot),
+                                 title=f"{', '.join(names)}: {len(fin)} trials")
+    lines = [f"{'experiments' if len(names) > 1 else 'experiment'} {', '.join(names)} "
+             f"({', '.join(str(d) for d in dirs)}): {len(fin)} trials, front of {len(front_df)}"
              + (f" under {budget:g} ms" if budget else "") + f", hypervolume {hv:.4g}",
-             f"{'trial':>6} {'gen':>4} {metric:>8} {'latency ms':>11} {'GMACs':>7}  config"]
+             (f"{'experiment':>14} " if len(names) > 1 else "")
+             + f"{'trial':>6} {'gen':>4} {metric:>8} {'latency ms':>11} {'measured':>9} {'GMACs':>7}  config"]
     for r in out["front"]:
-        lines.append(f"{r['trial_number']:>6} {r['generation']:>4} {r[metric]:>8.4f} {r['predicted_latency_ms']:>11.2f} "
-                     f"{r['macs'] / 1e9:>7.3f}  {json.dumps(r['config'])}")
+        meas = r.get("measured_latency_ms")
+        meas_txt = f"{meas:>9.2f}" if meas is not None and meas == meas else f"{'-':>9}"
+        lines.append((f"{r['experiment'][:14]:>14} " if len(names) > 1 else "")
+                     + f"{r['trial_number']:>6} {r['generation']:>4} {r[metric]:>8.4f} {r['predicted_latency_ms']:>11.2f} "
+                     f"{meas_txt} {r['macs'] / 1e9:>7.3f}  {json.dumps(r['config'])}")
     if reference:
         lines.append("reference points:")
         for name, ref in reference.items():
             m = (ref.get("metrics") or {}).get(metric, float("nan"))
-            lines.append(f"  {name:12s} {metric} {m:.4f} @ {ref['predicted_latency_ms']:.2f} ms, "
-                         f"{ref['macs'] / 1e9:.3f} GMACs")
-    if history:
+            lines.append(f"  {name:12s} {metric} {m if m is not None else float('nan'):.4f} @ "
+                         f"{ref['predicted_latency_ms']:.2f} ms, {ref['macs'] / 1e9:.3f} GMACs")
+    if "history" in out:
         lines.append("hypervolume per generation:")
         for r in out["history"]:
             lines.append(f"  gen {int(r['generation']):>3}: {r['hypervolume']:.4g} ({int(r['n_trials'])} trials)")
     if plot:
-        lines.append(f"plot: {plot}")
+        lines.append(f"plot: {out['plot']}")
     return {"json": out, "text": "\n".join(lines), "front_df": front_df}

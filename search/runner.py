@@ -1,17 +1,24 @@
 """The search loop: spec -> sampler -> latency gate -> Ray workers -> Parquet -> Pareto.
 
-The driver runs Optuna ask/tell on an in-memory study. Every asked config is decoded, hashed and
-priced by the latency predictor (microseconds); configs over the budget are told to Optuna as
-infeasible (constraint = predicted - budget > 0, so constrained NSGA-II ranks them below every
-feasible one) and logged ``rejected`` without an evaluation; configs already evaluated on this
-checkpoint are told their recorded values and logged ``cached``. The rest go to the Ray worker
-pool, a generation (population) at a time so every worker stays busy; results are told as they
-arrive and appended to the Parquet trial log in atomic part files.
+The driver runs Optuna ask/tell on an in-memory study, with one :class:`search.policy.SearchPolicy`
+answering everything about a proposal that needs no weights (decode, predicted latency, the gate, the
+result-cache key, the objective vector). The sampler is wrapped so that it only proposes configs the
+predictor puts within budget and, where it can, computations not yet evaluated
+(:mod:`search.samplers._feasible`); a proposal whose computation was already evaluated is told its
+recorded values and logged ``cached``. The rest go to the Ray worker pool, a generation at a time so
+every worker stays busy, with the multi-fidelity rule (:mod:`search.fidelity`) and the longest-prefix
+affinity of the stage cache; results are told as they arrive and appended to the Parquet trial log in
+atomic part files. A trial is a proposal that was evaluated (fully, partially, or failed) or served from
+the cache: ``n_trials`` counts exactly those.
+
+Every input is validated before anything is written (:meth:`SearchPolicy.from_spec`), and a bad
+bookkeeping file gives one line naming it and the fix, never a traceback; what is recorded is never
+rewritten.
 
 Resumable state is the trial log itself plus ``pending.json`` (the trials of the batch in flight):
 ``resume`` rebuilds the study from the log (values, constraints and the GA sampler's generation
 attributes), re-enqueues the pending trials that never reached the log with their original numbers
-and parameters, and goes on. No extra storage round trip per trial.
+and parameters, and goes on.
 
 Layout of an experiment directory::
 
@@ -20,13 +27,14 @@ Layout of an experiment directory::
     EXP_DIR/trials/part-*.parquet   the trial log (search.trial_log)
     EXP_DIR/pending.json       trials asked but not yet logged (resume re-runs them once)
     EXP_DIR/reference.json     dense and uniform-sparsity reference points
+    EXP_DIR/front.parquet      one row per trial with is_pareto / rank (search.front), after every generation
+    EXP_DIR/study.journal      the Optuna study for optuna-dashboard (search.journal), rebuilt from the log
     EXP_DIR/.lock              held (flock) by the live driver
 """
 from __future__ import annotations
 
 import datetime as dt
 import fcntl
-import hashlib
 import json
 import math
 import os
@@ -39,14 +47,21 @@ from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from .errors import UserError
+from supernet.fileio import atomic_write_json, read_json, sha256_bytes, sha256_file
 
-__all__ = ["run", "resume", "ExperimentLockedError", "ResumeError", "experiment_summary"]
+from .errors import UserError
+from .policy import MetricError, SearchPolicy
+
+__all__ = ["run", "resume", "fork", "ExperimentLockedError", "ResumeError", "experiment_summary",
+           "load_frozen_spec", "REFERENCE_UNIFORM"]
 
 FORMAT_VERSION = 1
-REFERENCE_UNIFORM = (0.3, 0.5, 0.7)
+#: Uniform ratios of the reference points (SparseViT's uniform-sparsity baseline).
+from supernet.evaluate import REFERENCE_RATIOS as REFERENCE_UNIFORM  # noqa: E402 - one home
 FLUSH_EVAL_S = 0.05  # an evaluation at least this long is appended to the log as soon as it ends
 FLUSH_EVERY_S = 0.25  # otherwise results are grouped into one Parquet part at most this long
+#: Statuses that count as trials (``n_trials``): evaluated (fully, partially, failed) or served by the cache.
+TRIAL_STATUSES = ("complete", "cached", "partial", "failed")
 
 
 class ExperimentLockedError(UserError):
@@ -54,27 +69,7 @@ class ExperimentLockedError(UserError):
 
 
 class ResumeError(UserError):
-    """The experiment cannot be resumed as it stands (changed checkpoint, predictor or space)."""
-
-
-# ------------------------------------------------------------------------------------------
-# small helpers
-# ------------------------------------------------------------------------------------------
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """The experiment cannot be resumed as it stands (changed checkpoint, predictor or space, bad files)."""
 
 
 class _Lock:
@@ -111,7 +106,7 @@ class _Lock:
 
 
 def _space_digest(spec) -> str:
-    return hashlib.sha256(json.dumps(spec.space.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+    return sha256_bytes(json.dumps(spec.space.model_dump(mode="json"), sort_keys=True))[:16]
 
 
 @dataclass
@@ -130,126 +125,95 @@ class _Pending:
 
 
 def _sampler_attrs(system_attrs: Dict[str, Any]) -> Dict[str, Any]:
-    """The GA samplers' per-trial state worth keeping (generation, parents, operator)."""
-    return {k: v for k, v in system_attrs.items() if "generation" in k or "parent" in k}
+    """The GA samplers' per-trial state worth keeping (generation, parents, operator, draws)."""
+    return {k: v for k, v in system_attrs.items() if "generation" in k or "parent" in k or k.startswith("feasible:")}
+
+
+def _finite(v: Any) -> bool:
+    try:
+        return v is not None and math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
 
 
 # ------------------------------------------------------------------------------------------
 # the experiment
 # ------------------------------------------------------------------------------------------
 class _Search:
-    def __init__(self, spec, exp_dir: Path, *, progress: bool, log=print):
+    def __init__(self, spec, exp_dir: Path, *, policy: Optional[SearchPolicy] = None, progress: bool = True,
+                 log=print):
         import optuna
         import pyarrow as pa
 
-        from latency import Predictor
-        from supernet.checkpoint import read_sidecar
-        from supernet.sparse_swin import validate_sparsity  # noqa: F401 - import check
         from .samplers import latency_constraints, make_sampler
-        from .space import SearchSpace
         from .trial_log import TrialLogWriter, trial_schema
 
         self.spec, self.exp_dir, self.progress, self.log = spec, exp_dir, progress, log
         self.optuna = optuna
-        ckpt = Path(spec.supernet.checkpoint)
-        self.ckpt_path = ckpt
-        self.meta = read_sidecar(ckpt)
-        self.ckpt_sha = self.meta["weights_sha256"]
-        self.depths = tuple(self.meta["arch"]["timm_kwargs"]["depths"])
-        self.space = SearchSpace.from_spec(spec.space, self.depths)
-        self.predictor = Predictor.load(spec.latency.predictor)
-        self.dense_ms = float(self.predictor.predict(np.asarray([self.space.dense_config().flat], dtype=np.float64))[0])
-        self.budget = spec.latency.budget_ms
-        if spec.latency.budget_fraction is not None:
-            self.budget = float(spec.latency.budget_fraction) * self.dense_ms
-        self.objective_names = spec.objectives.names()
-        self.directions = spec.objectives.directions()
-        self.metric = spec.objectives.metric
-        self.sampler = make_sampler(spec.sampler, self.space, spec.seed, constraints_func=latency_constraints)
-        self.population = getattr(self.sampler, "population_size", None) or getattr(
-            getattr(self.sampler, "_sampler", None), "population_size", None)
+        self.policy = policy or SearchPolicy.from_spec(spec)
+        pol = self.policy
+        self.space, self.predictor, self.budget, self.dense_ms = pol.space, pol.predictor, pol.budget, pol.dense_ms
+        self.ckpt_path = Path(spec.supernet.checkpoint)
+        self.meta = pol.meta
+        self.ckpt_sha = pol.checkpoint_sha256
+        self.metric = pol.metric
+        self.cache: Dict[str, Dict[str, Any]] = {}  # key -> metrics/params of a complete evaluation
+        self.partial: Dict[str, Dict[str, Any]] = {}  # key -> first-rung metrics of a computation stopped early
+        self.inflight: Dict[str, _Pending] = {}
+        self.sampler = make_sampler(spec.sampler, self.space, spec.seed, constraints_func=latency_constraints,
+                                    feasible=pol.feasible_params, is_new=self._is_new, repair=pol.repair)
+        self.population = getattr(self.sampler, "population_size", None)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        self.study = optuna.create_study(directions=self.directions, sampler=self.sampler,
-                                         study_name=spec.name)
+        self.study = optuna.create_study(directions=pol.directions, sampler=self.sampler, study_name=spec.name)
         self.dists = self.space.distributions()
         schema = trial_schema(self.space.n_blocks, [self.metric],
                               {"metrics_json": pa.string(), "sampler_attrs": pa.string(),
                                "params_json": pa.string()})
         self.writer = TrialLogWriter(exp_dir, schema, experiment_id=spec.name)
-        self.cache: Dict[str, Dict[str, Any]] = {}  # config hash -> values/metrics of a complete row
         self.rows: List[Dict[str, Any]] = []
-        self.counts = {"complete": 0, "rejected": 0, "failed": 0, "cached": 0}
+        self.counts = {"complete": 0, "rejected": 0, "failed": 0, "cached": 0, "partial": 0}
         self.done_numbers: set = set()
         self.next_number = 0
         self.free_numbers: List[int] = []  # numbers below next_number missing from the log (moved-aside part)
         self.rerun = 0  # pending trials re-enqueued by restore(): the first batch after a resume
         self.hv = 0.0
-        self._macs_model = None
         self._front_pts: List[Tuple[float, float]] = []
         self._last_flush = time.time()
+        # multi-fidelity: (latency, full value, first-rung value) of fully evaluated configs
+        ev = spec.evaluator
+        self.fidelity_on = bool(ev.fidelity) and pol.names == [self.metric, "latency_ms"]
+        from .fidelity import first_canvases, subset_key
 
-    # ---- model-free facts about a config ----------------------------------------------------
-    def _arch_model(self):
-        """The checkpoint's architecture with random weights (for MACs and kept-window counts)."""
-        if self._macs_model is None:
-            from supernet.checkpoint import build_model
+        self.first = first_canvases(ev.subset_size, ev.batch_size, ev.first_fraction)
+        self.subset_key = subset_key(self.metric, self.first)
+        self._rungs: List[Tuple[float, float, float]] = []
+        self.eval_seconds = 0.0
+        self.cache_stats: Dict[str, Dict[str, Any]] = {}
+        self.observers: List[Any] = []  # objects with .on_flush(search, rows) (journal, front table)
 
-            self._macs_model = build_model(self.meta)
-        return self._macs_model
+    @property
+    def n_trials_done(self) -> int:
+        """Trials so far (evaluated, partially evaluated, failed, or cached)."""
+        return sum(self.counts[s] for s in TRIAL_STATUSES)
 
-    def _macs(self, ratios) -> int:
-        from supernet.macs import count_macs
-
-        return count_macs(self._arch_model(), None, ratios=ratios)  # at the backbone's own input size
-
-    def _exec_key(self, config) -> str:
-        """Result-cache key of a config: the windows every block keeps, plus the weight ratios.
-
-        A block keeps k = int(nW * (1 - r)) of its nW windows (SparseViT, ``supernet.keep_count``), so
-        several ratios give the same k: at 224 px a stage-2 block has 4 windows (ratios 0.1 and 0.2
-        both keep 3) and a stage-3 block 1 (any r > 0 skips it). Configs with equal counts run the
-        same computation and get the same metrics, MACs and predicted latency, so one evaluation
-        serves them all. Counted at the backbone's own input size, as the MACs and the predictor are.
-        """
-        counts = self._arch_model().backbone.keep_counts(None, config.ratios)
-        return json.dumps([counts, config.weight_ratios], sort_keys=True, separators=(",", ":"))
-
-    def _values(self, metrics: Dict[str, float], p: _Pending, params: Optional[int]) -> List[float]:
-        out = []
-        for name in self.objective_names:
-            if name == self.metric:
-                out.append(float(metrics[self.metric]))
-            elif name == "latency_ms":
-                out.append(float(p.predicted_ms))
-            elif name == "macs":
-                out.append(float(p.macs))
-            elif name == "params":
-                out.append(float(params if params is not None else 0))
-        return out
-
-    def _worst_values(self, p: _Pending) -> List[float]:
-        vals = []
-        for name, d in zip(self.objective_names, self.directions):
-            if name == "latency_ms":
-                vals.append(float(p.predicted_ms))
-            elif name == "macs":
-                vals.append(float(p.macs))
-            else:
-                vals.append(0.0 if d == "maximize" else 1e9)
-        return vals
+    def _is_new(self, params: Dict[str, Any]) -> bool:
+        key = self.policy.key(self.policy.decode(params))
+        return key not in self.cache and key not in self.partial and key not in self.inflight
 
     # ---- rows -------------------------------------------------------------------------------
-    def _row(self, p: _Pending, status: str, *, metrics=None, res=None, error=None, attempt=0) -> Dict[str, Any]:
+    def _row(self, p: _Pending, status: str, *, metrics=None, res=None, error=None, attempt=0,
+             canvases=None) -> Dict[str, Any]:
         now = dt.datetime.now(dt.timezone.utc)
-        sys_attrs = p.sampler_attrs  # captured once at ask time (GA samplers set them during ask)
+        value = None if metrics is None else metrics.get(self.metric)
         row = {
             "trial_number": p.number, "generation": int(p.generation), "attempt": int(attempt),
             "ratios": list(p.config.flat), "config": json.dumps(p.config.ratios), "config_hash": p.hash,
             "checkpoint_sha256": self.ckpt_sha, "status": status,
-            self.metric: None if metrics is None else float(metrics.get(self.metric, float("nan"))),
+            self.metric: float(value) if _finite(value) else None,
             "predicted_latency_ms": float(p.predicted_ms), "macs": int(p.macs),
-            "metrics_json": None if metrics is None else json.dumps(metrics),
-            "sampler_attrs": json.dumps(sys_attrs), "params_json": json.dumps(p.params),
+            "metrics_json": None if metrics is None else json.dumps({k: (v if _finite(v) else None)
+                                                                     for k, v in metrics.items()}),
+            "sampler_attrs": json.dumps(p.sampler_attrs), "params_json": json.dumps(p.params),
             "error": error,
         }
         for i, r in enumerate(p.config.flat):
@@ -261,20 +225,27 @@ class _Search:
         if res is not None:
             row.update(eval_seconds=res.eval_seconds, worker_id=res.worker_id, node=res.node,
                        start_time=dt.datetime.fromtimestamp(res.start_time, dt.timezone.utc),
-                       end_time=dt.datetime.fromtimestamp(res.end_time, dt.timezone.utc), params=res.params)
+                       end_time=dt.datetime.fromtimestamp(res.end_time, dt.timezone.utc), params=res.params,
+                       canvases=res.canvases)
         else:
-            row.update(start_time=now, end_time=now)
+            row.update(start_time=now, end_time=now, canvases=canvases)
         return row
 
     def _flush(self) -> None:
         if self.rows:
-            self.writer.append(self.rows)
-            self.rows = []
+            rows, self.rows = self.rows, []
+            self.writer.append(rows)
+            for obs in self.observers:
+                obs.on_flush(self, rows)
         self._last_flush = time.time()
 
     # ---- resume -----------------------------------------------------------------------------
     def restore(self) -> List[Dict[str, Any]]:
-        """Rebuild the study from the trial log; return pending trials to re-run."""
+        """Rebuild the study from the trial log; return pending trials to re-run.
+
+        Raises:
+            ResumeError: a row's parameters or the pending file cannot be read (one line naming it).
+        """
         from optuna.trial import TrialState, create_trial
 
         from .trial_log import final_trials, load_trials
@@ -284,27 +255,44 @@ class _Search:
         df = load_trials(self.exp_dir)
         if len(df):
             df = final_trials(df).sort_values("trial_number")
+        pol = self.policy
         for _, r in df.iterrows():
-            params = json.loads(r["params_json"]) if isinstance(r.get("params_json"), str) else None
-            if params is None:
-                continue
-            status = r["status"]
-            sys_attrs = json.loads(r["sampler_attrs"]) if isinstance(r.get("sampler_attrs"), str) else {}
-            metrics = json.loads(r["metrics_json"]) if isinstance(r.get("metrics_json"), str) else None
-            config = self.space.decode(params)
-            p = _Pending(int(r["trial_number"]), params, config=config, key=self._exec_key(config),
-                         hash=r["config_hash"], predicted_ms=float(r["predicted_latency_ms"]),
-                         macs=int(r["macs"]) if r["macs"] == r["macs"] else 0, generation=int(r["generation"]))
+            number = int(r["trial_number"])
+            try:
+                params = json.loads(r["params_json"]) if isinstance(r.get("params_json"), str) else None
+                sys_attrs = json.loads(r["sampler_attrs"]) if isinstance(r.get("sampler_attrs"), str) else {}
+                metrics = json.loads(r["metrics_json"]) if isinstance(r.get("metrics_json"), str) else None
+                if params is None:
+                    continue
+                config = pol.decode(params)
+            except (ValueError, KeyError, TypeError) as e:
+                raise ResumeError(f"{self.exp_dir / 'trials'}: trial {number} has unreadable parameters or metrics "
+                                  f"({type(e).__name__}: {str(e)[:120]}); fix: move its part aside (`sparsesearch "
+                                  "resume` gives the number to a new trial) or start a new experiment") from None
+            status = str(r["status"])
+            p = _Pending(number, params, config=config, key=pol.key(config), hash=r["config_hash"],
+                         predicted_ms=float(r["predicted_latency_ms"]),
+                         macs=int(r["macs"]) if _finite(r["macs"]) else 0, generation=int(r["generation"]))
+            if status in ("complete", "cached", "partial") and not (metrics and _finite(metrics.get(self.metric))):
+                status = "failed"  # a NaN / missing metric written by an older version: not a measurement
             user_attrs = {"number": p.number}
-            if status in ("complete", "cached") and metrics is not None:
-                values = self._values(metrics, p, r.get("params") if r.get("params") == r.get("params") else None)
+            prm = r.get("params")
+            prm = int(prm) if _finite(prm) else None
+            if status in ("complete", "cached", "partial"):
+                values = pol.objectives(metrics, p.predicted_ms, p.macs, prm)
                 state = TrialState.COMPLETE
-                user_attrs["constraint"] = (p.predicted_ms - self.budget) if self.budget else -1.0
+                user_attrs["constraint"] = pol.constraint(p.predicted_ms)
                 if status == "complete":
-                    prm = r.get("params")
-                    self.cache[p.key] = {"metrics": metrics, "params": None if prm != prm or prm is None else int(prm)}
+                    self.cache[p.key] = {"metrics": metrics, "params": prm}
+                    if _finite(metrics.get(self.subset_key)):
+                        self._rungs.append((p.predicted_ms, float(metrics[self.metric]),
+                                            float(metrics[self.subset_key])))
+                if status == "partial":
+                    user_attrs["fidelity"] = "partial"
+                    cv = r.get("canvases")
+                    self.partial.setdefault(p.key, {"metrics": metrics, "canvases": int(cv) if _finite(cv) else None})
             elif status == "rejected":
-                values = self._worst_values(p)
+                values = pol.worst(p.predicted_ms, p.macs)
                 state = TrialState.COMPLETE
                 user_attrs["constraint"] = p.predicted_ms - (self.budget or 0.0)
             else:
@@ -317,16 +305,15 @@ class _Search:
                                               state=state, user_attrs=user_attrs, system_attrs=sys_attrs))
             self.done_numbers.add(p.number)
             self.counts[status] = self.counts.get(status, 0) + 1
-            if status in ("complete", "cached") and metrics is not None:
+            if status in ("complete", "cached"):
                 self._track_front(metrics, p)
         self.next_number = (int(df["trial_number"].max()) + 1) if len(df) else 0
-        pending_path = self.exp_dir / "pending.json"
+        pending = _read_pending(self.exp_dir)
         todo = []
-        if pending_path.exists():
-            for t in json.loads(pending_path.read_text()).get("trials", []):
-                if t["number"] not in self.done_numbers:
-                    todo.append(t)
-                    self.next_number = max(self.next_number, t["number"] + 1)
+        for t in pending:
+            if t["number"] not in self.done_numbers:
+                todo.append(t)
+                self.next_number = max(self.next_number, t["number"] + 1)
         known = self.done_numbers | {t["number"] for t in todo}
         self.free_numbers = sorted(set(range(self.next_number)) - known)
         for t in sorted(todo, key=lambda t: t["number"]):
@@ -336,6 +323,59 @@ class _Search:
                 system_attrs={**t.get("sampler_attrs", {}), "fixed_params": t["params"]}))
         self.rerun = len(todo)
         return todo
+
+    # ---- fork: warm start from another experiment on the same checkpoint ----------------------
+    def seed_from(self, parent: Path, enqueue: bool) -> Dict[str, int]:
+        """Reuse every full evaluation of the ``parent`` experiment (never re-evaluated: its metrics enter the
+        result cache) and, with ``enqueue``, seed the first generation with the parent's best configs that are
+        feasible under this experiment's budget (non-domination rank, then metric).
+
+        Raises:
+            ResumeError: the parent searched another checkpoint or resolution.
+        """
+        from .front import nondomination_ranks
+        from .trial_log import final_trials, load_trials
+
+        pfrozen, pspec = load_frozen_spec(parent)
+        if pfrozen.get("checkpoint_sha256") != self.ckpt_sha or list(pfrozen.get("search_img_size") or []) != \
+                list(self.policy.img_size):
+            raise ResumeError(f"{parent} searched another checkpoint or resolution than this fork; fix: fork an "
+                              "experiment of the same supernet")
+        df = load_trials(parent)
+        fin = final_trials(df) if len(df) else df
+        seeded, candidates = 0, []
+        for _, r in fin.iterrows():
+            if r["status"] not in ("complete", "cached") or not isinstance(r.get("params_json"), str):
+                continue
+            try:
+                params = json.loads(r["params_json"])
+                metrics = json.loads(r["metrics_json"])
+                config = self.policy.decode(params)
+            except (ValueError, KeyError, TypeError):
+                continue  # a row this space cannot decode: nothing to reuse
+            if not _finite(metrics.get(self.metric)):
+                continue
+            key = self.policy.key(config)
+            if r["status"] == "complete" and key not in self.cache:
+                prm = r.get("params")
+                self.cache[key] = {"metrics": metrics, "params": int(prm) if _finite(prm) else None}
+                if _finite(metrics.get(self.subset_key)):
+                    self._rungs.append((float(r["predicted_latency_ms"]), float(metrics[self.metric]),
+                                        float(metrics[self.subset_key])))
+                seeded += 1
+            if self.policy.feasible(config):
+                candidates.append((key, params, float(metrics[self.metric]), self.policy.predict(config)))
+        enq = 0
+        if enqueue and candidates:
+            uniq = {c[0]: c for c in candidates}
+            cand = list(uniq.values())
+            maximize = self.policy.directions[0] == "maximize"
+            ranks = nondomination_ranks(np.asarray([[c[2], c[3]] for c in cand]), ["max" if maximize else "min", "min"])
+            order = sorted(range(len(cand)), key=lambda i: (ranks[i], -cand[i][2] if maximize else cand[i][2]))
+            for i in order[: max(self.population or 0, 2)]:
+                self.study.enqueue_trial(cand[i][1], skip_if_exists=True)
+                enq += 1
+        return {"reused_evaluations": seeded, "seeded_trials": enq}
 
     # ---- hypervolume (2 objectives: metric, latency) ------------------------------------------
     def _track_front(self, metrics: Dict[str, float], p: _Pending) -> None:
@@ -350,7 +390,24 @@ class _Search:
             return 0.0
         ref_lat = self.budget if self.budget else self.dense_ms * 1.1
         pts = np.asarray(self._front_pts)
-        return float(hypervolume(pts, [0.0, ref_lat], ["max", "min"]))
+        maximize = self.policy.directions[0] == "maximize"
+        return float(hypervolume(pts, [0.0 if maximize else float(pts[:, 0].max()) * 1.1, ref_lat],
+                                 ["max" if maximize else "min", "min"]))
+
+    # ---- multi-fidelity ---------------------------------------------------------------------
+    def _fidelity(self, p: _Pending) -> Optional[Dict[str, Any]]:
+        """The multi-fidelity settings of a task (None: evaluate fully)."""
+        if not self.fidelity_on or self.first >= self.spec.evaluator.subset_size:
+            return None
+        from .fidelity import front_points, paired_margin
+
+        ev = self.spec.evaluator
+        maximize = self.policy.directions[0] == "maximize"
+        margin = paired_margin([r[2] for r in self._rungs], [r[1] for r in self._rungs], ev.fidelity_z,
+                               ev.fidelity_min_pairs)
+        front = front_points(self._rungs, maximize) if margin is not None else []
+        return {"first": self.first, "front": [list(f) for f in front], "margin": margin,
+                "predicted_ms": float(p.predicted_ms), "metric": self.metric, "maximize": maximize}
 
     # ---- the loop -----------------------------------------------------------------------------
     def ask(self) -> _Pending:
@@ -364,74 +421,115 @@ class _Search:
                 self.next_number += 1
             trial.set_user_attr("number", number)
         params = {k: trial.params[k] for k in self.dists}
-        config = self.space.decode(params)
-        p = _Pending(number, params, optuna_trial=trial, config=config, key=self._exec_key(config),
-                     hash=self.space.config_hash(config, self.ckpt_sha))
-        p.predicted_ms = float(self.predictor.predict(np.asarray([config.flat], dtype=np.float64))[0])
-        p.macs = self._macs(config.ratios)
+        pol = self.policy
+        config = pol.decode(params)
+        p = _Pending(number, params, optuna_trial=trial, config=config, key=pol.key(config),
+                     hash=pol.config_hash(config))
+        p.predicted_ms = pol.predict(config)
+        p.macs = pol.macs(config)
         st = self.study._storage.get_trial(trial._trial_id).system_attrs
         p.sampler_attrs = _sampler_attrs(st)
         gens = [v for k, v in st.items() if k.endswith(":generation")]
         p.generation = int(gens[0]) if gens else (number // self.population if self.population else 0)
         return p
 
-    def tell_complete(self, p: _Pending, metrics: Dict[str, float], status: str, res=None, params=None) -> None:
-        p.optuna_trial.set_user_attr("constraint", (p.predicted_ms - self.budget) if self.budget else -1.0)
-        self.study.tell(p.optuna_trial, self._values(metrics, p, params))
-        row = self._row(p, status, metrics=metrics, res=res, attempt=res.attempt if res else 0)
+    def tell_complete(self, p: _Pending, metrics: Dict[str, float], status: str, res=None, params=None,
+                      canvases=None) -> None:
+        pol = self.policy
+        p.optuna_trial.set_user_attr("constraint", pol.constraint(p.predicted_ms))
+        if status == "partial":
+            p.optuna_trial.set_user_attr("fidelity", "partial")
+        self.study.tell(p.optuna_trial, pol.objectives(metrics, p.predicted_ms, p.macs, params))
+        row = self._row(p, status, metrics=metrics, res=res, attempt=res.attempt if res else 0, canvases=canvases)
         if params is not None:
             row["params"] = int(params)
         self.rows.append(row)
         self.counts[status] += 1
         self.done_numbers.add(p.number)
-        self._track_front(metrics, p)
+        if status != "partial":
+            self._track_front(metrics, p)
 
-    def run(self, n_trials: int, pool, pbar=None) -> None:
+    def tell_failed(self, p: _Pending, error: str, res=None) -> None:
         from optuna.trial import TrialState
 
+        self.study.tell(p.optuna_trial, state=TrialState.FAIL)
+        self.rows.append(self._row(p, "failed", res=res, error=error[:500], attempt=res.attempt if res else 0))
+        self.counts["failed"] += 1
+        self.done_numbers.add(p.number)
+
+    def _on_result(self, res) -> None:
+        p: _Pending = res.task.payload
+        self.inflight.pop(p.key, None)
+        self.eval_seconds += float(res.eval_seconds or 0.0)
+        if res.cache is not None:
+            self.cache_stats[res.worker_id] = res.cache
+        if res.metrics is None:
+            for q in [p] + p.waiters:
+                self.tell_failed(q, res.error or "failed", res=res)
+            return
+        try:
+            metrics = self.policy.check_metrics(res.metrics)
+        except MetricError as e:
+            for q in [p] + p.waiters:
+                self.tell_failed(q, str(e), res=res)
+            if self.metric not in (res.metrics or {}):  # a configuration error: every trial would fail
+                self._flush()
+                raise
+            return  # one NaN is one failed trial; the search goes on
+        if res.partial:
+            self.partial[p.key] = {"metrics": metrics, "canvases": res.canvases}
+            self.tell_complete(p, metrics, "partial", res=res, params=res.params)
+            for w in p.waiters:
+                self.tell_complete(w, metrics, "partial", params=res.params, canvases=res.canvases)
+            return
+        self.cache[p.key] = {"metrics": metrics, "params": res.params}
+        if _finite(metrics.get(self.subset_key)):
+            self._rungs.append((p.predicted_ms, metrics[self.metric], metrics[self.subset_key]))
+        self.tell_complete(p, metrics, "complete", res=res, params=res.params)
+        for w in p.waiters:
+            self.tell_complete(w, metrics, "cached", params=res.params)
+
+    def run(self, n_trials: int, pool, pbar=None) -> None:
         from .workers import Task
 
         batch_size = max(self.population or 0, 2 * pool.size)
-        while len(self.done_numbers) < n_trials:
-            want = min(batch_size, n_trials - len(self.done_numbers))
+        pol = self.policy
+        while self.n_trials_done < n_trials:
+            want = min(batch_size, n_trials - self.n_trials_done)
             if self.rerun:  # after a resume, first finish the interrupted batch alone (same generations)
                 want, self.rerun = min(want, self.rerun), 0
             batch: List[_Pending] = []
-            inflight: Dict[str, _Pending] = {}
             for _ in range(want):
-                batch.append(self.ask())
-            _atomic_write(self.exp_dir / "pending.json", json.dumps(
-                {"trials": [{"number": p.number, "params": p.params, "sampler_attrs": p.sampler_attrs}
-                            for p in batch]}))
+                p = self.ask()
+                batch.append(p)
+                if (p.key not in self.cache and p.key not in self.partial and p.key not in self.inflight
+                        and pol.feasible(p.config)):
+                    self.inflight[p.key] = p  # later asks of this batch see it as taken
+            atomic_write_json(self.exp_dir / "pending.json",
+                              {"trials": [{"number": p.number, "params": p.params, "sampler_attrs": p.sampler_attrs}
+                                          for p in batch]})
             for p in batch:
-                if self.budget is not None and p.predicted_ms > self.budget:
+                if self.budget is not None and p.predicted_ms > self.budget:  # only a foreign sampler gets here
+                    self.inflight.pop(p.key, None)
                     p.optuna_trial.set_user_attr("constraint", p.predicted_ms - self.budget)
-                    self.study.tell(p.optuna_trial, self._worst_values(p))
+                    self.study.tell(p.optuna_trial, pol.worst(p.predicted_ms, p.macs))
                     self.rows.append(self._row(p, "rejected"))
                     self.counts["rejected"] += 1
                     self.done_numbers.add(p.number)
                 elif p.key in self.cache:
                     c = self.cache[p.key]
                     self.tell_complete(p, c["metrics"], "cached", params=c.get("params"))
-                elif p.key in inflight:
-                    inflight[p.key].waiters.append(p)
+                elif p.key in self.partial:  # stopped early before: the front only improves, so it stays stopped
+                    c = self.partial[p.key]
+                    self.tell_complete(p, c["metrics"], "partial", canvases=c.get("canvases"))
+                elif self.inflight.get(p.key) is not p:
+                    self.inflight[p.key].waiters.append(p)
                 else:
-                    inflight[p.key] = p
-                    pool.submit(Task(p.number, p.config.ratios, p.config.weight_ratios, payload=p))
+                    pool.submit(Task(p.number, p.config.ratios, p.config.weight_ratios, payload=p,
+                                     fidelity=self._fidelity(p), affinity=self._affinity(p)))
             self._update(pbar)
             for res in pool.results():
-                p: _Pending = res.task.payload
-                if res.metrics is not None:
-                    self.cache[p.key] = {"metrics": res.metrics, "params": res.params}
-                    self.tell_complete(p, res.metrics, "complete", res=res, params=res.params)
-                    for w in p.waiters:
-                        self.tell_complete(w, res.metrics, "cached", params=res.params)
-                else:
-                    for q in [p] + p.waiters:
-                        self.study.tell(q.optuna_trial, state=TrialState.FAIL)
-                        self.rows.append(self._row(q, "failed", res=res, error=res.error, attempt=res.attempt))
-                        self.counts["failed"] += 1
-                        self.done_numbers.add(q.number)
+                self._on_result(res)
                 # A real evaluation is logged at once (a kill never loses it); results of
                 # near-instant evaluators are grouped so the log costs < 1 ms per trial.
                 if res.eval_seconds >= FLUSH_EVAL_S or pool.busy == 0 or time.time() - self._last_flush > FLUSH_EVERY_S:
@@ -439,17 +537,56 @@ class _Search:
                 self._update(pbar)
             self._flush()
             self.hv = self._hypervolume()
+            for obs in self.observers:
+                if hasattr(obs, "on_generation"):
+                    obs.on_generation(self)
             self._update(pbar)
-        _atomic_write(self.exp_dir / "pending.json", json.dumps({"trials": []}))
+        atomic_write_json(self.exp_dir / "pending.json", {"trials": []})
+
+    def _affinity(self, p: _Pending) -> List[Any]:
+        counts = self.policy.keep_counts(p.config)
+        extra = json.dumps(p.config.weight_ratios, sort_keys=True)
+        return [json.dumps([counts[:s + 1], extra]) for s in range(len(counts))]
 
     def _update(self, pbar) -> None:
         if pbar is None:
             return
-        pbar.n = len(self.done_numbers)
+        pbar.n = self.n_trials_done
         c = self.counts
-        pbar.set_postfix_str(f"complete {c['complete']} rejected {c['rejected']} failed {c['failed']} "
-                             f"cached {c['cached']} HV {self.hv:.4g}", refresh=False)
+        pbar.set_postfix_str(f"evaluated {c['complete']} partial {c['partial']} cached {c['cached']} "
+                             f"failed {c['failed']} HV {self.hv:.4g}", refresh=False)
         pbar.refresh()
+
+
+def _read_pending(exp_dir: Path) -> List[Dict[str, Any]]:
+    path = exp_dir / "pending.json"
+    if not path.exists():
+        return []
+    fix = "fix: delete it (the trials it listed were not recorded; resume gives their numbers to new trials)"
+    data = read_json(path, "pending-trials file", fix, ResumeError)
+    trials = data.get("trials") if isinstance(data, dict) else None
+    if not isinstance(trials, list) or not all(
+            isinstance(t, dict) and isinstance(t.get("number"), int) and isinstance(t.get("params"), dict)
+            for t in trials):
+        raise ResumeError(f"pending-trials file {path} is malformed (expected {{\"trials\": [{{\"number\", "
+                          f"\"params\"}}, ...]}}); {fix}")
+    return trials
+
+
+def _read_reference(exp_dir: Path) -> Optional[Dict[str, Any]]:
+    """``EXP_DIR/reference.json``, or None when it was not written yet.
+
+    Raises:
+        ResumeError: unreadable or malformed (one line naming it and the fix).
+    """
+    path = exp_dir / "reference.json"
+    if not path.exists():
+        return None
+    fix = "fix: delete it; resume evaluates the reference points again (they are not trials)"
+    data = read_json(path, "reference-points file", fix, ResumeError)
+    if isinstance(data, dict) and all(isinstance(v, dict) and "config" in v for v in data.values()):
+        return data
+    raise ResumeError(f"reference-points file {path} is malformed; {fix}")
 
 
 def _reference_points(search: _Search, pool) -> Dict[str, Any]:
@@ -457,14 +594,12 @@ def _reference_points(search: _Search, pool) -> Dict[str, Any]:
     from .workers import Task
 
     path = search.exp_dir / "reference.json"
-    if path.exists():
-        return json.loads(path.read_text())
+    known = _read_reference(search.exp_dir)
+    if known is not None:
+        return known
     refs = {"dense": search.space.dense_config()}
     for r in REFERENCE_UNIFORM:
-        try:
-            refs[f"uniform{r:.1f}"] = search.space.uniform_config(r)
-        except Exception:  # noqa: BLE001 - the ratio is not in the space
-            continue
+        refs[f"uniform{r:.1f}"] = search.space.uniform_config(r)
     names = list(refs)
     for i, name in enumerate(names):
         pool.submit(Task(-1 - i, refs[name].ratios, None, payload=name))
@@ -472,27 +607,37 @@ def _reference_points(search: _Search, pool) -> Dict[str, Any]:
     for res in pool.results():
         name = res.task.payload
         cfg = refs[name]
-        out[name] = {
-            "config": cfg.ratios, "metrics": res.metrics, "error": res.error,
-            "predicted_latency_ms": float(search.predictor.predict(np.asarray([cfg.flat], dtype=np.float64))[0]),
-            "macs": search._macs(cfg.ratios),
-        }
-    _atomic_write(path, json.dumps(out, indent=1))
+        metrics = res.metrics
+        err = res.error
+        if metrics is not None:
+            try:
+                metrics = search.policy.check_metrics(metrics)
+            except MetricError as e:
+                if search.metric not in metrics:
+                    raise
+                metrics, err = None, str(e)
+        out[name] = {"config": cfg.ratios, "metrics": metrics, "error": err,
+                     "predicted_latency_ms": search.policy.predict(cfg), "macs": search.policy.macs(cfg)}
+    atomic_write_json(path, out)
     return out
 
 
-def _freeze(spec, exp_dir: Path, ckpt_sha: str, predictor_sha: str) -> Dict[str, Any]:
+def _freeze(spec, exp_dir: Path, policy: SearchPolicy, parent: Optional[Path] = None) -> Dict[str, Any]:
     frozen = {
         "format_version": FORMAT_VERSION,
         "spec": json.loads(spec.model_dump_json()),
-        "checkpoint": str(spec.supernet.checkpoint), "checkpoint_sha256": ckpt_sha,
-        "predictor": str(spec.latency.predictor), "predictor_sha256": predictor_sha,
+        "checkpoint": str(spec.supernet.checkpoint), "checkpoint_sha256": policy.checkpoint_sha256,
+        "predictor": str(spec.latency.predictor), "predictor_sha256": sha256_file(spec.latency.predictor),
         "space_digest": _space_digest(spec),
+        "search_img_size": list(policy.img_size),
+        "budget_ms": policy.budget, "dense_predicted_ms": policy.dense_ms,
+        "space_size": policy.space.size(),
+        "forked_from": str(Path(parent).resolve()) if parent is not None else None,
         "created": dt.datetime.now(dt.timezone.utc).isoformat(),
     }
-    _atomic_write(exp_dir / "experiment.json", json.dumps(frozen, indent=1))
-    src = spec.source() if callable(getattr(spec, "source", None)) else None
-    if src and Path(src).exists():
+    atomic_write_json(exp_dir / "experiment.json", frozen)
+    src = getattr(spec, "source", None)
+    if src and Path(src).is_file():
         shutil.copyfile(src, exp_dir / "spec.toml")
     return frozen
 
@@ -501,17 +646,17 @@ def _check_frozen(frozen: Dict[str, Any], spec, exp_dir: Path) -> None:
     ck = Path(spec.supernet.checkpoint)
     if not ck.exists():
         raise ResumeError(f"{exp_dir}: its checkpoint {ck} is missing; fix: restore the file "
-                          f"(sha256 {frozen['checkpoint_sha256'][:12]}...) or start a new experiment")
-    sha = _sha256(ck)
-    if sha != frozen["checkpoint_sha256"]:
+                          f"(sha256 {str(frozen.get('checkpoint_sha256'))[:12]}...) or start a new experiment")
+    sha = sha256_file(ck)
+    if sha != frozen.get("checkpoint_sha256"):
         raise ResumeError(f"{exp_dir}: checkpoint {ck} changed since the experiment started (sha256 "
-                          f"{sha[:12]}... != {frozen['checkpoint_sha256'][:12]}...); results would mix two "
+                          f"{sha[:12]}... != {str(frozen.get('checkpoint_sha256'))[:12]}...); results would mix two "
                           "supernets; fix: restore the original checkpoint or run a new experiment (new output_dir)")
     pred = Path(spec.latency.predictor)
-    if not pred.exists() or _sha256(pred) != frozen["predictor_sha256"]:
+    if not pred.exists() or sha256_file(pred) != frozen.get("predictor_sha256"):
         raise ResumeError(f"{exp_dir}: latency predictor {pred} is missing or changed since the experiment "
                           "started; fix: restore it or run a new experiment (new output_dir)")
-    if _space_digest(spec) != frozen["space_digest"]:
+    if _space_digest(spec) != frozen.get("space_digest"):
         raise ResumeError(f"{exp_dir}: the search space differs from the frozen one in {exp_dir}/experiment.json; "
                           "fix: resume with the original spec or run a new experiment (new output_dir)")
 
@@ -523,45 +668,61 @@ def _worker_pythonpath() -> List[str]:
     return [str(Path(__file__).resolve().parents[1])] + extra
 
 
+def _check_evaluator(spec) -> None:
+    """A ``module:function`` evaluator must import on the driver (the workers get the driver's PYTHONPATH)."""
+    if spec.evaluator.name != "fashion_mosaic":
+        from .evaluators import _import
+
+        _import(spec.evaluator.name)
+
+
 def _execute(spec, exp_dir: Path, *, n_trials: int, is_resume: bool, address: Optional[str], progress: bool,
-             log) -> Dict[str, Any]:
+             log, policy: Optional[SearchPolicy] = None) -> Dict[str, Any]:  # noqa: C901 - one linear start-up
     from tqdm.auto import tqdm
 
     from .workers import WorkerPool, ray_init_local
 
     t0 = time.time()
-    search = _Search(spec, exp_dir, progress=progress, log=log)
+    search = _Search(spec, exp_dir, policy=policy, progress=progress, log=log)
+    _attach_observers(search)
     repeated = search.restore() if is_resume else []
+    for obs in search.observers:
+        if hasattr(obs, "on_restore"):
+            obs.on_restore(search)
     ej = exp_dir / "experiment.json"
-    frozen = json.loads(ej.read_text())
+    frozen = read_json(ej, "experiment file", "fix: restore it (or start a new experiment)", ResumeError)
+    _read_reference(exp_dir)  # a broken file is reported now, before Ray starts
+    fork_info = None
+    if frozen.get("forked_from"):
+        fork_info = search.seed_from(Path(frozen["forked_from"]), enqueue=search.n_trials_done == 0 and not repeated)
     if frozen.get("budget_ms") != search.budget or frozen.get("dense_predicted_ms") != search.dense_ms:
         frozen.update(budget_ms=search.budget, dense_predicted_ms=search.dense_ms)
-        _atomic_write(ej, json.dumps(frozen, indent=1))
-    if len(search.done_numbers) >= n_trials and (exp_dir / "reference.json").exists():
+        atomic_write_json(ej, frozen)
+    if search.n_trials_done >= n_trials and (exp_dir / "reference.json").exists():
         # a finished experiment resumed without a larger budget: nothing to evaluate, no Ray
-        _atomic_write(exp_dir / "pending.json", json.dumps({"trials": []}))
+        atomic_write_json(exp_dir / "pending.json", {"trials": []})
         return experiment_summary(exp_dir, extra={
             "elapsed_s": round(time.time() - t0, 2), "trials_this_run": 0, "resumed": is_resume,
-            "rerun_pending": 0, "reference": json.loads((exp_dir / "reference.json").read_text())})
+            "rerun_pending": 0, "reference": _reference_points(search, None)})
     address = address or spec.ray.address
     owns_ray = False
     import ray
 
+    w = spec.workers
     if not ray.is_initialized():
-        w = spec.workers
         ray_init_local(num_cpus=None if address else max(w.num_workers * w.cpus_per_worker, os.cpu_count() or 1),
                        address=address, dashboard=spec.ray.dashboard,
                        runtime_env={"env_vars": {"PYTHONPATH": os.pathsep.join(_worker_pythonpath())}}
                        if not address else None)
         owns_ray = True
-    w = spec.workers
-    evaluator = dict(name=spec.evaluator.name, subset_size=spec.evaluator.subset_size,
-                     batch_size=spec.evaluator.batch_size, split=spec.evaluator.split,
-                     kwargs=dict(spec.evaluator.kwargs))
+    ev = spec.evaluator
+    evaluator = dict(name=ev.name, subset_size=ev.subset_size, batch_size=ev.batch_size, split=ev.split,
+                     kwargs=dict(ev.kwargs), img_size=list(search.policy.img_size), mosaic=dict(ev.mosaic))
     try:
         pool = WorkerPool(str(search.ckpt_path), search.meta, evaluator, num_workers=w.num_workers,
                           cpus_per_worker=w.cpus_per_worker, threads=w.torch_threads or w.cpus_per_worker,
-                          max_retries=w.max_retries)
+                          max_retries=w.max_retries, img_size=list(search.policy.img_size),
+                          gpus_per_worker=w.gpus_per_worker, prefix_cache_bytes=w.prefix_cache_mb << 20)
     except BaseException:
         if owns_ray:
             ray.shutdown()
@@ -569,7 +730,7 @@ def _execute(spec, exp_dir: Path, *, n_trials: int, is_resume: bool, address: Op
     try:
         pool.wait_ready()
         refs = _reference_points(search, pool)
-        already = len(search.done_numbers)
+        already = search.n_trials_done
         pbar = tqdm(total=n_trials, initial=already, desc=f"search {spec.name}", unit="trial",
                     disable=not progress, dynamic_ncols=True, file=sys.stderr)
         search.hv = search._hypervolume()
@@ -580,66 +741,128 @@ def _execute(spec, exp_dir: Path, *, n_trials: int, is_resume: bool, address: Op
             search._flush()
             pbar.close()
             t_end = time.time()
-            n_run = len(search.done_numbers) - already
+            n_run = search.n_trials_done - already
     finally:
         pool.shutdown()
         if owns_ray:
             ray.shutdown()
+    sampler = search.sampler
     return experiment_summary(exp_dir, extra={
         "elapsed_s": round(time.time() - t0, 2), "search_loop_s": round(t_end - t_loop, 4),
         "trials_this_run": n_run, "resumed": is_resume, "rerun_pending": len(repeated),
-        "worker_deaths": pool.worker_deaths, "actors_replaced": pool.replaced, "reference": refs})
+        "worker_deaths": pool.worker_deaths, "actors_replaced": pool.replaced, "reference": refs,
+        "eval_seconds_this_run": round(search.eval_seconds, 3), "fork": fork_info,
+        "proposals": {"draws": getattr(sampler, "draws", None), "repaired": getattr(sampler, "repairs", None),
+                      "repeats": getattr(sampler, "repeats", None)},
+        "prefix_cache": _merge_cache_stats(search.cache_stats)})
+
+
+def _merge_cache_stats(stats: Dict[str, Dict[str, Any]]) -> Optional[Dict[str, Any]]:
+    if not stats:
+        return None
+    keys = ("hits", "misses", "stage_seconds_saved", "bytes", "evictions")
+    out = {k: sum(s.get(k, 0) for s in stats.values()) for k in keys}
+    n = out["hits"] + out["misses"]
+    out["hit_rate"] = out["hits"] / n if n else 0.0
+    out["max_bytes_per_worker"] = max(s.get("max_bytes", 0) for s in stats.values())
+    out["workers"] = len(stats)
+    return out
+
+
+def _attach_observers(search: _Search) -> None:
+    """The views kept beside the log (front table, optuna-dashboard journal)."""
+    from .front import FrontTable
+    from .journal import StudyJournal
+
+    search.observers = [FrontTable(search.exp_dir), StudyJournal(search.exp_dir)]
 
 
 def _prepare_dir(spec) -> Path:
     if spec.output_dir is None:
         raise UserError("spec has no output_dir; fix: add `output_dir = \"runs/NAME\"` at the top level")
     exp_dir = Path(spec.output_dir)
+    if exp_dir.exists() and not exp_dir.is_dir():
+        raise UserError(f"output_dir {exp_dir} is a file; fix: choose another output_dir")
     exp_dir.mkdir(parents=True, exist_ok=True)
     return exp_dir
 
 
 def run(spec, *, address: Optional[str] = None, n_trials: Optional[int] = None, progress: bool = True,
-        log=print) -> Dict[str, Any]:
+        log=print, parent: Optional[Path] = None) -> Dict[str, Any]:
     """Run a new search described by ``spec`` (an :class:`search.spec.ExperimentSpec`).
+
+    Every input (checkpoint and sidecar, predictor, budget, evaluator import) is checked before anything
+    is written to the experiment directory.
 
     Args:
         spec: the experiment spec (see ``search.spec.load_spec``).
-        address: Ray address to join (default: the spec's ``[ray] address``, else an embedded local Ray on
-            127.0.0.1).
-        n_trials: override the spec's trial budget.
+        address: Ray address to join (default: the spec's ``[ray] address``, else an embedded, private
+            local Ray on 127.0.0.1).
+        n_trials: override the spec's trial budget (> 0): trials evaluated or served by the cache.
         progress: show a progress bar (stderr).
+        parent: fork of this experiment directory (see :func:`fork`): its evaluations are reused.
 
     Returns:
         The experiment summary (see :func:`experiment_summary`).
 
     Raises:
         ExperimentLockedError: another driver holds the directory.
-        UserError: the directory already holds a different experiment, or any input is invalid.
+        UserError: the directory already holds an experiment (or trial-log parts of one), or any input is
+            invalid.
     """
+    if n_trials is not None and n_trials < 1:
+        raise UserError(f"n_trials must be >= 1, got {n_trials}; fix: pass a positive --n-trials")
+    policy = SearchPolicy.from_spec(spec)
+    _check_evaluator(spec)
+    if address or spec.ray.address:  # a dead cluster address is an input error too: found before anything is written
+        from .workers import check_reachable
+
+        check_reachable(address or spec.ray.address)
     exp_dir = _prepare_dir(spec)
     with _Lock(exp_dir):
         if (exp_dir / "experiment.json").exists():
             raise UserError(f"{exp_dir} already holds an experiment; fix: `sparsesearch resume {exp_dir}` to "
                             "continue it, or choose another output_dir")
-        ck = Path(spec.supernet.checkpoint)
-        for p, what in ((ck, "checkpoint"), (Path(spec.latency.predictor), "latency predictor")):
-            if not p.exists():
-                raise UserError(f"{what} {p} not found; fix: train/profile it first or correct the path in the spec")
-        _freeze(spec, exp_dir, _sha256(ck), _sha256(Path(spec.latency.predictor)))
+        from .trial_log import list_parts
+
+        if list_parts(exp_dir):
+            raise UserError(f"{exp_dir}/trials holds trial-log parts but {exp_dir} has no experiment.json; fix: "
+                            "choose another output_dir (or move those parts away): a new experiment never "
+                            "appends to another one's log")
+        _freeze(spec, exp_dir, policy, parent)
         return _execute(spec, exp_dir, n_trials=n_trials or spec.n_trials, is_resume=False, address=address,
-                        progress=progress, log=log)
+                        progress=progress, log=log, policy=policy)
 
 
 def load_frozen_spec(exp_dir: Path):
-    """The spec frozen into ``EXP_DIR/experiment.json`` at ``run``."""
-    from .spec import ExperimentSpec
+    """``(frozen dict, spec)`` of ``EXP_DIR/experiment.json``.
 
+    Raises:
+        ResumeError: missing, unreadable or malformed file, or a frozen spec that no longer validates.
+    """
+    from pydantic import ValidationError
+
+    from .spec import ExperimentSpec, format_validation_error
+
+    exp_dir = Path(exp_dir)
     path = exp_dir / "experiment.json"
+    if not exp_dir.is_dir():
+        raise ResumeError(f"{exp_dir} is not an experiment directory; fix: pass the output_dir of a `sparsesearch "
+                          "run`")
     if not path.exists():
         raise ResumeError(f"{exp_dir} holds no experiment (no experiment.json); fix: `sparsesearch run SPEC.toml` first")
-    frozen = json.loads(path.read_text())
-    return frozen, ExperimentSpec.model_validate(frozen["spec"])
+    frozen = read_json(path, "experiment file", "fix: restore it from a backup or start a new experiment "
+                       "(the trial log in trials/ is intact)", ResumeError)
+    if not isinstance(frozen, dict) or not isinstance(frozen.get("spec"), dict):
+        raise ResumeError(f"experiment file {path} is malformed (no frozen spec); fix: restore it from a backup or "
+                          "start a new experiment (the trial log in trials/ is intact)")
+    try:
+        spec = ExperimentSpec.model_validate(frozen["spec"])
+    except ValidationError as e:
+        first = format_validation_error(e, path).splitlines()[0]
+        raise ResumeError(f"{first} (the spec frozen in it no longer validates); fix: restore {path.name} or start a "
+                          "new experiment") from None
+    return frozen, spec
 
 
 def resume(exp_dir, *, n_trials: Optional[int] = None, address: Optional[str] = None, progress: bool = True,
@@ -654,43 +877,64 @@ def resume(exp_dir, *, n_trials: Optional[int] = None, address: Optional[str] = 
         n_trials: new total trial budget (default: the frozen spec's).
 
     Raises:
-        ResumeError: the checkpoint, predictor or search space changed; no experiment there.
+        ResumeError: the checkpoint, predictor or search space changed; no experiment there; a bookkeeping
+            file is unreadable.
         ExperimentLockedError: another driver holds the directory.
     """
+    if n_trials is not None and n_trials < 1:
+        raise UserError(f"n_trials must be >= 1, got {n_trials}; fix: pass a positive --n-trials")
     exp_dir = Path(exp_dir)
     frozen, spec = load_frozen_spec(exp_dir)
     with _Lock(exp_dir):
         _check_frozen(frozen, spec, exp_dir)
+        policy = SearchPolicy.from_spec(spec)
         total = n_trials or spec.n_trials
-        return _execute(spec, exp_dir, n_trials=total, is_resume=True, address=address, progress=progress, log=log)
+        return _execute(spec, exp_dir, n_trials=total, is_resume=True, address=address, progress=progress, log=log,
+                        policy=policy)
 
 
 def experiment_summary(exp_dir, extra: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
-    """Counts, the Pareto front and the hypervolume of an experiment directory (JSON-ready dict)."""
+    """Counts, the Pareto front and the hypervolume of an experiment directory (JSON-ready dict).
+
+    ``n_trials`` counts evaluated (complete, partial, failed) and cached trials; ``rejected`` rows (a
+    foreign sampler's over-budget proposals) are counted apart.
+
+    Raises:
+        ResumeError: experiment.json is unreadable.
+    """
     from .pareto import hypervolume, pareto_front
     from .trial_log import final_trials, load_trials
 
     exp_dir = Path(exp_dir)
-    frozen = json.loads((exp_dir / "experiment.json").read_text())
+    frozen = read_json(exp_dir / "experiment.json", "experiment file", "fix: restore it", ResumeError)
     spec = frozen["spec"]
     metric = spec["objectives"]["metric"]
+    maximize = spec["objectives"].get("metric_direction", "maximize") == "maximize"
     budget = frozen.get("budget_ms", spec["latency"]["budget_ms"])
     df = load_trials(exp_dir)
     fin = final_trials(df) if len(df) else df
-    counts = {s: int((fin["status"] == s).sum()) if len(fin) else 0 for s in ("complete", "rejected", "failed", "cached")}
-    front = pareto_front(fin, ((metric, "max"), ("predicted_latency_ms", "min")), budget_ms=budget) if len(fin) else fin
+    counts = {s: int((fin["status"] == s).sum()) if len(fin) else 0
+              for s in ("complete", "partial", "cached", "failed", "rejected")}
+    objectives = ((metric, "max" if maximize else "min"), ("predicted_latency_ms", "min"))
+    front = pareto_front(fin, objectives, budget_ms=budget) if len(fin) else fin
     ref = {}
     if (exp_dir / "reference.json").exists():
-        ref = json.loads((exp_dir / "reference.json").read_text())
+        ref = read_json(exp_dir / "reference.json", "reference-points file", "fix: delete it", ResumeError)
     dense_ms = (ref.get("dense") or {}).get("predicted_latency_ms")
     hv = 0.0
     if len(front):
         ref_lat = budget or (dense_ms * 1.1 if dense_ms else float(fin["predicted_latency_ms"].max()) * 1.1)
-        hv = float(hypervolume(front[[metric, "predicted_latency_ms"]].to_numpy(), [0.0, ref_lat], ["max", "min"]))
+        vals = front[[metric, "predicted_latency_ms"]].to_numpy()
+        ref_m = 0.0 if maximize else float(vals[:, 0].max()) * 1.1
+        hv = float(hypervolume(vals, [ref_m, ref_lat], ["max" if maximize else "min", "min"]))
+    evaluated = df[df["status"].isin(["complete", "failed", "partial"]) & df["eval_seconds"].notna()] if len(df) else df
     out = {
-        "experiment": spec["name"], "exp_dir": str(exp_dir), "n_trials": int(len(fin)),
-        "counts": counts, "evaluations": int(len(df[df["status"].isin(["complete", "failed"])])) if len(df) else 0,
-        "budget_ms": budget, "hypervolume": hv,
+        "experiment": spec["name"], "exp_dir": str(exp_dir),
+        "n_trials": int(sum(counts[s] for s in TRIAL_STATUSES)),
+        "counts": counts, "evaluations": int(len(evaluated)),
+        "eval_seconds": float(evaluated["eval_seconds"].fillna(0).sum()) if len(evaluated) else 0.0,
+        "budget_ms": budget, "hypervolume": hv, "search_img_size": frozen.get("search_img_size"),
+        "space_size": frozen.get("space_size"),
         "front": [
             {"trial_number": int(r["trial_number"]), metric: float(r[metric]),
              "predicted_latency_ms": float(r["predicted_latency_ms"]), "macs": int(r["macs"]),
@@ -701,3 +945,48 @@ def experiment_summary(exp_dir, extra: Optional[Dict[str, Any]] = None) -> Dict[
     if extra:
         out.update(extra)
     return out
+
+
+def fork(exp_dir, out_dir, *, budget_ms: Optional[float] = None, budget_fraction: Optional[float] = None,
+         n_trials: Optional[int] = None, address: Optional[str] = None, progress: bool = True,
+         log=print) -> Dict[str, Any]:
+    """A new experiment warm-started from ``exp_dir`` with a new latency budget (and trial budget).
+
+    Every full evaluation of the old experiment is reused (its metrics, never re-evaluated: the result
+    cache is keyed by the computation), and the first generation is seeded with the old front re-gated
+    under the new budget (the best feasible old configs by non-domination rank). Same supernet, predictor,
+    space, evaluator and sampler; the new experiment records where it was forked from and resumes like any
+    other.
+
+    Args:
+        exp_dir: the experiment to fork.
+        out_dir: the new experiment directory (must not hold an experiment).
+        budget_ms / budget_fraction: the new budget (at most one; default: the old one).
+        n_trials: the new experiment's trial budget (default: the old spec's).
+
+    Raises:
+        UserError: both budgets given, bad numbers, ``out_dir`` in use, or what :func:`run` raises.
+    """
+    from .spec import ExperimentSpec
+
+    if budget_ms is not None and budget_fraction is not None:
+        raise UserError("give --budget-ms or --budget-fraction, not both; fix: drop one of them")
+    frozen, spec = load_frozen_spec(Path(exp_dir))
+    data = json.loads(spec.model_dump_json())
+    out = Path(out_dir).expanduser().absolute()
+    data["output_dir"] = str(out)
+    data["name"] = f"{spec.name}-fork" if out.name in ("", ".") else out.name
+    if budget_ms is not None or budget_fraction is not None:
+        data["latency"]["budget_ms"] = budget_ms
+        data["latency"]["budget_fraction"] = budget_fraction
+    if n_trials is not None:
+        data["n_trials"] = n_trials
+    from pydantic import ValidationError
+
+    from .spec import format_validation_error
+
+    try:
+        new = ExperimentSpec.model_validate(data)
+    except ValidationError as e:
+        raise UserError(format_validation_error(e, "fork").splitlines()[0].removeprefix("fork: ")) from None
+    return run(new, address=address, progress=progress, log=log, parent=Path(exp_dir))

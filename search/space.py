@@ -154,6 +154,10 @@ class SearchSpace:
         frozen_stages: stages forced dense (ratio 0, no genes).
         weight_ratios: ``{"qkv": [...], "proj": [...], "mlp": [...]}`` candidate DIMAP weight-
             pruning ratios per module (any subset of the modules), or ``None``.
+        num_windows: nW of every block at the search resolution (``SparseSwin.num_windows``), one list
+            per stage: the space becomes *canonical*, each gene offering one ratio per distinct
+            kept-window count k = int(nW (1 - r)) of its blocks (the smallest ratio giving that k), so
+            no two choices run the same computation. ``None``: every ratio is a choice.
 
     Raises:
         ValueError: empty/odd depths for ``"pair"``, bad ratios, a frozen stage out of range,
@@ -168,6 +172,7 @@ class SearchSpace:
         monotonic: bool = True,
         frozen_stages: Iterable[int] = (),
         weight_ratios: Mapping[str, Sequence[float]] | None = None,
+        num_windows: Sequence[Sequence[int]] | None = None,
     ) -> None:
         self.depths: tuple[int, ...] = tuple(int(d) for d in depths)
         if not self.depths or any(d < 1 for d in self.depths):
@@ -194,17 +199,34 @@ class SearchSpace:
             self.weight_ratios = {m: self._check_ratios(weight_ratios[m], f"weight_ratios.{m}")
                                   for m in WEIGHT_GENES if m in weight_ratios}
 
+        flat_nw: list[int] | None = None
+        if num_windows is not None:
+            if [len(r) for r in num_windows] != list(self.depths):
+                raise ValueError(f"num_windows {num_windows} must list one count per block of depths {list(depths)}")
+            flat_nw = [int(n) for r in num_windows for n in r]
+        self.num_windows = [list(r) for r in num_windows] if num_windows is not None else None
+
+        def choices(blocks: tuple[int, ...]) -> tuple[float, ...]:
+            if flat_nw is None:
+                return self.ratios
+            from supernet.sparse_swin import keep_count
+
+            seen: dict[tuple[int, ...], float] = {}
+            for r in self.ratios:  # ascending: the first ratio of each kept-window count represents it
+                seen.setdefault(tuple(keep_count(flat_nw[b], r) for b in blocks), r)
+            return tuple(seen.values())
+
         genes: list[_Gene] = []
         start = 0
         for s, d in enumerate(self.depths):
             if s not in self.frozen_stages:
                 if granularity == "pair":
                     for p in range(d // 2):
-                        genes.append(_Gene(f"s{s}_p{p}", s, (start + 2 * p, start + 2 * p + 1),
-                                           self.ratios))
+                        blocks = (start + 2 * p, start + 2 * p + 1)
+                        genes.append(_Gene(f"s{s}_p{p}", s, blocks, choices(blocks)))
                 else:
                     for b in range(d):
-                        genes.append(_Gene(f"s{s}_b{b}", s, (start + b,), self.ratios))
+                        genes.append(_Gene(f"s{s}_b{b}", s, (start + b,), choices((start + b,))))
             start += d
         if self.weight_ratios:
             for m, choices in self.weight_ratios.items():
@@ -223,11 +245,13 @@ class SearchSpace:
         return tuple(vals)
 
     @classmethod
-    def from_spec(cls, space: Any, depths: Sequence[int]) -> SearchSpace:
-        """Build from a :class:`search.spec.SpaceSection` and the model's stage depths."""
+    def from_spec(cls, space: Any, depths: Sequence[int],
+                  num_windows: Sequence[Sequence[int]] | None = None) -> SearchSpace:
+        """Build from a :class:`search.spec.SpaceSection` and the model's stage depths (canonical
+        genes when ``num_windows`` at the search resolution is given)."""
         return cls(depths, ratios=space.ratios, granularity=space.granularity,
                    monotonic=space.monotonic, frozen_stages=space.frozen_stages,
-                   weight_ratios=space.weight_ratios)
+                   weight_ratios=space.weight_ratios, num_windows=num_windows)
 
     # ---- description -----------------------------------------------------------------------
 
@@ -256,14 +280,16 @@ class SearchSpace:
     def size(self) -> int:
         """Number of distinct decoded configs.
 
-        Per stage with n genes and V ratios: C(V + n - 1, n) multisets when monotonic, else
-        V ** n; 1 for a frozen stage; times the weight-ratio choices. Swin-T, pair, monotonic,
-        9 ratios: 9 * 9 * 165 * 9 = 120,285 ("about 120k" in the SparseViT reference).
+        Per stage with n genes and V choices per gene: C(V + n - 1, n) multisets when monotonic,
+        else V ** n; 1 for a frozen stage; times the weight-ratio choices. Swin-T, pair, monotonic,
+        9 ratios: 9 * 9 * 165 * 9 = 120,285 ("about 120k" in the SparseViT reference); canonical at
+        224 px (stage 2: 5 distinct k, stage 3: 2): 9 * 9 * 35 * 2 = 5,670.
         """
-        v = len(self.ratios)
+        by_name = {g.name: g for g in self._genes}
         total = 1
         for group in self.stage_groups():
             n = len(group)
+            v = len(by_name[group[0]].choices)
             total *= math.comb(v + n - 1, n) if self.monotonic else v ** n
         for choices in (self.weight_ratios or {}).values():
             total *= len(choices)

@@ -66,7 +66,6 @@ except ModuleNotFoundError:  # pragma: no cover - Python 3.10 with the tomli bac
 __all__ = [
     "BUILTIN_EVALUATORS",
     "DEFAULT_RATIOS",
-    "SAMPLER_NAMES",
     "WEIGHT_MODULES",
     "EvaluatorSection",
     "ExperimentSpec",
@@ -84,12 +83,9 @@ __all__ = [
     "load_spec",
 ]
 
-#: Default activation-sparsity ratios (SparseViT reference: {0, 0.1, ..., 0.8}).
-DEFAULT_RATIOS: tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(9))
+from supernet.sparse_swin import DEFAULT_RATIOS  # noqa: E402 - the SparseViT reference grid, one home
 #: Evaluators shipped with the package (anything else is ``pkg.mod:function``).
 BUILTIN_EVALUATORS: tuple[str, ...] = ("fashion_mosaic",)
-#: Accepted ``[sampler] name`` values.
-SAMPLER_NAMES: tuple[str, ...] = ("nsga2", "nsga3", "tpe", "random", "sparsevit")
 #: DIMAP modules whose weight-pruning ratio can be searched jointly (``[space] weight_ratios``).
 WEIGHT_MODULES: tuple[str, ...] = ("qkv", "proj", "mlp")
 
@@ -97,22 +93,11 @@ _EVALUATOR_RE = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*$")
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _METRIC_RE = re.compile(r"^[A-Za-z_]\w*$")
 
-# Effective defaults per sampler; the keys are the only [sampler] keys each sampler accepts.
-_SAMPLER_DEFAULTS: dict[str, dict[str, Any]] = {
-    # Optuna NSGAIISampler / NSGAIIISampler defaults; mutation_prob None = 1 / number of genes.
-    "nsga2": {"population_size": 50, "mutation_prob": None, "crossover_prob": 0.9,
-              "swapping_prob": 0.5},
-    "nsga3": {"population_size": 50, "mutation_prob": None, "crossover_prob": 0.9,
-              "swapping_prob": 0.5},
-    "tpe": {"n_startup_trials": 10},
-    "random": {},
-    # SparseViT reference: population 100, 25 parents, mutation 0.1, half of the children by
-    # crossover (crossover_prob = fraction of children made by crossover).
-    "sparsevit": {"population_size": 100, "parents": 25, "mutation_prob": 0.1,
-                  "crossover_prob": 0.5},
-}
-_SAMPLER_OPTION_KEYS = ("population_size", "parents", "mutation_prob", "crossover_prob",
-                        "swapping_prob", "n_startup_trials")
+
+def _samplers() -> dict[str, Any]:
+    from search.samplers import SAMPLERS
+
+    return SAMPLERS
 
 
 class SpecError(UserError):
@@ -246,6 +231,17 @@ class EvaluatorSection(_Section):
         batch_size: evaluation batch size (> 0).
         split: ``"val"`` (search) or ``"test"`` (final report only).
         kwargs: extra keyword arguments passed through to the evaluator.
+        img_size: the search resolution in px (default: the predictor's profiled size, else the
+            checkpoint's): the built-in evaluator's canvases, the kept windows of the result
+            cache and the MACs use it; the predictor must have been profiled at it.
+        mosaic: built-in evaluator only: canvas layout overrides (``MosaicSpec`` fields, e.g.
+            ``{min_items = 4, max_items = 32}``) over the checkpoint's training canvases.
+        fidelity: multi-fidelity evaluation (:mod:`search.fidelity`): score a new config on the
+            first ``first_fraction`` of the subset and finish only configs that could still enter
+            the front. Needs an evaluator with the ranged protocol (the built-in one has it).
+        first_fraction: share of the subset in the first rung (0 < f < 1).
+        fidelity_z: paired standard deviations a stop needs (see :mod:`search.fidelity`).
+        fidelity_min_pairs: fully evaluated configs before any stop.
     """
 
     name: str = "fashion_mosaic"
@@ -253,6 +249,25 @@ class EvaluatorSection(_Section):
     batch_size: int = Field(default=32, gt=0)
     split: Literal["val", "test"] = "val"
     kwargs: dict[str, Any] = Field(default_factory=dict)
+    img_size: int | None = Field(default=None, ge=32, le=8192)
+    mosaic: dict[str, Any] = Field(default_factory=dict)
+    fidelity: bool = True
+    first_fraction: float = Field(default=0.25, gt=0, lt=1, allow_inf_nan=False)
+    fidelity_z: float = Field(default=2.0, gt=0, allow_inf_nan=False)
+    fidelity_min_pairs: int = Field(default=8, ge=2)
+
+    @field_validator("mosaic")
+    @classmethod
+    def _mosaic(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from supernet.data import MosaicSpec
+
+        unknown = sorted(set(v) - set(MosaicSpec.model_fields) - {"img_size"})
+        if unknown:
+            raise ValueError(f"unknown canvas keys {unknown}; fix: use MosaicSpec fields "
+                             f"({', '.join(k for k in MosaicSpec.model_fields if k != 'data_dir')})")
+        if "img_size" in v:
+            raise ValueError("img_size: set it as [evaluator] img_size, not inside mosaic; fix: move it")
+        return v
 
     @field_validator("name")
     @classmethod
@@ -276,6 +291,9 @@ class SpaceSection(_Section):
             ``"block"`` = one ratio per block.
         monotonic: ``True`` = ratios are non-decreasing inside a stage (genes of a stage are
             sorted when decoded, as the reference re-sorts after mutation/crossover).
+        canonical: ``True`` = each gene offers one ratio per distinct kept-window count of its
+            blocks at the search resolution (ratios that run the same computation collapse to
+            the smallest of them), so the sampler never proposes two names for one computation.
         frozen_stages: stage indices forced dense (ratio 0, no genes).
         weight_ratios: optional joint DIMAP weight-pruning search, one ratio list per module,
             e.g. ``{qkv = [0, 0.15, 0.35, 0.55], proj = [...], mlp = [...]}``.
@@ -284,6 +302,7 @@ class SpaceSection(_Section):
     ratios: list[float] = Field(default_factory=lambda: list(DEFAULT_RATIOS))
     granularity: Literal["pair", "block"] = "pair"
     monotonic: bool = True
+    canonical: bool = True
     frozen_stages: list[int] = Field(default_factory=list)
     weight_ratios: dict[Literal["qkv", "proj", "mlp"], list[float]] | None = None
 
@@ -354,57 +373,54 @@ class ObjectivesSection(_Section):
 
 
 class SamplerSection(_Section):
-    """``[sampler]``: the Optuna sampler (see :func:`search.samplers.make_sampler`).
+    """``[sampler]``: the Optuna sampler (see :mod:`search.samplers`: one file per sampler).
 
-    Only the keys a sampler uses are accepted (others are an error); unset keys take the
-    sampler's default (:meth:`options`).
-
-    Attributes:
-        name: ``"nsga2"`` (default), ``"nsga3"``, ``"tpe"``, ``"random"`` or ``"sparsevit"``.
-        population_size: trials per generation (nsga2/nsga3 50, sparsevit 100).
-        parents: sparsevit parents kept per generation (25).
-        mutation_prob: per-gene mutation probability, 0..1 (sparsevit 0.1; nsga2/nsga3
-            default 1 / number of genes).
-        crossover_prob: 0..1; nsga2/nsga3: probability a child is made by crossover (0.9);
-            sparsevit: fraction of children made by crossover, the rest by mutation (0.5).
-        swapping_prob: nsga2/nsga3 uniform-crossover gene swap probability (0.5).
-        n_startup_trials: tpe random trials before modelling (10).
+    ``name`` picks the sampler; every other key is one of that sampler's options (its ``Options``
+    model: an option it does not declare is an error); unset keys take the sampler's default
+    (:meth:`options`). Built in: ``nsga2`` / ``nsga3`` (population_size 50, mutation_prob
+    1 / genes, crossover_prob 0.9, swapping_prob 0.5), ``tpe`` (n_startup_trials 10), ``random``,
+    ``sparsevit`` (population_size 100, parents 25, mutation_prob 0.1, crossover_prob 0.5).
     """
 
-    name: Literal["nsga2", "nsga3", "tpe", "random", "sparsevit"] = "nsga2"
-    population_size: int | None = Field(default=None, ge=2)
-    parents: int | None = Field(default=None, ge=2)
-    mutation_prob: float | None = Field(default=None, ge=0, le=1)
-    crossover_prob: float | None = Field(default=None, ge=0, le=1)
-    swapping_prob: float | None = Field(default=None, ge=0, le=1)
-    n_startup_trials: int | None = Field(default=None, ge=0)
+    model_config = ConfigDict(extra="allow", strict=True)
+
+    name: str = "nsga2"
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        names = _samplers()
+        if v not in names:
+            raise ValueError(f"{v!r} is not one of {'|'.join(names)}; fix: set name = \"nsga2\"")
+        return v
 
     @model_validator(mode="after")
     def _applicable(self) -> SamplerSection:
-        allowed = _SAMPLER_DEFAULTS[self.name]
-        for key in _SAMPLER_OPTION_KEYS:
-            if getattr(self, key) is not None and key not in allowed:
-                users = "|".join(n for n, d in _SAMPLER_DEFAULTS.items() if key in d)
-                raise ValueError(
-                    f"{key}: not used by sampler {self.name!r} (only by {users}); "
-                    f"fix: remove {key} or change name"
-                )
-        opts = self.options()
-        if self.name == "sparsevit" and opts["parents"] > opts["population_size"]:
-            raise ValueError(
-                f"parents: {opts['parents']} exceeds population_size "
-                f"{opts['population_size']}; fix: set parents <= population_size"
-            )
+        mod = _samplers()[self.name]
+        given = dict(self.model_extra or {})
+        allowed = set(mod.Options.model_fields)
+        for key in given:
+            if key not in allowed:
+                users = "|".join(n for n, m in _samplers().items() if key in m.Options.model_fields)
+                if not users:
+                    known = sorted(allowed | {"name"})
+                    close = difflib.get_close_matches(key, known, n=1)
+                    hint = f"did you mean {close[0]!r}? " if close else ""
+                    raise ValueError(f"{key}: unknown key; fix: {hint}remove or rename it (known: {', '.join(known)})")
+                raise ValueError(f"{key}: not used by sampler {self.name!r} (only by {users}); "
+                                 f"fix: remove {key} or change name")
+        try:
+            mod.Options(**given)
+        except ValidationError as exc:
+            err = dict(exc.errors(include_url=False)[0])
+            if err.get("type") == "value_error":
+                raise ValueError(str(err.get("msg", "")).removeprefix("Value error, ")) from None
+            raise ValueError(_one_error({**err, "loc": tuple(err.get("loc", ()))}).replace(" (key)", "")) from None
         return self
 
     def options(self) -> dict[str, Any]:
         """Effective options of the chosen sampler: the set keys over its defaults."""
-        out = dict(_SAMPLER_DEFAULTS[self.name])
-        for key in out:
-            value = getattr(self, key)
-            if value is not None:
-                out[key] = value
-        return out
+        return _samplers()[self.name].Options(**dict(self.model_extra or {})).model_dump()
 
 
 class WorkersSection(_Section):
@@ -415,12 +431,19 @@ class WorkersSection(_Section):
         cpus_per_worker: CPU cores reserved per actor (>= 1, default 1).
         torch_threads: ``torch.set_num_threads`` in each actor (default ``cpus_per_worker``).
         max_retries: retries of a trial whose worker died (>= 0, default 2).
+        gpus_per_worker: GPUs reserved per actor (0 = CPU workers; fractional shares one GPU,
+            e.g. 0.5); with > 0 each actor moves the checkpoint and its evaluation canvases to the
+            GPU once and evaluates there.
+        prefix_cache_mb: memory bound of each worker's stage-prefix activation cache (MiB, on the
+            worker's device; 0 = off), see :mod:`supernet.prefix_cache`.
     """
 
     num_workers: int = Field(default=2, ge=1)
     cpus_per_worker: int = Field(default=1, ge=1)
     torch_threads: int | None = Field(default=None, ge=1)
     max_retries: int = Field(default=2, ge=0)
+    gpus_per_worker: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    prefix_cache_mb: int = Field(default=1024, ge=0)
 
     @model_validator(mode="after")
     def _threads(self) -> WorkersSection:
@@ -726,7 +749,9 @@ def _one_error(err: dict[str, Any]) -> str:
             return text  # cross-section message, already names its key
         m = re.match(r"^([A-Za-z_]\w*): ", text)
         model = _model_at(loc + ("x",))
-        if m and model is not None and m.group(1) in model.model_fields:
+        if m and model is not None and (m.group(1) in model.model_fields or (
+                model is SamplerSection and any(m.group(1) in s.Options.model_fields for s in _samplers().values())
+                or model is SamplerSection and "unknown key" in text)):
             loc = loc + (m.group(1),)
             text = text[m.end():]
         where = _where(loc)

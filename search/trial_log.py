@@ -5,11 +5,11 @@ Layout::
     EXP_DIR/trials/_common_metadata               schema only (Parquet convention), written once
     EXP_DIR/trials/part-000000-1a2b3c4d.parquet   one file per ``TrialLogWriter.append`` batch
     EXP_DIR/trials/part-000001-9f8e7d6c.parquet
-    EXP_DIR/trials/.tmp-<uuid>.parquet            only while a batch is being written
+    EXP_DIR/trials/.part-....parquet.XXXX.tmp     only while a batch is being written
 
-Writes are atomic: a batch goes to a hidden ``.tmp-<uuid>.parquet`` file, which is
-fsync'ed and then ``os.replace``'d to its ``part-<seq:06d>-<uuid8>.parquet`` name (and the
-directory is fsync'ed). A crash therefore leaves at most a hidden temp file, which every
+Writes are atomic (:func:`supernet.fileio.atomic_write`): a batch goes to a hidden temporary
+file, which is fsync'ed and then ``os.replace``'d to its ``part-<seq:06d>-<uuid8>.parquet``
+name (and the directory is fsync'ed). A crash therefore leaves at most a hidden temp file, which every
 reader ignores: :func:`load_trials`, ``pyarrow.dataset.dataset(EXP_DIR/trials,
 format="parquet")`` and ``pandas.read_parquet(EXP_DIR/trials)`` (pyarrow's dataset discovery
 skips names starting with ``"."`` or ``"_"``). The folder reads as one dataset.
@@ -22,7 +22,6 @@ experiment; see the column table in :data:`COLUMN_DOCS`.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import math
 import os
@@ -39,6 +38,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from search.errors import UserError
+from supernet.fileio import atomic_write
 
 __all__ = [
     "COLUMN_DOCS",
@@ -49,7 +49,6 @@ __all__ = [
     "TrialLogError",
     "TrialLogWarning",
     "TrialLogWriter",
-    "config_hash",
     "final_trials",
     "list_parts",
     "load_trials",
@@ -61,10 +60,12 @@ __all__ = [
 #: ``complete``: evaluated, metrics present. ``rejected``: over the latency budget, never
 #: evaluated (metrics null). ``failed``: the evaluation raised (``error`` set); may be retried
 #: with ``attempt`` + 1. ``cached``: the same ``config_hash`` was already evaluated in this
-#: experiment and its metrics were reused.
-STATUSES: tuple[str, ...] = ("complete", "rejected", "failed", "cached")
+#: experiment and its metrics were reused. ``partial``: multi-fidelity evaluation stopped after
+#: the first rung (metrics cover ``canvases`` canvases only; never a front member, see
+#: :mod:`search.fidelity`).
+STATUSES: tuple[str, ...] = ("complete", "rejected", "failed", "cached", "partial")
 #: Statuses that end a trial (a later retry never follows them).
-FINAL_STATUSES: tuple[str, ...] = ("complete", "rejected", "cached")
+FINAL_STATUSES: tuple[str, ...] = ("complete", "rejected", "cached", "partial")
 #: Statuses whose metrics are valid measurements (candidates for the Pareto front).
 FEASIBLE_STATUSES: tuple[str, ...] = ("complete", "cached")
 
@@ -92,7 +93,7 @@ COLUMN_DOCS: dict[str, tuple[pa.DataType, bool, str, str]] = {
                "all block activation-sparsity ratios, flat (stage by stage)"),
     "config": (pa.string(), False, "ratio 0..1",
                "JSON of the nested per-stage list, e.g. [[0.7,0.7],[0,0],...]"),
-    "config_hash": (pa.string(), False, "", "identity of the config (see config_hash())"),
+    "config_hash": (pa.string(), False, "", "identity of (config, checkpoint): search.space.config_hash"),
     "checkpoint_sha256": (pa.string(), True, "", "sha256 of the supernet checkpoint evaluated"),
     "status": (pa.string(), False, "", "one of " + "/".join(STATUSES)),
     # metric columns go here
@@ -103,6 +104,8 @@ COLUMN_DOCS: dict[str, tuple[pa.DataType, bool, str, str]] = {
     "w_mlp": (pa.float32(), True, "ratio 0..1", "DIMAP weight-pruning ratio of the MLP"),
     "params": (pa.int64(), True, "parameters", "non-zero parameter count after weight pruning"),
     "eval_seconds": (pa.float64(), True, "s", "wall time of the evaluation on the worker"),
+    "canvases": (pa.int64(), True, "canvases",
+                 "evaluation canvases the metrics cover (fewer for a partial multi-fidelity trial)"),
     "worker_id": (pa.string(), True, "", "Ray actor id (or 'local')"),
     "node": (pa.string(), True, "", "host name / Ray node id of the worker"),
     "start_time": (_UTC, True, "UTC", "evaluation start"),
@@ -248,19 +251,6 @@ def _columns_signature(schema: pa.Schema) -> list[tuple[str, str]]:
 # --------------------------------------------------------------------------- helpers
 
 
-def config_hash(config: Sequence[Sequence[float]]) -> str:
-    """Identity of a nested per-stage sparsity config: 16 hex chars of a sha256.
-
-    Hash of the canonical JSON of the nested list with every ratio rounded to 6 decimals
-    (so float32 round trips map to the same hash); the stage structure is part of the hash.
-
-    Args:
-        config: ``list[list[float]]``, ratios 0..1, one list per stage.
-    """
-    canon = [[round(float(r), 6) + 0.0 for r in stage] for stage in config]
-    return hashlib.sha256(json.dumps(canon, separators=(",", ":")).encode()).hexdigest()[:16]
-
-
 def _parse_config(value: Any, where: str) -> list[list[float]]:
     if isinstance(value, str):
         try:
@@ -296,19 +286,6 @@ def _to_utc(value: Any, where: str) -> _dt.datetime | None:
     if isinstance(value, str):
         return _to_utc(_dt.datetime.fromisoformat(value), where)
     raise ValueError(f"{where}: cannot convert {value!r} to a UTC timestamp")
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:  # pragma: no cover - platforms without directory fds
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
 
 
 def _trials_dir(exp_dir: str | os.PathLike) -> Path:
@@ -373,15 +350,7 @@ def _read_common_schema(tdir: Path) -> pa.Schema | None:
 
 
 def _write_common_schema(tdir: Path, schema: pa.Schema) -> None:
-    tmp = tdir / f".tmp-{uuid.uuid4().hex}.metadata"
-    try:
-        pq.write_metadata(schema, tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, tdir / COMMON_METADATA)
-    finally:
-        tmp.unlink(missing_ok=True)
-    _fsync_dir(tdir)
+    atomic_write(tdir / COMMON_METADATA, lambda tmp: pq.write_metadata(schema, tmp))
 
 
 # --------------------------------------------------------------------------- writer
@@ -498,7 +467,9 @@ class TrialLogWriter:
         out["ratios"] = f32.tolist()
         out["config"] = json.dumps(nested, separators=(",", ":"))
         if out["config_hash"] is None:
-            out["config_hash"] = config_hash(nested)
+            from .space import Config, config_hash
+
+            out["config_hash"] = config_hash(Config(nested), out["checkpoint_sha256"] or "")
 
         if out["status"] not in STATUSES:
             raise ValueError(f"{where}: status {out['status']!r} not in {STATUSES}")
@@ -548,18 +519,8 @@ class TrialLogWriter:
             raise ValueError(f"trial rows do not fit the trial-log schema: {exc}") from None
 
         seq = max(self.next_seq, _next_sequence(self.trials_dir))
-        uid = uuid.uuid4().hex
-        tmp = self.trials_dir / f".tmp-{uid}.parquet"
-        final = self.trials_dir / f"part-{seq:06d}-{uid[:8]}.parquet"
-        try:
-            with open(tmp, "wb") as fh:
-                pq.write_table(table, fh, compression="zstd")
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, final)
-        finally:
-            tmp.unlink(missing_ok=True)
-        _fsync_dir(self.trials_dir)
+        final = self.trials_dir / f"part-{seq:06d}-{uuid.uuid4().hex[:8]}.parquet"
+        atomic_write(final, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
         self.next_seq = seq + 1
         return final
 
@@ -587,9 +548,10 @@ def load_trials(
 
     Args:
         exp_dir: experiment directory (the folder holding ``trials/``).
-        on_corrupt: ``"raise"`` -> :class:`TrialLogError` for the first unreadable part;
-            ``"skip"`` -> a :class:`TrialLogWarning` per unreadable part, the rest is
-            returned (``resume`` uses this: nothing already recorded is lost).
+        on_corrupt: ``"raise"`` -> :class:`TrialLogError` for the first unreadable part
+            (``resume`` and ``run`` use this: an experiment is never continued over a part it
+            cannot read); ``"skip"`` -> a :class:`TrialLogWarning` per unreadable part, the rest
+            is returned (for read-only reports).
         columns: optional subset of columns to return.
 
     Raises:
@@ -618,7 +580,7 @@ def load_trials(
                 problem = f"not a trial-log part: no column(s) {missing}"
         if problem is not None:
             msg = (
-                f"trial-log part {part} is unreadable ({problem}); move it aside, e.g. "
+                f"trial-log part {part} is unreadable ({problem}); fix: move it aside, e.g. "
                 f"{_move_aside_hint(part)}: the other parts are intact and "
                 "`sparsesearch resume` gives its trial numbers to new trials"
             )

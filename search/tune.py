@@ -49,24 +49,12 @@ def log_schema(space, metric: str):
                                                    "params_json": pa.string()})
 
 
-def _context(spec) -> Dict[str, Any]:
-    """Model-free facts of a spec (driver and trainable alike): space, predictor, budget, objectives."""
-    from latency import Predictor
-    from supernet.checkpoint import read_sidecar
+def _policy(spec):
+    """The search policy of a spec (:class:`search.policy.SearchPolicy`): the same decode, gate, cache key
+    and objectives as the runner; every input validated."""
+    from .policy import SearchPolicy
 
-    from .space import SearchSpace
-
-    meta = read_sidecar(Path(spec.supernet.checkpoint))
-    depths = tuple(meta["arch"]["timm_kwargs"]["depths"])
-    space = SearchSpace.from_spec(spec.space, depths)
-    predictor = Predictor.load(spec.latency.predictor)
-    dense_ms = float(predictor.predict(np.asarray([space.dense_config().flat], dtype=np.float64))[0])
-    budget = spec.latency.budget_ms
-    if spec.latency.budget_fraction is not None:
-        budget = float(spec.latency.budget_fraction) * dense_ms
-    return {"meta": meta, "space": space, "predictor": predictor, "dense_ms": dense_ms, "budget": budget,
-            "names": spec.objectives.names(), "directions": spec.objectives.directions(),
-            "metric": spec.objectives.metric}
+    return SearchPolicy.from_spec(spec)
 
 
 def tune_search_space(space) -> Dict[str, Any]:
@@ -80,22 +68,13 @@ class LatencyConstraint:
     """``constraints_func`` for the sampler: ``[predicted ms - budget]`` from the trial's parameters
     (<= 0 feasible), the same value the runner's latency gate stores. Picklable (Tune saves its searcher)."""
 
-    def __init__(self, space, predictor, budget: Optional[float]):
-        self.space, self.predictor, self.budget = space, predictor, budget
+    def __init__(self, policy):
+        self.policy = policy
 
     def __call__(self, trial) -> List[float]:
-        if self.budget is None:
-            return [-1.0]
-        cfg = self.space.decode({k: trial.params[k] for k in self.space.distributions()})
-        return [float(self.predictor.predict(np.asarray([cfg.flat], dtype=np.float64))[0]) - float(self.budget)]
-
-
-def _worst(name: str, direction: str, predicted_ms: float, macs: int) -> float:
-    if name == "latency_ms":
-        return float(predicted_ms)
-    if name == "macs":
-        return float(macs)
-    return 0.0 if direction == "maximize" else 1e9
+        pol = self.policy
+        cfg = pol.decode({k: trial.params[k] for k in pol.space.distributions()})
+        return [pol.constraint(pol.predict(cfg))]
 
 
 def make_trainable(spec) -> Callable[..., None]:
@@ -120,6 +99,7 @@ def make_trainable(spec) -> Callable[..., None]:
     def trainable(config: Dict[str, Any], weights: Optional[np.ndarray] = None) -> None:
         from ray import tune
 
+        from .policy import MetricError
         from .spec import ExperimentSpec
         from .workers import EvalWorker
 
@@ -127,71 +107,59 @@ def make_trainable(spec) -> Callable[..., None]:
         st = _STATE.get(key)
         if st is None:
             sp = ExperimentSpec.model_validate_json(spec_json)
-            st = _context(sp)
-            st.update(spec=sp, worker=None, cache={}, loads=0, macs_model=None)
+            st = {"spec": sp, "policy": _policy(sp), "worker": None, "cache": {}, "loads": 0}
             _STATE[key] = st
-        sp, space = st["spec"], st["space"]
-        params = {k: config[k] for k in space.distributions()}
-        cfg = space.decode(params)
-        sha = st["meta"]["weights_sha256"]
-        chash = space.config_hash(cfg, sha)
-        predicted = float(st["predictor"].predict(np.asarray([cfg.flat], dtype=np.float64))[0])
-        if st["macs_model"] is None:
-            from supernet.checkpoint import build_model
-
-            st["macs_model"] = build_model(st["meta"])
-        from supernet.macs import count_macs
-
-        macs = int(count_macs(st["macs_model"], None, ratios=cfg.ratios))
-        base = {"latency_ms": predicted, "macs": macs, "config_hash": chash, "ratios": cfg.ratios,
+        sp, pol = st["spec"], st["policy"]
+        params = {k: config[k] for k in pol.space.distributions()}
+        cfg = pol.decode(params)
+        predicted = pol.predict(cfg)
+        macs = pol.macs(cfg)
+        base = {"latency_ms": predicted, "macs": macs, "config_hash": pol.config_hash(cfg), "ratios": cfg.ratios,
                 "weight_ratios": cfg.weight_ratios, "worker_pid": os.getpid()}
-        budget = st["budget"]
-        if budget is not None and predicted > budget:  # the latency gate: no evaluation
-            out = {n: _worst(n, d, predicted, macs) for n, d in zip(st["names"], st["directions"])}
+        if not pol.feasible(cfg):  # the latency gate (the sampler proposes feasible configs; a foreign one may not)
+            out = dict(zip(pol.names, pol.worst(predicted, macs)))
             out.update(base, status="rejected", model_loads=st["loads"], metrics=None, eval_seconds=None,
                        params=None, node=None)
             tune.report(out)
             return
-        if chash in st["cache"]:
-            res = st["cache"][chash]
+        ckey = pol.key(cfg)  # the same cache key as the runner: kept windows at the search resolution
+        if ckey in st["cache"]:
+            res = st["cache"][ckey]
             status = "cached"
         else:
             if st["worker"] is None:  # once per actor process
                 data = np.asarray(weights, dtype=np.uint8) if weights is not None else \
                     np.fromfile(sp.supernet.checkpoint, dtype=np.uint8)
                 ev = sp.evaluator
-                st["worker"] = EvalWorker(data, st["meta"], dict(name=ev.name, subset_size=ev.subset_size,
-                                                                 batch_size=ev.batch_size, split=ev.split,
-                                                                 kwargs=dict(ev.kwargs)),
+                st["worker"] = EvalWorker(data, pol.meta, dict(name=ev.name, subset_size=ev.subset_size,
+                                                               batch_size=ev.batch_size, split=ev.split,
+                                                               kwargs=dict(ev.kwargs), img_size=list(pol.img_size),
+                                                               mosaic=dict(ev.mosaic)),
                                           threads=sp.workers.torch_threads or sp.workers.cpus_per_worker,
-                                          worker_id=f"tune-{os.getpid()}")
+                                          worker_id=f"tune-{os.getpid()}", img_size=list(pol.img_size))
                 st["loads"] += 1
             res = st["worker"].evaluate(-1, cfg.ratios, cfg.weight_ratios)
+            error = res.error
+            if res.metrics is not None:
+                try:
+                    res.metrics = pol.check_metrics(res.metrics)
+                except MetricError as e:
+                    res.metrics, error = None, str(e)
             if res.metrics is None:
                 # NaN objectives: OptunaSearch's tell marks the Optuna trial FAIL (as the runner does);
                 # the Tune trial itself ends normally so its actor (and the loaded supernet) is reused
-                out = {n: float("nan") for n in st["names"]}
-                out.update(base, status="failed", error=res.error, model_loads=st["loads"], metrics=None,
+                out = {n: float("nan") for n in pol.names}
+                out.update(base, status="failed", error=error, model_loads=st["loads"], metrics=None,
                            eval_seconds=res.eval_seconds, params=None, node=res.node,
                            start_time=res.start_time, end_time=res.end_time)
                 tune.report(out)
                 return
-            st["cache"][chash] = res
+            st["cache"][ckey] = res
             status = "complete"
-        out = {}
-        for n in st["names"]:
-            if n == st["metric"]:
-                out[n] = float(res.metrics[st["metric"]])
-            elif n == "latency_ms":
-                out[n] = predicted
-            elif n == "macs":
-                out[n] = float(macs)
-            elif n == "params":
-                out[n] = float(res.params or 0)
+        out = dict(zip(pol.names, pol.objectives(res.metrics, predicted, macs, res.params)))
         out.update(base, status=status, metrics=dict(res.metrics), eval_seconds=res.eval_seconds,
                    params=res.params, node=res.node, model_loads=st["loads"],
                    start_time=res.start_time, end_time=res.end_time)
-        out[st["metric"]] = float(res.metrics[st["metric"]])
         tune.report(out)
 
     trainable.__name__ = f"sparsesearch_{spec.name}".replace("-", "_").replace(".", "_")
@@ -225,10 +193,9 @@ class TrialLogCallback(Callback):
             from .trial_log import TrialLogWriter
 
             spec = ExperimentSpec.model_validate_json(self.spec_json)
-            self._ctx = _context(spec)
-            self._ctx["spec"] = spec
-            self._writer = TrialLogWriter(self.exp_dir, log_schema(self._ctx["space"], self._ctx["metric"]),
-                                          experiment_id=spec.name)
+            pol = _policy(spec)
+            self._ctx = {"spec": spec, "policy": pol, "space": pol.space, "metric": pol.metric}
+            self._writer = TrialLogWriter(self.exp_dir, log_schema(pol.space, pol.metric), experiment_id=spec.name)
         return self._ctx
 
     def on_trial_start(self, iteration, trials, trial, **info):
@@ -256,12 +223,13 @@ class TrialLogCallback(Callback):
         result = result or {}
         metrics = result.get("metrics") if status in ("complete", "cached") else None
         predicted = result.get("latency_ms")
+        pol = ctx["policy"]
         if predicted is None:
-            predicted = float(ctx["predictor"].predict(np.asarray([cfg.flat], dtype=np.float64))[0])
+            predicted = pol.predict(cfg)
         row = {
             "trial_number": number, "generation": generation, "attempt": 0,
-            "config": json.dumps(cfg.ratios), "config_hash": space.config_hash(cfg, ctx["meta"]["weights_sha256"]),
-            "checkpoint_sha256": ctx["meta"]["weights_sha256"], "status": status,
+            "config": json.dumps(cfg.ratios), "config_hash": pol.config_hash(cfg),
+            "checkpoint_sha256": pol.checkpoint_sha256, "status": status,
             metric: None if metrics is None else float(metrics.get(metric, float("nan"))),
             "predicted_latency_ms": float(predicted), "macs": result.get("macs"),
             "metrics_json": None if metrics is None else json.dumps(metrics),
@@ -324,8 +292,10 @@ def make_tuner(spec, exp_dir=None, *, n_trials: Optional[int] = None, address: O
     from ray import tune
     from ray.tune.search.optuna import OptunaSearch
 
+    from supernet.fileio import atomic_write_json
+
     from .errors import UserError
-    from .runner import _freeze, _sha256, _worker_pythonpath
+    from .runner import _freeze, _worker_pythonpath
     from .samplers import make_sampler
     from .workers import ray_init_local
 
@@ -333,17 +303,14 @@ def make_tuner(spec, exp_dir=None, *, n_trials: Optional[int] = None, address: O
     if not str(exp_dir) or str(exp_dir) == ".":
         raise UserError("no experiment directory; fix: pass exp_dir or set output_dir in the spec")
     exp_dir = exp_dir.resolve()
-    ck, pred = Path(spec.supernet.checkpoint), Path(spec.latency.predictor)
-    for p, what in ((ck, "checkpoint"), (pred, "latency predictor")):
-        if not p.exists():
-            raise UserError(f"{what} {p} not found; fix: train/profile it first or correct the path in the spec")
+    policy = _policy(spec)  # checkpoint, predictor and budget checked before anything is written
     if (exp_dir / "experiment.json").exists() or (exp_dir / "trials").exists():
         raise UserError(f"{exp_dir} already holds an experiment; fix: choose another directory")
     exp_dir.mkdir(parents=True, exist_ok=True)
-    ctx = _context(spec)
-    frozen = _freeze(spec, exp_dir, _sha256(ck), _sha256(pred))
-    frozen.update(budget_ms=ctx["budget"], dense_predicted_ms=ctx["dense_ms"], driver="ray.tune")
-    (exp_dir / "experiment.json").write_text(json.dumps(frozen, indent=1))
+    frozen = _freeze(spec, exp_dir, policy)
+    frozen.update(driver="ray.tune")
+    atomic_write_json(exp_dir / "experiment.json", frozen)
+    ck = Path(spec.supernet.checkpoint)
 
     w = spec.workers
     address = address or spec.ray.address
@@ -352,11 +319,11 @@ def make_tuner(spec, exp_dir=None, *, n_trials: Optional[int] = None, address: O
                        address=address, dashboard=spec.ray.dashboard,
                        runtime_env=None if address else {"env_vars": {"PYTHONPATH": os.pathsep.join(
                            _worker_pythonpath())}})
-    space = ctx["space"]
-    sampler = make_sampler(spec.sampler, space, spec.seed,
-                           constraints_func=LatencyConstraint(space, ctx["predictor"], ctx["budget"]))
-    modes = ["max" if d == "maximize" else "min" for d in ctx["directions"]]
-    searcher = OptunaSearch(metric=list(ctx["names"]), mode=modes, sampler=sampler, study_name=spec.name)
+    space = policy.space
+    sampler = make_sampler(spec.sampler, space, spec.seed, constraints_func=LatencyConstraint(policy),
+                           feasible=policy.feasible_params, repair=policy.repair)
+    modes = ["max" if d == "maximize" else "min" for d in policy.directions]
+    searcher = OptunaSearch(metric=list(policy.names), mode=modes, sampler=sampler, study_name=spec.name)
     weights = np.fromfile(ck, dtype=np.uint8)
     trainable = tune.with_resources(tune.with_parameters(make_trainable(spec), weights=weights),
                                     {"cpu": w.cpus_per_worker})

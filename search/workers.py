@@ -17,7 +17,7 @@ import os
 import socket
 import time
 import traceback
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any, Callable, Deque, Dict, Iterator, List, Optional, Tuple, Union
 
@@ -25,7 +25,8 @@ import numpy as np
 
 from .errors import UserError
 
-__all__ = ["EvalWorker", "WorkerPool", "Task", "Result", "ray_init_local", "WorkerStartError"]
+__all__ = ["EvalWorker", "WorkerPool", "Task", "Result", "ray_init_local", "check_reachable", "WorkerStartError",
+           "ClusterUnreachableError"]
 
 
 class WorkerStartError(UserError):
@@ -50,22 +51,69 @@ def ray_init_local(num_cpus: Optional[int] = None, address: Optional[str] = None
     if ray.is_initialized():
         return ray
     if address:
+        check_reachable(address)
         ray.init(address=address, runtime_env=runtime_env, log_to_driver=False)
     else:
-        ray.init(num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
-                 _node_ip_address="127.0.0.1", runtime_env=runtime_env, log_to_driver=False,
-                 configure_logging=False)
+        # address="local" always starts a private instance: neither RAY_ADDRESS nor the
+        # /tmp/ray/ray_current_cluster file of an earlier `ray start` can make it join a cluster
+        env_address = os.environ.pop("RAY_ADDRESS", None)
+        try:
+            ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
+                     _node_ip_address="127.0.0.1", runtime_env=runtime_env, log_to_driver=False,
+                     configure_logging=False)
+        finally:
+            if env_address is not None:
+                os.environ["RAY_ADDRESS"] = env_address
     return ray
+
+
+class ClusterUnreachableError(UserError):
+    """``--address`` / ``[ray] address`` names a Ray cluster that does not answer."""
+
+
+def check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """Fail fast (one line) when a Ray address does not accept TCP connections.
+
+    ``ray.init`` keeps retrying a dead address for minutes; this probe opens one TCP connection to the
+    address's host and port first (``auto`` is resolved by Ray itself and not probed).
+
+    Raises:
+        ClusterUnreachableError: nothing listens there within ``timeout_s`` seconds.
+    """
+    if address in ("auto", "local"):
+        return
+    rest = address.split("://", 1)[-1].rstrip("/")
+    host, _, port = rest.rpartition(":")
+    if not host or not port.isdigit():
+        raise ClusterUnreachableError(f"Ray address {address!r} is not HOST:PORT or ray://HOST:PORT; fix: e.g. "
+                                      "--address 127.0.0.1:6379 (the head's GCS port) or --address auto")
+    host = host.strip("[]")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout_s):
+            pass
+    except OSError as e:
+        raise ClusterUnreachableError(f"no Ray cluster answers at {address} ({e.strerror or type(e).__name__}); fix: "
+                                      "start the head (`ray start --head --node-ip-address 127.0.0.1`) or correct "
+                                      "--address / [ray] address") from None
 
 
 @dataclass
 class Task:
-    """One evaluation: trial number, nested ratios, optional DIMAP module ratios."""
+    """One evaluation: trial number, nested ratios, optional DIMAP module ratios.
+
+    ``fidelity``: multi-fidelity settings for this evaluation (see :mod:`search.fidelity`), or None
+    for a full evaluation: ``{"first": canvases of the first rung, "front": [[latency_ms, first-rung
+    value], ...], "margin": float, "predicted_ms": float, "metric": name, "maximize": bool}``.
+    ``affinity``: the config's stage-prefix keys (driver side, to pick the worker that ran the longest
+    shared prefix).
+    """
     number: int
     ratios: List[List[float]]
     weight_ratios: Optional[Dict[str, float]] = None
     attempt: int = 0
     payload: Any = None  # driver-side bookkeeping, never shipped
+    fidelity: Optional[Dict[str, Any]] = None
+    affinity: Optional[List[Any]] = None
 
 
 @dataclass
@@ -82,6 +130,9 @@ class Result:
     error: Optional[str] = None
     params: Optional[int] = None
     task: Optional[Task] = field(default=None, repr=False)
+    canvases: Optional[int] = None  # evaluation canvases seen (multi-fidelity), None = the evaluator's own
+    partial: bool = False  # stopped after the first rung (never a front member)
+    cache: Optional[Dict[str, Any]] = None  # the worker's prefix-cache statistics after this evaluation
 
 
 class EvalWorker:
@@ -90,23 +141,34 @@ class EvalWorker:
     Args:
         weights: numpy uint8 array of the ``.safetensors`` file, or a one-element list holding the
             Ray ObjectRef of that array (fetched from the object store here, zero-copy).
-        meta: the checkpoint sidecar dict (its ``weights_sha256`` is verified).
-        evaluator: dict(name, subset_size, batch_size, split, kwargs) of the spec's evaluator.
+        meta: the checkpoint sidecar dict (its ``weights_sha256`` is verified), or a one-element list holding the
+            ObjectRef of it (Ray passes large constructor arguments through the object store, which with
+            ``max_restarts`` logs an error line per actor start; a ref inside a list is not resolved by Ray).
+        evaluator: dict(name, subset_size, batch_size, split, kwargs, img_size, mosaic) of the spec's
+            evaluator.
         threads: torch intra-op threads of this worker.
         worker_id: a label for the trial log.
+        img_size: the search resolution (the model is built for it; weights are size-independent).
+        device: "cpu" or "cuda": the model, the evaluation canvases and the prefix cache live there.
+        prefix_cache_bytes: memory bound of the stage-prefix cache (0 = off).
 
     Raises:
         supernet.checkpoint.CheckpointError: the bytes do not match the sidecar's sha256.
     """
 
-    def __init__(self, weights: Union[np.ndarray, List[Any]], meta: Dict[str, Any], evaluator: Dict[str, Any], threads: int = 1,
-                 worker_id: str = "w0"):
+    def __init__(self, weights: Union[np.ndarray, List[Any]], meta: Union[Dict[str, Any], List[Any]], evaluator: Dict[str, Any], threads: int = 1,
+                 worker_id: str = "w0", img_size: Any = None, device: str = "cpu", prefix_cache_bytes: int = 0):
         import torch
 
         from supernet.checkpoint import load_checkpoint_bytes
         from .evaluators import build_evaluator
 
         torch.set_num_threads(threads)
+        if isinstance(meta, list):  # a one-element list holding the ObjectRef of the sidecar dict
+            import ray
+            meta = ray.get(meta[0])
+        if device != "cpu" and not torch.cuda.is_available():
+            device = "cpu"  # a GPU was reserved but this process cannot see one: evaluate on the CPU
         if isinstance(weights, list):
             import ray
             weights = ray.get(weights[0])
@@ -119,16 +181,52 @@ class EvalWorker:
             self.reconstructed = bool(ctx.was_current_actor_reconstructed)
         except Exception:  # noqa: BLE001 - running outside Ray (tests)
             self.reconstructed = False
-        self.model = load_checkpoint_bytes(memoryview(weights), meta).eval()
-        self.evaluator = build_evaluator(meta=meta, **evaluator)
+        self.device = device
+        self.model = load_checkpoint_bytes(memoryview(weights), meta, img_size=img_size).to(device).eval()
+        ev = dict(evaluator)
+        if ev.get("name") == "fashion_mosaic":
+            ev.update(prefix_cache_bytes=prefix_cache_bytes, device=device)
+        else:
+            ev.pop("mosaic", None)
+            ev.pop("img_size", None)
+        self.evaluator = build_evaluator(meta=meta, **ev)
+        self.ranged = callable(getattr(self.evaluator, "confusion", None)) and callable(
+            getattr(self.evaluator, "metrics", None))
         self._dimap_backup = None
         self._mask_cache: Dict[Tuple, Any] = {}
 
     def ping(self) -> Tuple[str, str, int]:
         return self.worker_id, self.node, os.getpid()
 
+    def cache_stats(self) -> Optional[Dict[str, Any]]:
+        """The prefix cache's statistics (None without one)."""
+        cache = getattr(self.evaluator, "cache", None)
+        return cache.stats() if cache is not None else None
+
+    def _score(self, weight_ratios: Optional[Dict[str, float]], fidelity: Optional[Dict[str, Any]]):
+        """(metrics, canvases, partial) at the model's current config."""
+        if not self.ranged:
+            return dict(self.evaluator(self.model)), None, False
+        from .fidelity import could_enter_front, subset_key
+
+        ev = self.evaluator
+        extra = tuple(sorted(weight_ratios.items())) if weight_ratios else None
+        n = ev.n_canvases
+        if not fidelity or fidelity["first"] >= n:
+            return ev.metrics(ev.confusion(self.model, extra_key=extra)), n, False
+        m = int(fidelity["first"])
+        cm1 = ev.confusion(self.model, 0, m, extra_key=extra)
+        first = ev.metrics(cm1)
+        key = subset_key(fidelity["metric"], m)
+        v = float(first.get(fidelity["metric"], float("nan")))
+        if fidelity.get("margin") is not None and not could_enter_front(
+                v, fidelity["predicted_ms"], fidelity.get("front") or [], fidelity["margin"], fidelity.get("maximize", True)):
+            return {**first, key: v}, m, True
+        full = ev.metrics(cm1 + ev.confusion(self.model, m, n, extra_key=extra))
+        return {**full, key: v}, n, False
+
     def _apply_weights(self, weight_ratios: Optional[Dict[str, float]]) -> Optional[int]:
-        if not weight_ratios or not any(weight_ratios.values()):
+        if not weight_ratios:  # no joint weight search (all-zero ratios still report the dense params)
             return None
         from supernet import dimap
 
@@ -150,15 +248,18 @@ class EvalWorker:
             dimap.restore(self.model, self._dimap_backup)
 
     def evaluate(self, number: int, ratios: List[List[float]], weight_ratios: Optional[Dict[str, float]] = None,
-                 attempt: int = 0) -> Result:
-        """Evaluate one config; exceptions become a failed Result (one-line error)."""
+                 attempt: int = 0, fidelity: Optional[Dict[str, Any]] = None) -> Result:
+        """Evaluate one config (fully, or by the multi-fidelity rule of ``fidelity``); exceptions become a
+        failed Result (one-line error). Metric values are returned as the evaluator gave them (the driver
+        checks them)."""
         t0 = time.time()
-        params = None
+        params = canvases = None
+        partial = False
         try:
             self.model.set_sparsity(ratios)
             params = self._apply_weights(weight_ratios)
             try:
-                metrics = {k: float(v) for k, v in dict(self.evaluator(self.model)).items()}
+                metrics, canvases, partial = self._score(weight_ratios, fidelity)
             finally:
                 self._restore_weights()
             err = None
@@ -166,7 +267,8 @@ class EvalWorker:
             metrics, err = None, f"{type(e).__name__}: {e}".splitlines()[0][:500]
             traceback.print_exc()
         t1 = time.time()
-        return Result(number, metrics, t1 - t0, t0, t1, self.worker_id, self.node, attempt, err, params)
+        return Result(number, metrics, t1 - t0, t0, t1, self.worker_id, self.node, attempt, err, params,
+                      canvases=canvases, partial=partial, cache=self.cache_stats())
 
 
 class WorkerPool:
@@ -184,7 +286,8 @@ class WorkerPool:
     """
 
     def __init__(self, weights_path: str, meta: Dict[str, Any], evaluator: Dict[str, Any], num_workers: int = 2,
-                 cpus_per_worker: int = 1, threads: int = 1, max_retries: int = 2, max_restarts: int = 4):
+                 cpus_per_worker: int = 1, threads: int = 1, max_retries: int = 2, max_restarts: int = 4,
+                 img_size: Any = None, gpus_per_worker: float = 0.0, prefix_cache_bytes: int = 0):
         import ray
 
         self.ray = ray
@@ -192,11 +295,16 @@ class WorkerPool:
         self.weights_ref = ray.put(data)
         del data
         self.meta = meta
+        self.meta_ref = ray.put(dict(meta))  # the sidecar can be large (training history): by reference too
         self.evaluator = evaluator
         self.threads = threads
         self.max_retries = max_retries
-        self._cls = ray.remote(EvalWorker).options(num_cpus=cpus_per_worker, max_restarts=max_restarts,
-                                                   max_task_retries=0)
+        self.img_size = img_size
+        self.device = "cuda" if gpus_per_worker > 0 else "cpu"
+        self.prefix_cache_bytes = int(prefix_cache_bytes)
+        self._cls = ray.remote(EvalWorker).options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker,
+                                                   max_restarts=max_restarts, max_task_retries=0)
+        self._held: Dict[int, "OrderedDict"] = {}  # slot -> prefix keys it ran (driver-side mirror, for affinity)
         self.max_replacements = max_restarts
         self.replaced = 0  # actors the pool created anew after Ray gave up restarting them
         self.worker_deaths = 0  # evaluations lost to a dead actor / node (each one re-submitted or failed)
@@ -210,7 +318,9 @@ class WorkerPool:
     def _new_actor(self, i: int):
         # the ref travels inside a list, so Ray does not resolve it as a constructor argument (which,
         # with max_restarts > 0, logs an error line on every start); the pool keeps the ref alive
-        return self._cls.remote([self.weights_ref], self.meta, self.evaluator, self.threads, f"w{i}")
+        self._held[i] = OrderedDict()
+        return self._cls.remote([self.weights_ref], [self.meta_ref], self.evaluator, self.threads, f"w{i}",
+                                self.img_size, self.device, self.prefix_cache_bytes)
 
     def wait_ready(self, timeout: float = 600) -> List[Tuple[str, str, int]]:
         """Block until every actor has loaded the supernet; returns (worker_id, node, pid).
@@ -239,12 +349,34 @@ class WorkerPool:
         self._queue.append(task)
         self._dispatch()
 
+    def _shared_prefix(self, i: int, task: Task) -> int:
+        held = self._held.get(i)
+        if not held or not task.affinity:
+            return 0
+        n = 0
+        for key in task.affinity:
+            if key not in held:
+                break
+            n += 1
+        return n
+
     def _dispatch(self) -> None:
+        """Give queued tasks to idle actors; each task goes to the idle actor that ran its longest stage
+        prefix (the actor whose prefix cache can skip the most stages), ties to the longest-idle one."""
         while self._queue and self._idle:
-            i = self._idle.popleft()
             t = self._queue.popleft()
-            ref = self.actors[i].evaluate.remote(t.number, t.ratios, t.weight_ratios, t.attempt)
+            best = max(self._idle, key=lambda i: self._shared_prefix(i, t)) if t.affinity else self._idle[0]
+            self._idle.remove(best)
+            i = best
+            ref = self.actors[i].evaluate.remote(t.number, t.ratios, t.weight_ratios, t.attempt, t.fidelity)
             self._inflight[ref] = (i, t)
+            if t.affinity:
+                held = self._held.setdefault(i, OrderedDict())
+                for key in t.affinity:
+                    held[key] = True
+                    held.move_to_end(key)
+                while len(held) > 4096:
+                    held.popitem(last=False)
 
     @property
     def busy(self) -> int:

@@ -40,17 +40,18 @@ the fix.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Dict, Iterable, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from . import fileio
+from .fileio import atomic_write, atomic_write_bytes, sha256_bytes, to_json_safe
 from .seg import SegSupernet
 
 __all__ = [
@@ -72,6 +73,9 @@ __all__ = [
     "atomic_write_bytes",
     "atomic_write_json",
     "to_json_safe",
+    "check_checkpoint",
+    "Sidecar",
+    "export_checkpoint",
 ]
 
 FORMAT_VERSION = 1
@@ -105,85 +109,24 @@ def sidecar_path(path: _PathLike) -> Path:
 
 
 def sha256_file(path: _PathLike, chunk_size: int = 1 << 20) -> str:
-    """Hex sha256 of a file, read in ``chunk_size``-byte chunks (constant memory).
+    """Hex sha256 of a file (:func:`supernet.fileio.sha256_file`).
 
     Raises:
         CheckpointError: the file does not exist.
     """
-    p = Path(path)
-    h = hashlib.sha256()
     try:
-        with open(p, "rb") as f:
-            for block in iter(lambda: f.read(chunk_size), b""):
-                h.update(block)
+        return fileio.sha256_file(path, chunk_size)
     except FileNotFoundError:
-        raise CheckpointError(f"{p} not found; fix: pass the path of an existing file") from None
-    return h.hexdigest()
-
-
-def sha256_bytes(data: Union[bytes, bytearray, memoryview, np.ndarray]) -> str:
-    """Hex sha256 of an in-memory buffer (bytes, memoryview or a contiguous numpy uint8 array)."""
-    return hashlib.sha256(_as_buffer(data)).hexdigest()
-
-
-def _as_buffer(data: Any) -> Union[bytes, memoryview]:
-    if isinstance(data, np.ndarray):
-        return memoryview(np.ascontiguousarray(data).view(np.uint8).reshape(-1))
-    if isinstance(data, (bytes, bytearray, memoryview)):
-        return data
-    raise TypeError(f"expected bytes, memoryview or a numpy uint8 array, got {type(data).__name__}")
-
-
-def _file_mode() -> int:
-    """Permissions of a new file under the current umask (mkstemp files are 0600)."""
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def atomic_write_bytes(path: _PathLike, data: bytes) -> Path:
-    """Write ``data`` to ``path`` through a temporary file in the same folder + ``os.replace``."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _file_mode())
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return p
+        raise CheckpointError(f"{Path(path)} not found; fix: pass the path of an existing file") from None
 
 
 def atomic_write_json(path: _PathLike, obj: Any) -> Path:
-    """Write ``obj`` as indented JSON (strict: NaN becomes ``null``) atomically."""
+    """Write ``obj`` as indented JSON (strict: NaN becomes ``null``) atomically, lists of numbers on one line."""
     text = json.dumps(to_json_safe(obj), indent=2, sort_keys=False, allow_nan=False) + "\n"
     # one line per list of numbers (shapes, configs): a match spanning a line break cannot be inside a string
     text = _NUM_LIST.sub(lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]"
                          if "\n" in m.group(0) else m.group(0), text)
     return atomic_write_bytes(path, text.encode("utf-8"))
-
-
-def to_json_safe(obj: Any) -> Any:
-    """Convert tuples, numpy scalars, Paths and non-finite floats to strict-JSON values."""
-    if isinstance(obj, Mapping):
-        return {str(k): to_json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [to_json_safe(v) for v in obj]
-    if isinstance(obj, np.ndarray):
-        return to_json_safe(obj.tolist())
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (float, np.floating)):
-        v = float(obj)
-        return v if np.isfinite(v) else None
-    if isinstance(obj, Path):
-        return str(obj)
-    return obj
 
 
 # --------------------------------------------------------------------------------------------
@@ -201,7 +144,8 @@ def _check_arch(arch: Any, where: str) -> Dict[str, Any]:
 def save_checkpoint(model: SegSupernet, path: _PathLike, *, arch: Dict[str, Any],
                     img_size: Union[int, Tuple[int, int]], num_classes: int,
                     search_space: Optional[Dict[str, Any]] = None, dataset: Optional[Dict[str, Any]] = None,
-                    training: Optional[Dict[str, Any]] = None, metrics: Optional[Dict[str, Any]] = None) -> Path:
+                    training: Optional[Dict[str, Any]] = None, metrics: Optional[Dict[str, Any]] = None,
+                    storage_dtype: str = "float32") -> Path:
     """Write ``model``'s weights to ``path`` (safetensors) and its sidecar ``X.json``, both atomically.
 
     Args:
@@ -214,6 +158,8 @@ def save_checkpoint(model: SegSupernet, path: _PathLike, *, arch: Dict[str, Any]
         num_classes: segmentation classes.
         search_space, dataset, training, metrics: JSON-serialisable dicts stored as they are
             (tuples become lists, NaN/inf become null).
+        storage_dtype: "float32" (default), "float16" or "bfloat16": how floating tensors are stored
+            (half the bytes for shipped weights); loading always gives float32.
 
     Returns:
         The weights path.
@@ -233,34 +179,31 @@ def save_checkpoint(model: SegSupernet, path: _PathLike, *, arch: Dict[str, Any]
     arch.setdefault("num_classes", int(num_classes))
     arch["timm_kwargs"] = dict(arch.get("timm_kwargs", {}))
 
-    state = {k: v.detach().to("cpu").contiguous().clone() for k, v in model.state_dict().items()}
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    os.close(fd)
-    try:
-        safetensors.torch.save_file(state, tmp, metadata={"format": "pt", "sparsesearch_format": str(FORMAT_VERSION)})
-        sha = sha256_file(tmp)
-        meta = {
-            "format_version": FORMAT_VERSION,
-            "arch": arch,
-            "img_size": list(img_size) if isinstance(img_size, (tuple, list)) else int(img_size),
-            "num_classes": int(num_classes),
-            "search_space": search_space,
-            "dataset": dataset,
-            "training": training,
-            "metrics": metrics,
-            "weights_file": p.name,
-            "weights_sha256": sha,
-            "tensors": {k: list(v.shape) for k, v in state.items()},
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "versions": {"torch": torch.__version__, "timm": timm.__version__,
-                         "safetensors": getattr(safetensors, "__version__", "?")},
-        }
-        os.chmod(tmp, _file_mode())
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    store = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}
+    if storage_dtype not in store:
+        raise CheckpointError(f"{p}: storage_dtype {storage_dtype!r} is not one of {', '.join(store)}")
+    cast = store[storage_dtype]
+    state = {k: (v.detach().to("cpu").to(cast) if cast is not None and v.is_floating_point() else v.detach().to("cpu"))
+             .contiguous().clone() for k, v in model.state_dict().items()}
+    fmt = {"format": "pt", "sparsesearch_format": str(FORMAT_VERSION)}
+    p = atomic_write(p, lambda tmp: safetensors.torch.save_file(state, tmp, metadata=fmt))
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "arch": arch,
+        "img_size": list(img_size) if isinstance(img_size, (tuple, list)) else int(img_size),
+        "num_classes": int(num_classes),
+        "search_space": search_space,
+        "dataset": dataset,
+        "training": training,
+        "metrics": metrics,
+        "weights_file": p.name,
+        "weights_sha256": sha256_file(p),
+        "storage_dtype": storage_dtype,
+        "tensors": {k: list(v.shape) for k, v in state.items()},
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": {"torch": torch.__version__, "timm": timm.__version__,
+                     "safetensors": getattr(safetensors, "__version__", "?")},
+    }
     atomic_write_json(sidecar_path(p), meta)
     return p
 
@@ -303,11 +246,99 @@ def read_sidecar(path: _PathLike) -> Dict[str, Any]:
         raise CheckpointError(f"{side} has format_version {meta['format_version']!r}, this code reads "
                               f"{FORMAT_VERSION}; fix: re-save the checkpoint with this version of sparsesearch")
     _check_arch(meta["arch"], str(side))
+    try:
+        Sidecar.model_validate(meta)
+    except ValidationError as e:
+        err = e.errors(include_url=False)[0]
+        loc = ".".join(str(x) for x in err.get("loc", ()))
+        raise CheckpointError(f"{side}: {loc}: {err.get('msg', '')} (got {err.get('input')!r:.60}); fix: restore the "
+                              "sidecar written by save_checkpoint or re-save the checkpoint") from None
     return meta
 
 
-def build_model(meta: Mapping[str, Any]) -> SegSupernet:
+class SidecarArch(BaseModel):
+    """``arch`` of a sidecar: how to rebuild the model (timm kwargs a timm Swin accepts; timm's defaults for
+    the ones left out)."""
+
+    model_config = ConfigDict(extra="allow")
+    timm_name: str
+    timm_kwargs: Dict[str, Any] = Field(default_factory=dict)
+    head_dim: int = Field(64, ge=1)
+    num_classes: Optional[int] = Field(None, ge=1)
+    input_size: Optional[int] = Field(None, ge=1)
+    head_norm: bool = False
+    head_first_stage: int = Field(0, ge=0)
+
+
+class Sidecar(BaseModel):
+    """The checkpoint sidecar ``X.json`` as a typed model (see the module docstring for the fields)."""
+
+    model_config = ConfigDict(extra="allow")
+    format_version: int
+    arch: SidecarArch
+    img_size: Union[int, Tuple[int, int]]
+    num_classes: int = Field(ge=1)
+    weights_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    tensors: Dict[str, list]
+    storage_dtype: str = "float32"
+
+
+def check_checkpoint(path: _PathLike) -> Dict[str, Any]:
+    """Everything a worker would find wrong with a checkpoint, found on the driver without loading the weights.
+
+    Reads the sidecar (typed), hashes the weights against it, reads the safetensors header (names and shapes
+    of the stored tensors) and builds the model the sidecar describes: the stored tensors, the sidecar's
+    tensor list and the model must all agree. Every message names the file at fault and the fix.
+
+    Returns:
+        The sidecar dict.
+
+    Raises:
+        CheckpointError: missing weights or sidecar, hash mismatch, not a safetensors file, or a sidecar
+            describing another model than the weights hold.
+    """
+    import safetensors
+
+    w = weights_path(path)
+    side = sidecar_path(w)
+    if not w.is_file():
+        raise CheckpointError(f"checkpoint weights {w} not found; fix: train it first (`sparsesearch supernet train "
+                              "RECIPE`) or correct the path")
+    meta = read_sidecar(w)
+    sha = sha256_file(w)
+    if sha != meta.get("weights_sha256"):
+        raise CheckpointError(f"{w} does not match its sidecar {side} (sha256 {sha[:12]}... != "
+                              f"{str(meta.get('weights_sha256'))[:12]}...); fix: restore the sidecar written with these "
+                              "weights, or the weights it describes")
+    try:
+        with safetensors.safe_open(str(w), framework="pt") as f:
+            stored = {k: list(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as e:  # noqa: BLE001 - SafetensorError and friends
+        raise CheckpointError(f"{w} is not a valid safetensors file ({str(e).splitlines()[0][:120]}); fix: re-save "
+                              "the checkpoint") from None
+    diff = _diff_report(stored, meta["tensors"])
+    if diff:
+        raise CheckpointError(f"{side} lists other tensors than {w.name} holds ({diff}); fix: restore the sidecar "
+                              "written with these weights")
+    want = {k: list(v.shape) for k, v in build_model(meta).state_dict().items()}
+    diff = _diff_report(stored, want)
+    if diff:
+        arch = meta["arch"]
+        raise CheckpointError(f"{side} describes a model ({arch.get('timm_name')}, {arch.get('timm_kwargs')}) that does "
+                              f"not fit the tensors of {w.name} ({diff}); fix: restore the sidecar written with these "
+                              "weights (its arch must match them)")
+    return meta
+
+
+def build_model(meta: Mapping[str, Any], img_size: Union[int, Tuple[int, int], None] = None) -> SegSupernet:
     """Build the (randomly initialised) :class:`SegSupernet` a sidecar describes; no weights are loaded.
+
+    Args:
+        meta: the sidecar dict.
+        img_size: build for this input size instead of the sidecar's (the weights are the same at every
+            size: timm's attention masks and relative-position indices are derived buffers, not saved), so a
+            model trained at 224 px evaluates at 448 or 672. With an ``input_size`` (reduced-resolution
+            baseline) the backbone's size scales by the same factor.
 
     Raises:
         CheckpointError: timm cannot build the described model (unknown name, bad kwargs).
@@ -315,6 +346,13 @@ def build_model(meta: Mapping[str, Any]) -> SegSupernet:
     arch = _check_arch(meta.get("arch"), "checkpoint sidecar")
     img = meta.get("img_size", 224)
     img = tuple(img) if isinstance(img, list) else int(img)
+    if img_size is not None:
+        own = img
+        img = tuple(img_size) if isinstance(img_size, (list, tuple)) else int(img_size)
+        if arch.get("input_size") is not None and img != own:
+            o = own[0] if isinstance(own, tuple) else own
+            n = img[0] if isinstance(img, tuple) else img
+            arch = {**arch, "input_size": int(round(int(arch["input_size"]) * n / o))}
     num_classes = int(arch.get("num_classes", meta.get("num_classes", 11)))
     kwargs = dict(arch.get("timm_kwargs") or {})
     for key in ("depths", "num_heads"):
@@ -324,7 +362,9 @@ def build_model(meta: Mapping[str, Any]) -> SegSupernet:
     inp = tuple(inp) if isinstance(inp, list) else (int(inp) if inp is not None else None)
     try:
         return SegSupernet.from_timm(arch["timm_name"], img_size=img, num_classes=num_classes,
-                                     head_dim=int(arch.get("head_dim", 64)), input_size=inp, **kwargs)
+                                     head_dim=int(arch.get("head_dim", 64)), input_size=inp,
+                                     head_norm=bool(arch.get("head_norm", False)),
+                                     head_first_stage=int(arch.get("head_first_stage", 0)), **kwargs)
     except Exception as e:  # noqa: BLE001 - timm raises RuntimeError / TypeError / AssertionError
         raise CheckpointError(
             f"checkpoint sidecar arch {arch['timm_name']!r} with {kwargs} cannot be built by timm "
@@ -358,7 +398,8 @@ def _diff_report(got: Mapping[str, Iterable[int]], want: Mapping[str, Iterable[i
 
 
 def load_from_state_dict(meta: Mapping[str, Any], state_dict: Mapping[str, Any], *,
-                         map_location: Union[str, torch.device] = "cpu", source: str = "state_dict") -> SegSupernet:
+                         map_location: Union[str, torch.device] = "cpu", source: str = "state_dict",
+                         img_size: Union[int, Tuple[int, int], None] = None) -> SegSupernet:
     """Build the model a sidecar describes and load an in-memory state_dict into it (no disk access).
 
     Args:
@@ -366,14 +407,15 @@ def load_from_state_dict(meta: Mapping[str, Any], state_dict: Mapping[str, Any],
         state_dict: ``{name: torch.Tensor or numpy array}`` with exactly the model's keys and shapes.
         map_location: device of the returned model.
         source: name used in error messages (a file name).
+        img_size: build for this input size (see :func:`build_model`).
 
     Returns:
-        The :class:`SegSupernet` in eval mode, all ratios 0 (dense).
+        The :class:`SegSupernet` in eval mode, all ratios 0 (dense), float32.
 
     Raises:
         CheckpointError: keys or shapes differ from the model's or from the sidecar's ``tensors``.
     """
-    model = build_model(meta)
+    model = build_model(meta, img_size=img_size)
     sd = {k: _to_tensor(v) for k, v in state_dict.items()}
     got = {k: list(v.shape) for k, v in sd.items()}
     listed = meta.get("tensors")
@@ -409,7 +451,9 @@ def load_state_dict_bytes(data: Union[bytes, bytearray, memoryview, np.ndarray])
     """
     import safetensors.torch
 
-    buf = data if isinstance(data, bytes) else bytes(_as_buffer(data))
+    if isinstance(data, np.ndarray):
+        data = memoryview(np.ascontiguousarray(data).view(np.uint8).reshape(-1))
+    buf = data if isinstance(data, bytes) else bytes(data)
     try:
         return safetensors.torch.load(buf)
     except Exception as e:  # noqa: BLE001 - SafetensorError and friends
@@ -417,17 +461,18 @@ def load_state_dict_bytes(data: Union[bytes, bytearray, memoryview, np.ndarray])
                               "fix: re-save the checkpoint") from None
 
 
-def load_checkpoint(path: _PathLike, *, verify: bool = True,
-                    map_location: Union[str, torch.device] = "cpu") -> Tuple[SegSupernet, Dict[str, Any]]:
+def load_checkpoint(path: _PathLike, *, verify: bool = True, map_location: Union[str, torch.device] = "cpu",
+                    img_size: Union[int, Tuple[int, int], None] = None) -> Tuple[SegSupernet, Dict[str, Any]]:
     """Load a checkpoint written by :func:`save_checkpoint`.
 
     Args:
         path: ``X.safetensors`` (or its sidecar ``X.json``).
         verify: check the sha256 of the weights file against the sidecar's ``weights_sha256``.
         map_location: device of the returned model.
+        img_size: build the model for this input size (default: the sidecar's; see :func:`build_model`).
 
     Returns:
-        ``(model, meta)``: the :class:`SegSupernet` in eval mode (dense) and the sidecar dict.
+        ``(model, meta)``: the :class:`SegSupernet` in eval mode (dense, float32) and the sidecar dict.
 
     Raises:
         CheckpointError: the weights file or sidecar is missing, the sidecar is malformed, the sha256
@@ -447,7 +492,7 @@ def load_checkpoint(path: _PathLike, *, verify: bool = True,
     except Exception as e:  # noqa: BLE001
         raise CheckpointError(f"{w} is not a valid safetensors file ({str(e).splitlines()[0]}); "
                               "fix: re-save the checkpoint") from None
-    model = load_from_state_dict(meta, sd, map_location=map_location, source=w.name)
+    model = load_from_state_dict(meta, sd, map_location=map_location, source=w.name, img_size=img_size)
     return model, meta
 
 
@@ -476,7 +521,8 @@ def read_checkpoint_bytes(path: _PathLike, *, verify: bool = True) -> Tuple[byte
 
 
 def load_checkpoint_bytes(data: Union[bytes, bytearray, memoryview, np.ndarray], meta: Mapping[str, Any], *,
-                          verify: bool = True, map_location: Union[str, torch.device] = "cpu") -> SegSupernet:
+                          verify: bool = True, map_location: Union[str, torch.device] = "cpu",
+                          img_size: Union[int, Tuple[int, int], None] = None) -> SegSupernet:
     """Build the supernet from the bytes of its ``.safetensors`` file and its sidecar (worker side).
 
     Args:
@@ -495,7 +541,7 @@ def load_checkpoint_bytes(data: Union[bytes, bytearray, memoryview, np.ndarray],
     if verify:
         _verify(sha256_bytes(data), meta, name, "sidecar")
     sd = load_state_dict_bytes(data)
-    return load_from_state_dict(meta, sd, map_location=map_location, source=name)
+    return load_from_state_dict(meta, sd, map_location=map_location, source=name, img_size=img_size)
 
 
 # --------------------------------------------------------------------------------------------
@@ -563,3 +609,28 @@ def load_timm_state_dict(model: torch.nn.Module, path: _PathLike) -> Dict[str, A
             "timm's checkpoint_filter_fn")
     backbone.load_state_dict(sd, strict=True)
     return {"loaded": len(sd), "ignored": ignored}
+
+
+def export_checkpoint(src: _PathLike, dst: _PathLike, *, storage_dtype: str = "float16",
+                      metrics: Optional[Dict[str, Any]] = None, extra: Optional[Dict[str, Any]] = None) -> Path:
+    """Re-save a checkpoint for shipping: floating tensors stored as ``storage_dtype`` (half the bytes with
+    float16), the sidecar's fields kept, ``metrics`` replaced when given (they should be re-measured on the
+    stored weights: loading gives float32 values rounded to ``storage_dtype``).
+
+    Args:
+        src: the training checkpoint (X.safetensors).
+        dst: the shipped checkpoint (Y.safetensors; Y.json beside it).
+        storage_dtype: "float16", "bfloat16" or "float32".
+        metrics: the sidecar's new metrics (default: the source's).
+        extra: fields merged into the sidecar's ``training`` dict (e.g. the reproducing command, compute).
+
+    Raises:
+        CheckpointError: the source is unreadable or ``storage_dtype`` unknown.
+    """
+    model, meta = load_checkpoint(src)
+    training = dict(meta.get("training") or {})
+    training.update(extra or {})
+    return save_checkpoint(model, dst, arch=dict(meta["arch"]), img_size=meta["img_size"],
+                           num_classes=int(meta["num_classes"]), search_space=meta.get("search_space"),
+                           dataset=meta.get("dataset"), training=training,
+                           metrics=meta.get("metrics") if metrics is None else metrics, storage_dtype=storage_dtype)

@@ -271,6 +271,37 @@ class MosaicSpec(BaseModel):
             )
         return self
 
+    @classmethod
+    def from_dataset(cls, dataset: dict | None, img_size: int | None = None) -> "MosaicSpec":
+        """The canvas spec of a checkpoint sidecar's ``dataset`` dict (other keys such as ``train_length``
+        ignored), at ``img_size`` when given (default: the dict's, else 224).
+
+        Raises:
+            ValueError: the fields are invalid.
+        """
+        fields = {k: v for k, v in dict(dataset or {}).items() if k in cls.model_fields}
+        if img_size is not None:
+            fields["img_size"] = int(img_size)
+        return cls(**fields)
+
+    @classmethod
+    def scene(cls, img_size: int, items_per_224: tuple[float, float] = (0.5, 2.0), **fields) -> "MosaicSpec":
+        """Canvases of any size with items at their usual pixel sizes and the item count scaled with the area.
+
+        ``items_per_224`` = (min, max) items per 224 x 224 px of canvas; the default 0.5-2 leaves most
+        windows background at high resolution, as in street or COCO scenes (SparseViT's regime; the
+        default 224 px task has 1-8 items, 2-8x denser). Other fields (scales, threshold, ...) as given.
+
+        Example: ``MosaicSpec.scene(448)`` -> 2-8 items of 28-112 px on 448 x 448 px.
+
+        Raises:
+            ValueError: invalid sizes (see the field checks).
+        """
+        area = (int(img_size) / 224.0) ** 2
+        lo = max(1, int(round(items_per_224[0] * area)))
+        hi = max(lo, int(round(items_per_224[1] * area)))
+        return cls(img_size=int(img_size), min_items=lo, max_items=hi, **fields)
+
 
 class MosaicItem(NamedTuple):
     """Placement of one pasted item (debug output of :meth:`FashionMosaic.generate`).

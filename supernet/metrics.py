@@ -18,7 +18,8 @@ import math
 import numpy as np
 import torch
 
-__all__ = ["confusion_matrix", "per_class_iou", "miou", "pixel_accuracy", "SegMetric"]
+__all__ = ["confusion_matrix", "per_class_iou", "miou", "pixel_accuracy", "item_class_accuracy", "item_recall",
+           "SegMetric"]
 
 
 def confusion_matrix(
@@ -122,6 +123,35 @@ def pixel_accuracy(cm: torch.Tensor | np.ndarray) -> float:
     return float(np.trace(cm) / total) if total > 0 else math.nan
 
 
+def item_class_accuracy(cm: torch.Tensor | np.ndarray, background: int = 0) -> float:
+    """Item-pixel class accuracy: of the pixels whose target is an item (not ``background``), the
+    fraction predicted as exactly their class, ``sum_c cm[c, c] / sum_c cm[c, :]`` over c != background.
+
+    Tells "knows the classes" apart from "finds the items" (see :func:`item_recall`); chance is
+    1 / (number of item classes). NaN when no item pixel was seen.
+
+    Raises:
+        ValueError: ``cm`` is not a square non-negative matrix.
+    """
+    cm = _as_numpy_cm(cm)
+    items = [c for c in range(cm.shape[0]) if c != background]
+    total = cm[items, :].sum()
+    return float(cm[items, items].sum() / total) if total > 0 else math.nan
+
+
+def item_recall(cm: torch.Tensor | np.ndarray, background: int = 0) -> float:
+    """Item-pixel recall: of the item pixels, the fraction predicted as *some* item class (any class
+    but ``background``). NaN when no item pixel was seen.
+
+    Raises:
+        ValueError: ``cm`` is not a square non-negative matrix.
+    """
+    cm = _as_numpy_cm(cm)
+    items = [c for c in range(cm.shape[0]) if c != background]
+    total = cm[items, :].sum()
+    return float(cm[np.ix_(items, items)].sum() / total) if total > 0 else math.nan
+
+
 class SegMetric:
     """Streaming segmentation metric: accumulates a confusion matrix over batches.
 
@@ -131,7 +161,8 @@ class SegMetric:
 
     ``update(x, target)`` accepts logits float ``[B, K, H, W]`` (argmax over dim 1) or integer
     predictions of ``target``'s shape ``[B, H, W]``. ``compute()`` returns
-    ``{"miou": float, "pixel_acc": float, "per_class_iou": list[float]}`` (NaN for absent classes).
+    ``{"miou", "pixel_acc", "item_class_acc", "item_recall": float, "per_class_iou": list[float]}``
+    (NaN for absent classes; class 0 is the background of the item metrics).
     """
 
     def __init__(self, num_classes: int, ignore_index: int | None = None) -> None:
@@ -179,7 +210,7 @@ class SegMetric:
         self.cm += cm.cpu()
 
     def compute(self) -> dict:
-        """``{"miou", "pixel_acc", "per_class_iou"}`` over everything since the last reset.
+        """``{"miou", "pixel_acc", "item_class_acc", "item_recall", "per_class_iou"}`` since the last reset.
 
         Raises:
             RuntimeError: no pixel was accumulated yet.
@@ -189,5 +220,7 @@ class SegMetric:
         return {
             "miou": miou(self.cm),
             "pixel_acc": pixel_accuracy(self.cm),
+            "item_class_acc": item_class_accuracy(self.cm),
+            "item_recall": item_recall(self.cm),
             "per_class_iou": [float(v) for v in per_class_iou(self.cm)],
         }

@@ -68,7 +68,7 @@ def finetune_masked(model: torch.nn.Module, meta: Dict[str, Any], handle: Any, e
 
     from .data import MosaicSpec, make_loader
 
-    fields = {k: v for k, v in dict(meta.get("dataset") or {}).items() if k in MosaicSpec.model_fields}
+    fields = MosaicSpec.from_dataset(meta.get("dataset")).model_dump()
     fields.setdefault("img_size", meta.get("img_size", 224))
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-8)
     handle.attach(opt)
@@ -144,9 +144,14 @@ def prune_checkpoint(checkpoint: str, out: str, ratio: Optional[float] = None,
     try:
         from .evaluate import evaluate_config
 
-        ds = dict(meta.get("dataset") or {})
-        record["miou_after_pruning"] = evaluate_config(model, [[0.0] * d for d in model.depths], split="val",
-                                                       length=64, batch_size=16, spec=ds or None)
+        from .data import MosaicSpec
+
+        img_size = meta.get("img_size", 224)
+        spec = MosaicSpec.from_dataset(meta.get("dataset"), img_size if isinstance(img_size, int) else img_size[0])
+        scores = evaluate_config(model, [[0.0] * d for d in model.depths], split="val", length=64, batch_size=16,
+                                 spec=spec)
+        record["miou_after_pruning"] = float(scores["miou"])
+        record["pixel_acc_after_pruning"] = float(scores["pixel_acc"])
     except Exception as e:  # noqa: BLE001 - data may be absent; pruning itself succeeded
         record["miou_after_pruning"] = f"not evaluated: {type(e).__name__}: {e}"
     new_meta = {k: meta.get(k) for k in ("arch", "img_size", "num_classes", "search_space", "dataset", "training")}

@@ -29,17 +29,33 @@ class FPNLiteHead(nn.Module):
         in_dims: channels of each stage output, e.g. (96, 192, 384, 768).
         head_dim: fused channels.
         num_classes: output classes (11 for the Fashion mosaic task: background + 10).
+        stage_norm: a LayerNorm over channels on each used stage output (keys ``norms.*``).
+        first_stage: the finest stage fused (0: logits at 1/4 of the input, 1: at 1/8).
 
     Shapes:
-        ``forward(feats)``: list of (B, C_i, H_i, W_i), stage 0 first -> (B, num_classes, H_0, W_0).
+        ``forward(feats)``: list of (B, C_i, H_i, W_i), stage 0 first -> (B, num_classes, H_s, W_s),
+        s = ``first_stage``.
+
+    Raises:
+        ValueError: ``first_stage`` out of range.
     """
 
-    def __init__(self, in_dims: Sequence[int], head_dim: int = 64, num_classes: int = 11):
+    def __init__(self, in_dims: Sequence[int], head_dim: int = 64, num_classes: int = 11,
+                 stage_norm: bool = False, first_stage: int = 0):
         super().__init__()
+        if not 0 <= first_stage < len(in_dims):
+            raise ValueError(f"first_stage {first_stage} out of range for {len(in_dims)} stages")
         self.in_dims = tuple(in_dims)
         self.head_dim = head_dim
         self.num_classes = num_classes
-        self.lateral = nn.ModuleList(nn.Conv2d(c, head_dim, 1) for c in in_dims)
+        self.first_stage = int(first_stage)
+        self.stage_norm = bool(stage_norm)
+        used = self.in_dims[self.first_stage:]
+        if self.stage_norm:  # a LayerNorm over channels on every stage output (timm's stages end un-normalised)
+            from timm.layers import LayerNorm2d
+
+            self.norms = nn.ModuleList(LayerNorm2d(c) for c in used)
+        self.lateral = nn.ModuleList(nn.Conv2d(c, head_dim, 1) for c in used)
         self.fuse = nn.Sequential(
             nn.Conv2d(head_dim, head_dim, 3, padding=1, bias=False),
             nn.GroupNorm(8 if head_dim % 8 == 0 else 1, head_dim),
@@ -48,6 +64,9 @@ class FPNLiteHead(nn.Module):
         self.classifier = nn.Conv2d(head_dim, num_classes, 1)
 
     def forward(self, feats: List[torch.Tensor]) -> torch.Tensor:
+        feats = feats[self.first_stage:]
+        if self.stage_norm:
+            feats = [n(f) for n, f in zip(self.norms, feats)]
         y = self.lateral[-1](feats[-1])
         for i in range(len(feats) - 2, -1, -1):
             lat = self.lateral[i](feats[i])
@@ -55,9 +74,10 @@ class FPNLiteHead(nn.Module):
         return self.classifier(self.fuse(y))
 
     def macs(self, resolutions: Sequence[Tuple[int, int]]) -> int:
-        """Analytic MACs per image given each stage's (H, W)."""
+        """Analytic MACs per image given each stage's (H, W) (stage norms not counted)."""
         total = 0
-        for (h, w), c in zip(resolutions, self.in_dims):
+        resolutions = list(resolutions)[self.first_stage:]
+        for (h, w), c in zip(resolutions, self.in_dims[self.first_stage:]):
             total += h * w * c * self.head_dim
         h0, w0 = resolutions[0]
         total += h0 * w0 * self.head_dim * self.head_dim * 9
@@ -73,6 +93,7 @@ class SegSupernet(nn.Module):
         num_classes: segmentation classes.
         head_dim: channels of the fused head.
 
+        head_norm, head_first_stage: see :class:`FPNLiteHead` (``stage_norm``, ``first_stage``).
         img_size: size of the images the model takes, int or (H, W) (default: the backbone's own).
             When it differs from the backbone's ``img_size`` the images are resized (bilinear,
             antialiased) by backbone size / ``img_size`` and the logits upsampled back: the *reduced input
@@ -83,11 +104,13 @@ class SegSupernet(nn.Module):
     """
 
     def __init__(self, backbone: SparseSwin, num_classes: int = 11, head_dim: int = 64,
-                 img_size: Union[int, Tuple[int, int], None] = None):
+                 img_size: Union[int, Tuple[int, int], None] = None, head_norm: bool = False,
+                 head_first_stage: int = 0):
         super().__init__()
         self.backbone = backbone
         self.num_classes = num_classes
-        self.decode = FPNLiteHead(backbone.stage_dims, head_dim, num_classes)
+        self.decode = FPNLiteHead(backbone.stage_dims, head_dim, num_classes, stage_norm=head_norm,
+                                  first_stage=head_first_stage)
         own = backbone.img_size
         self.img_size: Optional[Tuple[int, int]] = (
             (img_size, img_size) if isinstance(img_size, int) else tuple(img_size)) if img_size is not None \
@@ -96,7 +119,7 @@ class SegSupernet(nn.Module):
     @classmethod
     def from_timm(cls, name: str, img_size: Union[int, Tuple[int, int]] = 224, num_classes: int = 11,
                   head_dim: int = 64, input_size: Union[int, Tuple[int, int], None] = None,
-                  **timm_kwargs: Any) -> "SegSupernet":
+                  head_norm: bool = False, head_first_stage: int = 0, **timm_kwargs: Any) -> "SegSupernet":
         """Build a timm Swin (``pretrained=False``, classifier removed) and the head around it.
 
         Args:
@@ -106,7 +129,8 @@ class SegSupernet(nn.Module):
         """
         timm_kwargs.setdefault("num_classes", 0)
         bb = SparseSwin.from_timm(name, img_size=input_size if input_size is not None else img_size, **timm_kwargs)
-        return cls(bb, num_classes, head_dim, img_size=img_size)
+        return cls(bb, num_classes, head_dim, img_size=img_size, head_norm=head_norm,
+                   head_first_stage=head_first_stage)
 
     @property
     def input_size(self) -> Optional[Tuple[int, int]]:
@@ -137,14 +161,28 @@ class SegSupernet(nn.Module):
             logits = F.interpolate(logits, size=out_size, mode="bilinear", align_corners=False)
         return logits
 
+    def _resize_input(self, x: torch.Tensor) -> torch.Tensor:
+        inp = self.input_size
+        if inp is None:
+            return x
+        # same scale factor for any image size (e.g. the smaller [lowres] canvases)
+        size = tuple(max(1, round(o * i / s)) for o, i, s in zip(x.shape[-2:], inp, self.img_size))
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) images -> (B, num_classes, H, W) logits at the current sparsity."""
         out_size = tuple(x.shape[-2:])
-        inp = self.input_size
-        if inp is not None:  # same scale factor for any image size (e.g. the smaller [lowres] canvases)
-            size = tuple(max(1, round(o * i / s)) for o, i, s in zip(out_size, inp, self.img_size))
-            x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
-        return self.forward_head(self.backbone.forward_stages(x), out_size=out_size)
+        return self.forward_head(self.backbone.forward_stages(self._resize_input(x)), out_size=out_size)
+
+    def forward_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, num_classes, H / 4, W / 4) logits, the head's native 1/4 resolution
+        (resampled only when the head works at another scale), for losses against soft 4 x 4 targets
+        (:mod:`supernet.losses`). H and W must be multiples of 4."""
+        H, W = x.shape[-2:]
+        logits = self.decode(self.backbone.forward_stages(self._resize_input(x)))
+        if tuple(logits.shape[-2:]) != (H // 4, W // 4):
+            logits = F.interpolate(logits, size=(H // 4, W // 4), mode="bilinear", align_corners=False)
+        return logits
 
     def head_macs(self, img_size: Union[int, Tuple[int, int], None] = None) -> int:
         """Analytic MACs per image of the segmentation head (upsampling not counted)."""

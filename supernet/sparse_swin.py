@@ -35,9 +35,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["SparseSwin", "validate_sparsity", "keep_count", "SparsityConfig"]
+__all__ = ["SparseSwin", "validate_sparsity", "keep_count", "SparsityConfig", "DEFAULT_RATIOS"]
 
 SparsityConfig = List[List[float]]
+
+#: The SparseViT reference ratio grid {0, 0.1, ..., 0.8} (training draws, search space, profiling).
+DEFAULT_RATIOS: Tuple[float, ...] = tuple(round(0.1 * i, 1) for i in range(9))
 
 
 # --------------------------------------------------------------------------------------------

@@ -60,11 +60,14 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .fileio import atomic_write
 from .checkpoint import (CheckpointError, to_json_safe, load_checkpoint, load_timm_state_dict, save_checkpoint,
                          sha256_file)
 from .data import NUM_SEG_CLASSES, DatasetNotFoundError, FashionMosaic, MosaicSpec
 from .evaluate import DEFAULT_VAL_SEED, REFERENCE_RATIOS, evaluate_config, format_table, reference_table
+from .losses import seg_loss
 from .seg import SegSupernet
+from .sparse_swin import DEFAULT_RATIOS
 
 __all__ = [
     "TrainSpecError",
@@ -86,7 +89,6 @@ __all__ = [
 ]
 
 STATE_FORMAT = 1
-DEFAULT_RATIOS = [round(0.1 * i, 1) for i in range(9)]  # 0.0 .. 0.8 (SparseViT reference)
 
 
 class TrainSpecError(ValueError):
@@ -120,6 +122,8 @@ class ModelSection(BaseModel):
     head_dim: int = Field(64, ge=1)
     drop_path_rate: float = Field(0.0, ge=0.0, lt=1.0)
     input_size: Optional[int] = Field(None, ge=32, le=4096)
+    head_norm: bool = False
+    head_first_stage: int = Field(0, ge=0)
     timm_weights: Optional[Path] = None
     init: Optional[Path] = None
 
@@ -168,7 +172,15 @@ class DataSection(MosaicSpec):
 
 
 class TrainSection(BaseModel):
-    """``[train]``: optimisation and sparsity sampling (see the module docstring)."""
+    """``[train]``: optimisation, the loss and sparsity sampling (see the module docstring).
+
+    Loss (:mod:`supernet.losses`): ``loss`` = "ce" (pixel cross-entropy) or "item" (item-weighted: every
+    (image, class) region of the label map weighs the same whatever its area); ``aux_weight`` adds the
+    per-item classification loss (region-pooled logits); ``loss_resolution`` = "quarter" computes it on the
+    head's 1/4-resolution logits against soft 4 x 4 targets (no upsampling: faster); ``background_weight``
+    down-weights background pixels / regions. ``bf16``: bfloat16 autocast of the forward and backward on the
+    CPU (AMX / AVX-512 BF16; the weights, the optimizer and the loss stay float32).
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -186,6 +198,10 @@ class TrainSection(BaseModel):
     ratios: List[float] = Field(default_factory=lambda: list(DEFAULT_RATIOS))
     grad_clip: float = Field(0.0, ge=0.0)
     background_weight: float = Field(1.0, gt=0.0, le=1.0)
+    loss: Literal["ce", "item"] = "ce"
+    aux_weight: float = Field(0.0, ge=0.0)
+    loss_resolution: Literal["full", "quarter"] = "full"
+    bf16: bool = False
     eval_ratios: List[float] = Field(default_factory=lambda: list(REFERENCE_RATIOS))
     eval_batch_size: int = Field(16, ge=1)
     val_each_epoch: bool = False
@@ -458,7 +474,8 @@ def build_supernet(cfg: TrainConfig, dynamic_size: bool = False) -> SegSupernet:
     m = cfg.model
     try:
         model = SegSupernet.from_timm(m.timm_name, img_size=m.img_size, num_classes=NUM_SEG_CLASSES,
-                                      head_dim=m.head_dim, input_size=m.input_size, **m.timm_kwargs(),
+                                      head_dim=m.head_dim, input_size=m.input_size, head_norm=m.head_norm,
+                                      head_first_stage=m.head_first_stage, **m.timm_kwargs(),
                                       **({"strict_img_size": False} if dynamic_size else {}))
     except Exception as e:  # noqa: BLE001 - timm raises RuntimeError / AssertionError / TypeError
         raise TrainSpecError(f"[model] {m.timm_name} with {m.timm_kwargs()} cannot be built by timm "
@@ -493,6 +510,8 @@ def arch_of(model: SegSupernet, cfg: TrainConfig) -> Dict[str, Any]:
             "window_size": int(cfg.model.window_size),
         },
         "head_dim": int(model.decode.head_dim),
+        **({"head_norm": True} if model.decode.stage_norm else {}),
+        **({"head_first_stage": int(model.decode.first_stage)} if model.decode.first_stage else {}),
         "num_classes": int(model.num_classes),
         **({"input_size": int(model.input_size[0])} if model.input_size is not None else {}),
     }
@@ -533,7 +552,8 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 
 def train_step(model: SegSupernet, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
-               configs: Sequence[Any], grad_clip: float = 0.0, class_weight: Optional[torch.Tensor] = None) -> float:
+               configs: Sequence[Any], grad_clip: float = 0.0, class_weight: Optional[torch.Tensor] = None,
+               loss: Optional[Dict[str, Any]] = None, bf16: bool = False) -> float:
     """One optimizer step: cross-entropy at each config, gradients accumulated (loss averaged).
 
     Args:
@@ -544,6 +564,9 @@ def train_step(model: SegSupernet, optimizer: torch.optim.Optimizer, images: tor
         configs: sparsity configs of this step (see :func:`step_configs`).
         grad_clip: max global gradient norm (0 = no clipping).
         class_weight: optional (K,) per-class weights of the cross-entropy (weighted mean over pixels).
+        loss: ``{"kind", "bg_weight", "aux_weight", "at"}`` of :func:`supernet.losses.seg_loss` (default:
+            pixel cross-entropy at full resolution with ``class_weight``).
+        bf16: bfloat16 autocast (CPU) of the forward pass.
 
     Returns:
         The mean loss over the configs (float).
@@ -552,9 +575,13 @@ def train_step(model: SegSupernet, optimizer: torch.optim.Optimizer, images: tor
     total = 0.0
     for c in configs:
         model.set_sparsity(c)
-        loss = F.cross_entropy(model(images), labels, weight=class_weight)
-        (loss / len(configs)).backward()
-        total += float(loss.detach())
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(bf16)):
+            if loss is None:
+                value = F.cross_entropy(model(images), labels, weight=class_weight)
+            else:
+                value = seg_loss(model, images, labels, **loss)
+        (value / len(configs)).backward()
+        total += float(value.detach())
     if grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
@@ -595,21 +622,7 @@ def _save_state(path: Path, *, epoch: int, step: int, optimizer, scheduler, rng:
         "config": json.dumps(_config_fingerprint(cfg), sort_keys=True),
         "history": json.dumps(history),
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
+    atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def _load_state(path: Path) -> Dict[str, Any]:
@@ -737,7 +750,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
     depths = model.depths
     arch = arch_of(model, cfg)
     class_weight = None
-    if t.background_weight != 1.0:  # class 0 = background, most of the pixels of a canvas
+    loss_spec = None
+    if t.loss != "ce" or t.aux_weight > 0 or t.loss_resolution != "full":
+        loss_spec = {"kind": t.loss, "bg_weight": t.background_weight, "aux_weight": t.aux_weight,
+                     "at": t.loss_resolution}
+    elif t.background_weight != 1.0:  # class 0 = background, most of the pixels of a canvas
         class_weight = torch.ones(NUM_SEG_CLASSES)
         class_weight[0] = t.background_weight
     bar = tqdm(total=total_steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True,
@@ -758,7 +775,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
                 loader = _epoch_loader(cfg, dataset, epoch - lo.epochs)
             for images, labels in loader:
                 configs = step_configs(t.sampling, depths, t.ratios, rng, t.sandwich_random, not ph.sparse)
-                loss = train_step(model, optimizer, images, labels, configs, t.grad_clip, class_weight)
+                loss = train_step(model, optimizer, images, labels, configs, t.grad_clip, class_weight, loss_spec,
+                                  t.bf16)
                 scheduler.step()
                 step += 1
                 n_img += images.shape[0]
@@ -825,15 +843,14 @@ def cli_train(args: Any) -> int:
         args: a Namespace with ``.spec`` (path), ``.resume`` (bool), ``.json`` (bool).
 
     Returns:
-        0 on success; 2 on a user error (bad spec, checkpoint mismatch, missing dataset), after
-        printing one ``error: ...`` line to stderr.
+        0 on success.
+
+    Raises:
+        TrainSpecError, CheckpointError, DatasetNotFoundError: user errors; the ``sparsesearch`` CLI prints
+            them as one ``sparsesearch: error:`` line and exits 2.
     """
-    try:
-        cfg = load_train_spec(args.spec)
-        metrics = train(cfg, resume=bool(getattr(args, "resume", False)), progress=True)
-    except (TrainSpecError, CheckpointError, DatasetNotFoundError) as e:
-        print(f"error: {e}".splitlines()[0], file=sys.stderr)
-        return 2
+    cfg = load_train_spec(args.spec)
+    metrics = train(cfg, resume=bool(getattr(args, "resume", False)), progress=True)
     if getattr(args, "json", False):
         print(json.dumps(to_json_safe(metrics), allow_nan=False))  # NaN -> null: strict JSON
         return 0

@@ -218,7 +218,7 @@ def _mutate(fn):
 def test_malformed_tables_raise(table, msg):
     with pytest.raises(PredictorError, match=msg) as ei:
         Predictor(table, source="bad.json")
-    assert "bad.json" in str(ei.value) and "sparsesearch profile" in str(ei.value)
+    assert "bad.json" in str(ei.value) and "sparsesearch latency profile" in str(ei.value)
 
 
 def test_load_errors(tmp_path):
@@ -316,8 +316,9 @@ def test_tiny_profile_predicts_own_latency(tiny_seg, tiny_table):
         x = _make_input(1, (64, 64), 5, torch.device("cpu"), torch.float32)
         measured = measure_configs(tiny_seg, x, cfgs, warmup=2, repeats=7)
     pred = p.predict(cfgs)
-    ratio = pred / measured
-    assert np.all((ratio > 0.5) & (ratio < 2.0)), (pred, measured)
+    # relative to the dense config (scale-free: the machine may run at another speed than when profiled)
+    ratio = (pred / pred[0]) / (measured / measured[0])
+    assert np.all((ratio > 0.67) & (ratio < 1.5)), (pred, measured)
 
 
 def test_interleaved_ratios_cancel_machine_drift():

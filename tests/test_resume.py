@@ -198,7 +198,8 @@ def test_resume_finished_is_a_noop_and_larger_budget_continues_after_moving_asid
 
 def _frozen_experiment(tiny, tmp_path, name):
     """An experiment directory as `run` leaves it right after start-up (no Ray needed)."""
-    from search.runner import _freeze, _prepare_dir, _sha256
+    from search.policy import SearchPolicy
+    from search.runner import _freeze, _prepare_dir
     from search.spec import load_spec
 
     d, ck, pr = tiny
@@ -212,7 +213,7 @@ def _frozen_experiment(tiny, tmp_path, name):
     spec_path = _sleepy_spec(own, ck2, pr2, name=name, n_trials=8)
     spec = load_spec(spec_path)
     exp = _prepare_dir(spec)
-    _freeze(spec, exp, _sha256(ck2), _sha256(pr2))
+    _freeze(spec, exp, SearchPolicy.from_spec(spec))
     return own, spec_path, exp, ck2, pr2
 
 
@@ -299,19 +300,19 @@ def test_restore_rebuilds_the_sampler_state(killed_search, tmp_path):
 
 
 def test_result_cache_key_groups_configs_that_keep_the_same_windows(tiny, tmp_path):
-    """Ratios that give every block the same kept-window count share one evaluation (runner._exec_key)."""
+    """Ratios that give every block the same kept-window count share one evaluation (SearchPolicy.key)."""
     from search.runner import _Search
     from search.space import Config
     from search.spec import load_spec
 
     _, ck, pr = tiny
     s = _Search(load_spec(write_spec(tmp_path, ck, pr)), tmp_path / "exp", progress=False)
-    nw = s._arch_model().backbone.num_windows(None)
+    nw = s.policy.arch_model.backbone.num_windows(None)
     assert nw[0] == [16, 16] and nw[2] == [1, 1]  # tiny supernet at 112 px
     d = [len(r) for r in nw]
 
     def key(stage, r):
-        return s._exec_key(Config([[r] * n if i == stage else [0.0] * n for i, n in enumerate(d)]))
+        return s.policy.key(Config([[r] * n if i == stage else [0.0] * n for i, n in enumerate(d)]))
 
     assert key(2, 0.2) == key(2, 0.6)  # one window: any ratio > 0 keeps int(1 * (1 - r)) = 0
     assert key(2, 0.2) != key(2, 0.0)

@@ -261,11 +261,38 @@ def test_sparsevit_prefilter_redraws_rejected_proposals() -> None:
         return sum(SPACE.decode(params).flat) >= 4.0
 
     sampler = make_sampler(SamplerSection(name="sparsevit", population_size=10, parents=4),
-                           SPACE, 0, prefilter=fast_enough)
+                           SPACE, 0, feasible=fast_enough)
     study = toy_study(sampler, 30)
     assert all(fast_enough(t.params) for t in study.trials)
-    assert any(t.system_attrs.get("SparseViTEvolutionSampler:attempts", 1) > 1
-               for t in study.trials)
+    assert any(t.system_attrs.get("SparseViTEvolutionSampler:attempts", 1) > 1 for t in study.trials)
+
+
+@pytest.mark.parametrize("name", ["nsga2", "nsga3", "tpe", "random", "sparsevit"])
+def test_every_sampler_proposes_only_feasible_configs(name: str) -> None:
+    """FeasibleSampler: redraws (seeded) until the test holds; the same seed proposes the same configs."""
+    def fast_enough(params: dict) -> bool:
+        return sum(SPACE.decode(params).flat) >= 4.0
+
+    def proposals(seed: int) -> list:
+        sampler = make_sampler(SamplerSection(name=name, **SMALL[name]), SPACE, seed, feasible=fast_enough)
+        study = toy_study(sampler, 40)
+        assert all(fast_enough(t.params) for t in study.trials), name
+        return [SPACE.decode(t.params) for t in study.trials]
+
+    assert proposals(3) == proposals(3)
+
+
+def test_feasible_sampler_repairs_when_no_draw_fits() -> None:
+    """A budget only the sparsest configs meet: the repair raises genes until the test holds."""
+    sparsest = {g: max(d.choices) for g, d in SPACE.distributions().items()}
+
+    def tight(params: dict) -> bool:
+        return sum(SPACE.decode(params).flat) >= sum(SPACE.decode(sparsest).flat) - 1e-9
+
+    sampler = make_sampler(SamplerSection(name="random"), SPACE, 0, feasible=tight, max_draws=3,
+                           repair=lambda p: dict(sparsest))
+    study = toy_study(sampler, 5)
+    assert all(tight(t.params) for t in study.trials) and sampler.repairs == 5
 
 
 def test_sparsevit_beats_random_search() -> None:

@@ -89,7 +89,7 @@ def test_pareto_cli_json_csv_plot(experiment):
     hv = [h["hypervolume"] for h in out["history"]]
     assert hv == sorted(hv)
     csv = _cli("pareto", str(exp), "--format", "csv").stdout.splitlines()
-    assert csv[0].startswith("trial_number") and len(csv) == len(front) + 1
+    assert csv[0].startswith("experiment,trial_number") and len(csv) == len(front) + 1
     table = _cli("pareto", str(exp)).stdout
     assert "reference points" in table and "dense" in table
 

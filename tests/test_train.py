@@ -336,8 +336,11 @@ def test_cli_train_json_and_user_errors(data_dir, tmp_path, capsys):
     assert Path(out["checkpoint"]).with_suffix(".json").is_file()
     assert cli_train(argparse.Namespace(spec=str(spec), resume=True, json=False)) == 0
     assert "retention" in capsys.readouterr().out
-    assert cli_train(argparse.Namespace(spec=str(tmp_path / "nope.toml"), resume=False, json=False)) == 2
-    assert capsys.readouterr().err.startswith("error: ")
+    from search.cli import main
+
+    assert main(["supernet", "train", str(tmp_path / "nope.toml")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("sparsesearch: error: ") and "nope.toml" in err[0]
 
 
 def test_lowres_phase_runs_first_on_smaller_canvases(data_dir, tmp_path):

@@ -16,12 +16,12 @@ import pyarrow.parquet as pq
 import pytest
 
 from search.errors import EXIT_USER_ERROR, UserError
+from search.space import Config, config_hash as space_config_hash
 from search.trial_log import (
     STATUSES,
     TrialLogError,
     TrialLogWarning,
     TrialLogWriter,
-    config_hash,
     final_trials,
     list_parts,
     load_trials,
@@ -60,7 +60,7 @@ def test_schema_columns_types_and_nullability():
     expected = (["experiment_id", "trial_number", "generation", "attempt"] + rcols
                 + ["ratios", "config", "config_hash", "checkpoint_sha256", "status",
                    "miou", "pixel_acc", "predicted_latency_ms", "macs", "w_qkv", "w_proj",
-                   "w_mlp", "params", "eval_seconds", "worker_id", "node", "start_time",
+                   "w_mlp", "params", "eval_seconds", "canvases", "worker_id", "node", "start_time",
                    "end_time", "error", "seed"])
     assert schema.names == expected
     types = {f.name: f.type for f in schema}
@@ -109,7 +109,7 @@ def test_append_roundtrip_derives_ratios_and_nulls(writer):
     np.testing.assert_array_equal(np.asarray(first["ratios"], dtype=np.float32), flat)
     np.testing.assert_array_equal(first[ratio_columns(N_BLOCKS)].to_numpy(np.float32), flat)
     assert json.loads(first["config"]) == SWIN_T
-    assert first["config_hash"] == config_hash(SWIN_T)
+    assert first["config_hash"] == space_config_hash(Config(SWIN_T), "")  # no checkpoint_sha256 in the row
     assert first["experiment_id"] == "exp" and first["attempt"] == 0
     assert first["macs"] == 4_500_000_000 and first["worker_id"] == "w0"
     assert pd.isna(first["pixel_acc"]) and pd.isna(first["error"]) and pd.isna(first["w_mlp"])
@@ -119,6 +119,8 @@ def test_append_roundtrip_derives_ratios_and_nulls(writer):
 
 
 def test_config_hash_ignores_float32_roundtrip_but_not_structure():
+    def config_hash(nested):
+        return space_config_hash(Config(nested), "sha")
     f32 = [[float(np.float32(r)) for r in s] for s in SWIN_T]
     assert config_hash(f32) == config_hash(SWIN_T)
     regrouped = [SWIN_T[0] + SWIN_T[1], SWIN_T[2], SWIN_T[3]]
@@ -184,7 +186,7 @@ def test_part_is_fsynced_under_a_hidden_temp_name_before_rename(writer, monkeypa
     renames = [e for e in events if e[0] == "replace"]
     assert len(renames) == 1 and renames[0][2] == path.name
     tmp_name = renames[0][1]
-    assert tmp_name.startswith(".tmp-") and tmp_name.endswith(".parquet")
+    assert tmp_name.startswith(".") and not tmp_name.endswith(".parquet")  # hidden: no reader sees it
     assert events.index(("fsync", tmp_name)) < events.index(renames[0])
 
 

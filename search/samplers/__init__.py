@@ -1,6 +1,4 @@
-"""Optuna samplers for the sparsity search, built from the spec's ``[sampler]`` table.
-
-``make_sampler`` maps a sampler name to an Optuna sampler:
+"""Optuna samplers for the sparsity search: one file per sampler, found by this registry.
 
 ==========  =================================================================================
 nsga2       ``optuna.samplers.NSGAIISampler`` (Deb et al. 2002), population 50
@@ -11,62 +9,85 @@ sparsevit   :class:`SparseViTEvolutionSampler`, the SparseViT reference evolutio
             (arXiv 2303.17605, ``tools/search.py``): population 100, 25 parents, mutation 0.1
 ==========  =================================================================================
 
-Infeasible trials (predicted latency over budget) are marked by a constraint value > 0. Two
-ways to record it, both read by every sampler here:
+A sampler is one file ``search/samplers/<file>.py`` declaring ``NAME``, ``DESCRIPTION``, an
+``Options`` model (its ``[sampler]`` keys and defaults) and ``build(options, *, space, seed,
+constraints_func)`` (see :mod:`search.samplers._base`); :data:`SAMPLERS` maps every name found here
+to its module, and the spec accepts exactly those names and options.
+
+:func:`make_sampler` wraps the built sampler in :class:`FeasibleSampler` when the search passes a
+feasibility test: every proposal is then within the latency budget (redrawn, or repaired) and,
+where the sampler can find one, a computation not yet evaluated.
+
+Infeasible trials (predicted latency over budget, or a user constraint) are marked by a constraint
+value > 0. Two ways to record it, both read by every sampler here:
 
 - Optuna 5: ``trial.set_constraint("latency_ms", predicted_ms - budget_ms)`` before ``tell``
   (no ``constraints_func`` needed);
-- the latency gate sets ``trial.set_user_attr("constraint", predicted_ms - budget_ms)`` and the
-  sampler gets ``constraints_func=latency_constraints`` (deprecated by Optuna 5 in its own
-  samplers, still supported until Optuna 7).
+- ``trial.set_user_attr("constraint", predicted_ms - budget_ms)`` with
+  ``constraints_func=latency_constraints`` (deprecated by Optuna 5 in its own samplers, still
+  supported until Optuna 7).
 """
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 import warnings
 from collections.abc import Callable, Sequence
+from types import ModuleType
 from typing import Any
 
 import optuna
 from optuna.samplers import BaseSampler
-from optuna.samplers._base import _process_constraints_after_trial
 from optuna.trial import FrozenTrial
 
+from search.samplers._feasible import DRAWS_KEY, REPAIRED_KEY, FeasibleSampler
 from search.samplers.sparsevit import SparseViTEvolutionSampler, is_feasible
 from search.space import SearchSpace
 
 __all__ = [
     "CONSTRAINT_ATTR",
+    "SAMPLERS",
+    "FeasibleSampler",
     "SparseViTEvolutionSampler",
     "is_feasible",
     "latency_constraints",
     "make_sampler",
+    "sampler_module",
     "trial_generation",
 ]
 
 #: ``trial.user_attrs`` key the latency gate writes (predicted ms - budget ms; <= 0 feasible).
 CONSTRAINT_ATTR = "constraint"
 
-_GA_GENERATION_KEYS = (
-    "NSGAIISampler:generation",
-    "NSGAIIISampler:generation",
-    SparseViTEvolutionSampler.generation_key(),
-)
+
+def _discover() -> dict[str, ModuleType]:
+    out: dict[str, ModuleType] = {}
+    for info in pkgutil.iter_modules(__path__):
+        if info.name.startswith("_"):
+            continue
+        mod = importlib.import_module(f"{__name__}.{info.name}")
+        name = getattr(mod, "NAME", None)
+        if isinstance(name, str) and hasattr(mod, "Options") and hasattr(mod, "build"):
+            out[name] = mod
+    first = ("nsga2", "nsga3", "tpe", "random", "sparsevit")  # the documented order; others alphabetically
+    return dict(sorted(out.items(), key=lambda kv: (first.index(kv[0]) if kv[0] in first else len(first), kv[0])))
 
 
-class _ConstrainedRandomSampler(optuna.samplers.RandomSampler):
-    """``RandomSampler`` that also stores ``constraints_func``'s values after each trial, so
-    ``is_feasible(trial)`` / ``trial.constraints`` read the same for every sampler."""
+#: ``[sampler] name`` -> the module that declares it (``Options``, ``build``, ``DESCRIPTION``).
+SAMPLERS: dict[str, ModuleType] = _discover()
 
-    def __init__(self, seed: int | None,
-                 constraints_func: Callable[[FrozenTrial], Sequence[float]]) -> None:
-        super().__init__(seed=seed)
-        self._constraints_func = constraints_func
 
-    def after_trial(self, study: optuna.Study, trial: FrozenTrial,
-                    state: optuna.trial.TrialState, values: Sequence[float] | None) -> None:
-        _process_constraints_after_trial(self._constraints_func, study, trial, state)
-        super().after_trial(study, trial, state, values)
+def sampler_module(name: str) -> ModuleType:
+    """The module of sampler ``name``.
+
+    Raises:
+        ValueError: no sampler file declares that name.
+    """
+    try:
+        return SAMPLERS[name]
+    except KeyError:
+        raise ValueError(f"unknown sampler {name!r}; expected one of {'|'.join(SAMPLERS)}") from None
 
 
 def latency_constraints(frozen_trial: FrozenTrial) -> list[float]:
@@ -91,16 +112,12 @@ def latency_constraints(frozen_trial: FrozenTrial) -> list[float]:
 
 
 def trial_generation(frozen_trial: FrozenTrial, population_size: int | None = None) -> int:
-    """Generation of a trial for nsga2 / nsga3 / sparsevit, from its system attrs.
+    """Generation of a trial for GA samplers (``<Sampler>:generation`` system attr).
 
     For samplers without generations (tpe, random) returns ``number // population_size``
     when ``population_size`` is given, else -1.
     """
-    attrs = frozen_trial.system_attrs
-    for key in _GA_GENERATION_KEYS:
-        if key in attrs:
-            return int(attrs[key])
-    for key, value in attrs.items():  # any other BaseGASampler subclass
+    for key, value in frozen_trial.system_attrs.items():
         if key.endswith(":generation") and isinstance(value, int):
             return value
     if population_size:
@@ -113,55 +130,31 @@ def make_sampler(
     space: SearchSpace,
     seed: int | None,
     constraints_func: Callable[[FrozenTrial], Sequence[float]] | None = None,
-    prefilter: Callable[[dict[str, Any]], bool] | None = None,
+    feasible: Callable[[dict[str, Any]], bool] | None = None,
+    is_new: Callable[[dict[str, Any]], bool] | None = None,
+    repair: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    max_draws: int = 64,
 ) -> BaseSampler:
     """Build the Optuna sampler named in the spec.
 
     Args:
         spec_sampler: a :class:`search.spec.SamplerSection` (``name`` and ``options()``).
-        space: the search space (sparsevit evolves exactly its genes and re-sorts stages).
+        space: the search space.
         seed: sampler seed (same seed + same trial order -> same proposals).
         constraints_func: optional ``FrozenTrial -> [float]`` (<= 0 feasible), e.g.
             :func:`latency_constraints`. Optuna's FutureWarning about it and the
             ExperimentalWarning of NSGAIIISampler are silenced here.
-        prefilter: sparsevit only: ``params -> bool``; rejected proposals are re-drawn
-            (e.g. ``lambda p: predictor(space.decode(p)) <= budget_ms``).
+        feasible, is_new, repair, max_draws: wrap in :class:`FeasibleSampler` (when ``feasible`` is given).
 
     Raises:
-        ValueError: an unknown sampler name.
+        ValueError: an unknown sampler name or options it does not take.
     """
-    name = spec_sampler.name
-    opts = dict(spec_sampler.options())
+    mod = sampler_module(spec_sampler.name)
+    opts = mod.Options(**dict(spec_sampler.options()))
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*constraints_func.*", category=FutureWarning)
-        # NSGAIIISampler is flagged experimental since Optuna 3.2; nothing a user can act on.
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-        if name in ("nsga2", "nsga3"):
-            cls = (optuna.samplers.NSGAIISampler if name == "nsga2"
-                   else optuna.samplers.NSGAIIISampler)
-            return cls(population_size=opts["population_size"],
-                       mutation_prob=opts["mutation_prob"],
-                       crossover_prob=opts["crossover_prob"],
-                       swapping_prob=opts["swapping_prob"],
-                       seed=seed, constraints_func=constraints_func)
-        if name == "tpe":
-            return optuna.samplers.TPESampler(n_startup_trials=opts["n_startup_trials"],
-                                              multivariate=True, seed=seed,
-                                              constraints_func=constraints_func)
-        if name == "random":
-            if constraints_func is not None:
-                return _ConstrainedRandomSampler(seed, constraints_func)
-            return optuna.samplers.RandomSampler(seed=seed)
-        if name == "sparsevit":
-            return SparseViTEvolutionSampler(
-                search_space=space.distributions(),
-                population_size=opts["population_size"],
-                parents=opts["parents"],
-                mutation_prob=opts["mutation_prob"],
-                crossover_prob=opts["crossover_prob"],
-                seed=seed,
-                constraints_func=constraints_func,
-                canonicalize=space.canonical,
-                prefilter=prefilter,
-            )
-    raise ValueError(f"unknown sampler {name!r}; expected one of nsga2|nsga3|tpe|random|sparsevit")
+        sampler = mod.build(opts, space=space, seed=seed, constraints_func=constraints_func)
+    if feasible is not None:
+        sampler = FeasibleSampler(sampler, space.distributions(), feasible, is_new, repair, max_draws)
+    return sampler

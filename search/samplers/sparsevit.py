@@ -233,6 +233,15 @@ class SparseViTEvolutionSampler(BaseGASampler):
         self._key_cache: dict[tuple[int, tuple[str, ...]], Any] = {}
         self._names: list[str] | None = None  # genes of the current relative search space
 
+    @property
+    def prefilter(self) -> Callable[[dict[str, Any]], bool] | None:
+        """``params -> bool``: proposals it rejects are re-drawn inside the evolution (settable)."""
+        return self._prefilter
+
+    @prefilter.setter
+    def prefilter(self, fn: Callable[[dict[str, Any]], bool] | None) -> None:
+        self._prefilter = fn
+
     # ---- attribute keys (public so tools can read them) ------------------------------------
 
     @classmethod
@@ -409,3 +418,37 @@ class SparseViTEvolutionSampler(BaseGASampler):
             if all(n in t.params for n in names):
                 out.add(self._key_of(t, names))
         return out
+
+
+# ---- registry entry (see search.samplers._base) --------------------------------------------
+from pydantic import Field as _Field, model_validator as _model_validator  # noqa: E402
+
+from ._base import SamplerOptions as _SamplerOptions  # noqa: E402
+
+NAME = "sparsevit"
+DESCRIPTION = "the SparseViT reference evolution: population 100, 25 parents, mutation 0.1, half crossover"
+
+
+class Options(_SamplerOptions):
+    """Reference values: ``population_size`` 100, ``parents`` 25, ``mutation_prob`` 0.1,
+    ``crossover_prob`` 0.5 (fraction of children made by crossover, the rest by mutation)."""
+
+    population_size: int = _Field(100, ge=2)
+    parents: int = _Field(25, ge=2)
+    mutation_prob: float = _Field(0.1, ge=0, le=1)
+    crossover_prob: float = _Field(0.5, ge=0, le=1)
+
+    @_model_validator(mode="after")
+    def _parents(self) -> "Options":
+        if self.parents > self.population_size:
+            raise ValueError(f"parents: {self.parents} exceeds population_size {self.population_size}; "
+                             "fix: set parents <= population_size")
+        return self
+
+
+def build(options: Options, *, space: Any, seed: int | None, constraints_func: Any = None):
+    """The sampler, evolving exactly ``space``'s genes and re-sorting monotonic stages."""
+    return SparseViTEvolutionSampler(search_space=space.distributions(), population_size=options.population_size,
+                                     parents=options.parents, mutation_prob=options.mutation_prob,
+                                     crossover_prob=options.crossover_prob, seed=seed,
+                                     constraints_func=constraints_func, canonicalize=space.canonical)

@@ -1,0 +1,178 @@
+"""The front table: ``EXP_DIR/front.parquet``, one row per trial with its Pareto flag and rank.
+
+What users of search tools ask for as a table (optuna#6780 asks for a Pareto flag in the trials
+table, katib#642 for CSV export): every trial once (its final row, :func:`search.trial_log.final_trials`)
+with
+
+=======================  =========  =====================================================================
+column                   type       meaning
+=======================  =========  =====================================================================
+experiment               string     experiment name (several experiments can share one table)
+trial_number             int64      trial number
+status                   string     complete / cached / partial / failed / rejected
+feasible                 bool       a full measurement (complete / cached) within the latency budget
+is_pareto                bool       on the Pareto front of the feasible trials (metric, predicted latency)
+rank                     int64      non-domination rank among feasible trials (0 = the front), -1 otherwise
+<metric>                 float64    the spec's metric (NaN when not measured)
+predicted_latency_ms     float64    predicted latency (ms)
+measured_latency_ms      float64    end-to-end latency measured on this device by ``sparsesearch measure``
+                                    (NaN until measured)
+macs                     int64      analytic MACs per image
+canvases                 int64      evaluation canvases the metric covers
+config                   string     nested per-stage ratios (JSON)
+config_hash              string     identity of (config, checkpoint)
+=======================  =========  =====================================================================
+
+It is rewritten atomically after every generation of a search (and by ``sparsesearch measure``), so
+it can be opened at any time with pandas, DuckDB or a spreadsheet (``sparsesearch pareto --format csv``).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+
+from supernet.fileio import atomic_write
+
+__all__ = ["FRONT_FILE", "MEASURED_FILE", "front_table", "write_front_table", "read_front_table",
+           "nondomination_ranks", "FrontTable"]
+
+FRONT_FILE = "front.parquet"
+#: Measured end-to-end latencies of ``sparsesearch measure`` (config_hash -> record).
+MEASURED_FILE = "measured.json"
+
+
+def nondomination_ranks(points: np.ndarray, senses: Sequence[str]) -> np.ndarray:
+    """Non-domination rank of every point (0 = non-dominated, 1 = non-dominated once those are removed, ...).
+
+    Args:
+        points: (n, m) objective values.
+        senses: "min" / "max" per objective.
+
+    Returns:
+        int64 (n,) ranks (Deb et al. 2002, fast non-dominated sorting by repeated front peeling).
+    """
+    from .pareto import non_dominated_mask
+
+    pts = np.asarray(points, dtype=np.float64)
+    n = len(pts)
+    ranks = np.full(n, -1, dtype=np.int64)
+    left = np.arange(n)
+    r = 0
+    while len(left):
+        mask = non_dominated_mask(pts[left], senses)
+        ranks[left[mask]] = r
+        left = left[~mask]
+        r += 1
+    return ranks
+
+
+def front_table(trials: pd.DataFrame, metric: str, *, maximize: bool = True, budget_ms: Optional[float] = None,
+                experiment: str = "", measured: Optional[Dict[str, Any]] = None) -> pd.DataFrame:
+    """The front table of a trial log (see the module docstring).
+
+    Args:
+        trials: rows of :func:`search.trial_log.load_trials` (any number of rows per trial).
+        metric: the spec's metric column.
+        maximize: its direction.
+        budget_ms: the latency budget (ms) or None.
+        experiment: the experiment name written in every row.
+        measured: ``{config_hash: {"measured_latency_ms": float, ...}}`` of ``sparsesearch measure``.
+    """
+    from .trial_log import final_trials
+
+    cols = ["experiment", "trial_number", "status", "feasible", "is_pareto", "rank", metric, "predicted_latency_ms",
+            "measured_latency_ms", "macs", "canvases", "config", "config_hash"]
+    if trials is None or not len(trials):
+        return pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(cols, [
+            "string", "int64", "string", "bool", "bool", "int64", "float64", "float64", "float64", "int64", "int64",
+            "string", "string"])})
+    fin = final_trials(trials)
+    lat = fin["predicted_latency_ms"].astype("float64").to_numpy()
+    val = pd.to_numeric(fin[metric], errors="coerce").astype("float64").to_numpy()
+    feasible = fin["status"].isin(["complete", "cached"]).to_numpy() & np.isfinite(val) & np.isfinite(lat)
+    if budget_ms is not None:
+        feasible &= lat <= budget_ms
+    ranks = np.full(len(fin), -1, dtype=np.int64)
+    if feasible.any():
+        ranks[feasible] = nondomination_ranks(np.stack([val[feasible], lat[feasible]], 1),
+                                              ["max" if maximize else "min", "min"])
+    measured = measured or {}
+    mlat = np.asarray([float((measured.get(h) or {}).get("measured_latency_ms", np.nan))
+                       for h in fin["config_hash"]], dtype=np.float64)
+    out = pd.DataFrame({
+        "experiment": pd.Series([experiment] * len(fin), dtype="string"),
+        "trial_number": fin["trial_number"].astype("int64").to_numpy(),
+        "status": fin["status"].astype("string").to_numpy(),
+        "feasible": feasible,
+        "is_pareto": ranks == 0,
+        "rank": ranks,
+        metric: val,
+        "predicted_latency_ms": lat,
+        "measured_latency_ms": mlat,
+        "macs": pd.to_numeric(fin["macs"], errors="coerce").fillna(0).astype("int64").to_numpy(),
+        "canvases": (pd.to_numeric(fin["canvases"], errors="coerce").fillna(-1).astype("int64").to_numpy()
+                     if "canvases" in fin else np.full(len(fin), -1, dtype=np.int64)),
+        "config": fin["config"].astype("string").to_numpy(),
+        "config_hash": fin["config_hash"].astype("string").to_numpy(),
+    })
+    return out.sort_values(["trial_number"]).reset_index(drop=True)
+
+
+def write_front_table(exp_dir: Path, table: pd.DataFrame) -> Path:
+    """Atomically (re)write ``EXP_DIR/front.parquet``."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    t = pa.Table.from_pandas(table, preserve_index=False)
+    return atomic_write(Path(exp_dir) / FRONT_FILE, lambda tmp: pq.write_table(t, tmp))
+
+
+def read_front_table(exp_dir: Path) -> pd.DataFrame:
+    """``EXP_DIR/front.parquet`` as a DataFrame (pandas)."""
+    return pd.read_parquet(Path(exp_dir) / FRONT_FILE)
+
+
+def read_measured(exp_dir: Path) -> Dict[str, Any]:
+    """``EXP_DIR/measured.json`` (``{config_hash: record}``), or {} when the front was never measured."""
+    from supernet.fileio import read_json
+
+    from .runner import ResumeError
+
+    path = Path(exp_dir) / MEASURED_FILE
+    if not path.exists():
+        return {}
+    data = read_json(path, "measured-latency file", "fix: delete it and run `sparsesearch measure` again",
+                     ResumeError)
+    return data.get("configs", {}) if isinstance(data, dict) else {}
+
+
+class FrontTable:
+    """Runner observer: keeps the trial rows in memory and rewrites ``front.parquet`` after every generation."""
+
+    def __init__(self, exp_dir: Path):
+        self.exp_dir = Path(exp_dir)
+        self.rows: List[Dict[str, Any]] = []
+        self.frame: Optional[pd.DataFrame] = None
+
+    def on_restore(self, search) -> None:
+        from .trial_log import load_trials
+
+        self.frame = load_trials(self.exp_dir)
+
+    def on_flush(self, search, rows: Iterable[Dict[str, Any]]) -> None:
+        self.rows.extend(rows)
+
+    def on_generation(self, search) -> None:
+        new = pd.DataFrame(self.rows) if self.rows else None
+        self.rows = []
+        if new is not None:
+            self.frame = new if self.frame is None or not len(self.frame) else pd.concat(
+                [self.frame, new[[c for c in new.columns if c in self.frame.columns]]], ignore_index=True)
+        maximize = search.policy.directions[0] == "maximize"
+        table = front_table(self.frame, search.metric, maximize=maximize, budget_ms=search.budget,
+                            experiment=search.spec.name, measured=read_measured(self.exp_dir))
+        write_front_table(self.exp_dir, table)

@@ -1,0 +1,161 @@
+"""One home for file facts every package uses: sha256 of files and buffers, atomic writes, strict JSON.
+
+Atomic write = the bytes go to a hidden temporary file in the destination folder (``.NAME.XXXX.tmp``),
+are flushed and fsync'ed, get the permissions of a new file under the current umask, and are
+``os.replace``'d onto the destination; the folder is fsync'ed so the rename survives a power cut. A
+reader therefore sees the old file or the new one, never half of one; a killed writer leaves at most
+a hidden temp file, which every reader of the project ignores.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Mapping, Union
+
+import numpy as np
+
+__all__ = ["sha256_file", "sha256_bytes", "atomic_write", "atomic_write_bytes", "atomic_write_text",
+           "atomic_write_json", "to_json_safe", "read_json"]
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def sha256_file(path: PathLike, chunk_size: int = 1 << 20) -> str:
+    """Hex sha256 of a file's bytes, read in ``chunk_size``-byte chunks (constant memory).
+
+    Raises:
+        FileNotFoundError: the file does not exist (callers turn it into their one-line error).
+    """
+    h = hashlib.sha256()
+    with open(Path(path), "rb") as f:
+        for block in iter(lambda: f.read(chunk_size), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_bytes(data: Union[bytes, bytearray, memoryview, np.ndarray, str]) -> str:
+    """Hex sha256 of an in-memory buffer (bytes, memoryview, a contiguous numpy array, or UTF-8 text)."""
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    elif isinstance(data, np.ndarray):
+        data = memoryview(np.ascontiguousarray(data).view(np.uint8).reshape(-1))
+    elif not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"expected bytes, str, memoryview or a numpy array, got {type(data).__name__}")
+    return hashlib.sha256(data).hexdigest()
+
+
+def _file_mode() -> int:
+    """Permissions of a new file under the current umask (mkstemp files are 0600)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: PathLike, write: Callable[[str], Any]) -> Path:
+    """Atomically create or replace ``path`` with whatever ``write(tmp_path)`` writes to ``tmp_path``.
+
+    For writers that want a path (``torch.save``, ``pyarrow.parquet.write_table``,
+    ``safetensors.torch.save_file``). Parent folders are created.
+
+    Returns:
+        ``path`` as a :class:`~pathlib.Path`.
+
+    Raises:
+        Whatever ``write`` or the file system raises; the temporary file is removed first.
+    """
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, _file_mode())
+        os.replace(tmp, p)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    _fsync_dir(p.parent)
+    return p
+
+
+def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
+    """Atomically write ``data`` to ``path`` (see the module docstring)."""
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f:
+            f.write(data)
+    return atomic_write(path, write)
+
+
+def atomic_write_text(path: PathLike, text: str) -> Path:
+    """Atomically write UTF-8 ``text`` to ``path``."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def to_json_safe(obj: Any) -> Any:
+    """Tuples, numpy scalars and arrays, Paths -> JSON values; NaN and +-inf -> ``None`` (strict JSON)."""
+    if isinstance(obj, Mapping):
+        return {str(k): to_json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [to_json_safe(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return to_json_safe(obj.tolist())
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        v = float(obj)
+        return v if math.isfinite(v) else None
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def atomic_write_json(path: PathLike, obj: Any, indent: int | None = 1) -> Path:
+    """Atomically write ``obj`` as strict JSON (NaN / inf become ``null``, see :func:`to_json_safe`)."""
+    text = json.dumps(to_json_safe(obj), indent=indent, allow_nan=False)
+    return atomic_write_text(path, text + "\n")
+
+
+def read_json(path: PathLike, what: str, fix: str, error: type = ValueError) -> Any:
+    """Read a JSON file the project wrote, turning every failure into one ``error`` line.
+
+    Args:
+        path: the file.
+        what: what the file is, for the message (e.g. "experiment file").
+        fix: the fix clause (e.g. "fix: restore it from a backup or start a new experiment").
+        error: the exception class to raise (a one-line user error of the caller's package).
+
+    Raises:
+        ``error``: the file is missing, unreadable, or not valid JSON; the message names the file.
+    """
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise error(f"{what} {p} not found; {fix}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise error(f"{what} {p} is unreadable ({type(e).__name__}); {fix}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise error(f"{what} {p} is not valid JSON ({e.msg} at line {e.lineno}); {fix}") from None

@@ -1,0 +1,480 @@
+"""Bad input, as a hostile user would give it (issue 16): every case exits 2 with exactly one
+``sparsesearch: error:`` line naming the file at fault and the fix, prints no traceback, and leaves every
+recorded Parquet part byte-identical. Where the run should go on (an evaluator returning NaN) the trial is
+logged ``failed`` and the experiment stays resumable.
+
+Most cases run the CLI in-process (``search.cli.main``: no interpreter start-up per case); the cases that
+involve Ray or its environment run it in a subprocess.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import textwrap
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import cli_env, run_cli
+from e2e_util import write_spec
+
+pytestmark = pytest.mark.slow
+
+
+def cli(*args: str):
+    """(exit code, stdout, stderr) of ``sparsesearch ARGS`` run in this process."""
+    from search.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main([str(a) for a in args])
+        except SystemExit as e:
+            code = e.code
+    return code, out.getvalue(), err.getvalue()
+
+
+def parts(exp: Path) -> dict:
+    t = exp / "trials"
+    return {p.name: p.read_bytes() for p in sorted(t.glob("part-*"))} if t.is_dir() else {}
+
+
+def assert_user_error(code, err, *names, out=""):
+    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    assert code == 2, (code, err)
+    assert len(lines) == 1, err
+    assert lines[0].startswith("sparsesearch: error: "), lines[0]
+    assert "Traceback" not in err and "Traceback" not in out
+    assert "fix" in lines[0], lines[0]
+    for n in names:
+        assert str(n) in lines[0], (n, lines[0])
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model):
+    return tiny_model
+
+
+@pytest.fixture()
+def own(tiny, tmp_path):
+    """A private copy of the tiny checkpoint + predictor and a valid spec using them."""
+    _, ck, pr = tiny
+    ck2, pr2 = tmp_path / "tiny.safetensors", tmp_path / "pred.json"
+    shutil.copyfile(ck, ck2)
+    shutil.copyfile(ck.with_suffix(".json"), ck2.with_suffix(".json"))
+    shutil.copyfile(pr, pr2)
+    spec = write_spec(tmp_path, ck2, pr2, name="bad", n_trials=6, population=4, workers=1)
+    return {"dir": tmp_path, "ck": ck2, "side": ck2.with_suffix(".json"), "pr": pr2, "spec": spec,
+            "exp": tmp_path / "exp_bad"}
+
+
+@pytest.fixture(scope="module")
+def finished(tiny, tmp_path_factory):
+    """A finished tiny experiment (noop evaluator), copied by the tests that corrupt it."""
+    _, ck, pr = tiny
+    d = tmp_path_factory.mktemp("finished")
+    spec = write_spec(d, ck, pr, name="done", n_trials=8, population=4, workers=1)
+    spec.write_text(spec.read_text().replace("[evaluator]\n", '[evaluator]\nname = "search.testing:noop"\n'))
+    run_cli("run", str(spec), "--no-progress", check=True)
+    return d / "exp_done"
+
+
+@pytest.fixture()
+def exp(finished, tmp_path):
+    e = tmp_path / "exp_done"
+    shutil.copytree(finished, e)
+    frozen = json.loads((e / "experiment.json").read_text())
+    frozen["spec"]["output_dir"] = str(e)
+    (e / "experiment.json").write_text(json.dumps(frozen))
+    return e
+
+
+def edit_spec(path: Path, old: str, new: str) -> Path:
+    text = path.read_text()
+    assert old in text, old
+    path.write_text(text.replace(old, new, 1))
+    return path
+
+
+# ---- specs -------------------------------------------------------------------------------------
+SPEC_CASES = {
+    "unknown_key": ("n_trials = 6", "n_trials = 6\nbogus = 1", "bogus"),
+    "wrong_type": ("n_trials = 6", 'n_trials = "six"', "n_trials"),
+    "bad_toml": ("n_trials = 6", "n_trials = = 6", "line"),
+    "unknown_sampler": ('name = "nsga2"', 'name = "annealing"', "annealing"),
+    "option_of_another_sampler": ("population_size = 4", "population_size = 4\nparents = 2", "parents"),
+    "both_budgets": ("budget_fraction = 0.8", "budget_fraction = 0.8\nbudget_ms = 3.0", "budget"),
+    "ratio_out_of_range": ("ratios = [0.0, 0.2, 0.4, 0.6]", "ratios = [0.0, 0.2, 1.4]", "ratios"),
+    "zero_subset": ("subset_size = 4", "subset_size = 0", "subset_size"),
+    "mosaic_unknown_key": ("batch_size = 4\n", "batch_size = 4\nmosaic = {colour = 1}\n", "colour"),
+    "malformed_evaluator": ("[evaluator]\n", '[evaluator]\nname = "not a module"\n', "evaluator"),
+    "negative_fraction": ("budget_fraction = 0.8", "budget_fraction = -0.5", "budget_fraction"),
+    "gpus_negative": ("max_retries = 1", "max_retries = 1\ngpus_per_worker = -1", "gpus_per_worker"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(SPEC_CASES))
+def test_bad_spec(own, case):
+    old, new, name = SPEC_CASES[case]
+    edit_spec(own["spec"], old, new)
+    code, out, err = cli("run", own["spec"])
+    assert_user_error(code, err, own["spec"].name, name, out=out)
+    assert not own["exp"].exists() or not any(own["exp"].iterdir())
+
+
+def test_missing_spec_file(tmp_path):
+    code, out, err = cli("run", tmp_path / "nope.toml")
+    assert_user_error(code, err, "nope.toml", out=out)
+
+
+def test_output_dir_is_a_file(own):
+    own["exp"].write_text("x")
+    code, out, err = cli("run", own["spec"])
+    assert_user_error(code, err, own["exp"], out=out)
+
+
+# ---- checkpoints ---------------------------------------------------------------------------------
+def _ck_missing_weights(o):
+    o["ck"].unlink()
+    return o["ck"]
+
+
+def _ck_missing_sidecar(o):
+    o["side"].unlink()
+    return o["side"]
+
+
+def _ck_sidecar_not_json(o):
+    o["side"].write_text("{not json")
+    return o["side"]
+
+
+def _ck_weights_changed(o):
+    data = bytearray(o["ck"].read_bytes())
+    data[-1] ^= 0xFF
+    o["ck"].write_bytes(bytes(data))
+    return o["ck"]
+
+
+def _ck_not_safetensors(o):
+    from supernet.fileio import sha256_file
+
+    o["ck"].write_bytes(b"\x00" * 64)
+    meta = json.loads(o["side"].read_text())
+    meta["weights_sha256"] = sha256_file(o["ck"])
+    o["side"].write_text(json.dumps(meta))
+    return o["ck"]
+
+
+def _ck_sidecar_wrong_depths(o):
+    meta = json.loads(o["side"].read_text())
+    meta["arch"]["timm_kwargs"]["depths"] = [2, 2, 6, 2]
+    o["side"].write_text(json.dumps(meta))
+    return o["side"]
+
+
+def _ck_sidecar_bad_sha_field(o):
+    meta = json.loads(o["side"].read_text())
+    meta["weights_sha256"] = "xyz"
+    o["side"].write_text(json.dumps(meta))
+    return o["side"]
+
+
+def _ck_sidecar_no_arch(o):
+    meta = json.loads(o["side"].read_text())
+    del meta["arch"]
+    o["side"].write_text(json.dumps(meta))
+    return o["side"]
+
+
+@pytest.mark.parametrize("corrupt", [_ck_missing_weights, _ck_missing_sidecar, _ck_sidecar_not_json,
+                                     _ck_weights_changed, _ck_not_safetensors, _ck_sidecar_wrong_depths,
+                                     _ck_sidecar_bad_sha_field, _ck_sidecar_no_arch],
+                         ids=lambda f: f.__name__[4:])
+def test_bad_checkpoint_is_found_before_anything_is_written(own, corrupt):
+    at_fault = corrupt(own)
+    code, out, err = cli("run", own["spec"])
+    assert_user_error(code, err, at_fault.name, out=out)
+    assert not (own["exp"] / "experiment.json").exists()  # nothing written: fixing the file is enough
+
+
+def test_fixing_the_file_then_run_works(own):
+    """A failed run leaves nothing behind, so after the fix `run` starts (no 'resume' / 'restore' circle)."""
+    good = own["side"].read_text()
+    _ck_sidecar_not_json(own)
+    code, _, _ = cli("run", own["spec"])
+    assert code == 2 and not (own["exp"] / "experiment.json").exists()
+    own["side"].write_text(good)
+    spec = edit_spec(own["spec"], "[evaluator]\n", '[evaluator]\nname = "search.testing:noop"\n')
+    run_cli("run", str(spec), "--no-progress", check=True)
+    assert (own["exp"] / "experiment.json").exists()
+
+
+# ---- predictors ----------------------------------------------------------------------------------
+def _pred_edit(fn):
+    def corrupt(o):
+        t = json.loads(o["pr"].read_text())
+        fn(t)
+        o["pr"].write_text(json.dumps(t))
+        return o["pr"]
+    corrupt.__name__ = fn.__name__
+    return corrupt
+
+
+@_pred_edit
+def negative_fixed(t):
+    t["fixed_ms"]["head"] = -5.0
+
+
+@_pred_edit
+def zero_slope(t):
+    t["calibration"]["a"] = 0.0
+
+
+@_pred_edit
+def negative_predictions(t):
+    t["calibration"]["b"] = -1e6
+
+
+@_pred_edit
+def other_version(t):
+    t["format_version"] = 2
+
+
+@_pred_edit
+def other_depths(t):
+    t["depths"] = [2, 2, 6, 2]
+    t["num_windows"] = [[16, 16], [4, 4], [1] * 6, [1, 1]]
+    t["blocks"] = [t["blocks"][0], t["blocks"][1], [t["blocks"][2][0]] * 6, t["blocks"][3]]
+
+
+@_pred_edit
+def other_img_size(t):
+    t["img_size"] = [224, 224]
+
+
+@_pred_edit
+def negative_block(t):
+    t["blocks"][0][0]["ms"][-1] = -1.0
+
+
+def _pred_not_json(o):
+    o["pr"].write_text("[1, 2")
+    return o["pr"]
+
+
+def _pred_missing(o):
+    o["pr"].unlink()
+    return o["pr"]
+
+
+@pytest.mark.parametrize("corrupt", [negative_fixed, zero_slope, negative_predictions, other_version, other_depths,
+                                     other_img_size, negative_block, _pred_not_json, _pred_missing],
+                         ids=lambda f: f.__name__.strip("_"))
+def test_bad_predictor_is_refused_before_anything_is_written(own, corrupt):
+    at_fault = corrupt(own)
+    code, out, err = cli("run", own["spec"])
+    assert_user_error(code, err, at_fault.name, out=out)
+    assert not (own["exp"] / "experiment.json").exists()
+
+
+def test_budget_that_admits_no_config(own):
+    edit_spec(own["spec"], "budget_fraction = 0.8", "budget_ms = 0.0001")
+    code, out, err = cli("run", own["spec"])
+    assert_user_error(code, err, "budget", "sparsest", out=out)
+
+
+# ---- evaluators ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("name", ["nosuchpkg.mod:score", "search.testing:nope"])
+def test_evaluator_that_cannot_be_imported(own, name):
+    edit_spec(own["spec"], "[evaluator]\n", f'[evaluator]\nname = "{name}"\n')
+    code, out, err = cli("run", own["spec"])
+    assert_user_error(code, err, name, out=out)
+    assert not (own["exp"] / "experiment.json").exists()
+
+
+def test_nan_metric_is_a_failed_trial_and_the_experiment_stays_resumable(own):
+    from search.trial_log import final_trials, load_trials
+
+    edit_spec(own["spec"], "[evaluator]\n", '[evaluator]\nname = "bad_evaluators:nan_every_third"\n')
+    env = cli_env(PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), cli_env()["PYTHONPATH"]]))
+    run_cli("run", str(own["spec"]), "--no-progress", env=env, check=True)
+    df = final_trials(load_trials(own["exp"]))
+    failed = df[df["status"] == "failed"]
+    assert len(failed) > 0 and failed["error"].str.contains("not finite").all()
+    assert df.loc[df["status"] == "complete", "miou"].notna().all()
+    before = parts(own["exp"])
+    r = run_cli("resume", str(own["exp"]), "--n-trials", "9", "--no-progress", env=env, check=True)
+    after = parts(own["exp"])
+    assert all(after[k] == v for k, v in before.items()) and "Traceback" not in r.stderr
+
+
+def test_metric_missing_from_the_result_stops_with_one_line(own):
+    from search.trial_log import load_trials
+
+    edit_spec(own["spec"], "[evaluator]\n", '[evaluator]\nname = "bad_evaluators:wrong_key"\n')
+    env = cli_env(PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), cli_env()["PYTHONPATH"]]))
+    r = run_cli("run", str(own["spec"]), "--no-progress", env=env)
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("sparsesearch: error:")]
+    assert r.returncode == 2 and len(lines) == 1 and "'miou'" in lines[0] and "accuracy" in lines[0]
+    assert "Traceback" not in r.stderr
+
+
+# ---- experiment directory files --------------------------------------------------------------------
+def _exp_json_not_json(e):
+    (e / "experiment.json").write_text("{")
+    return "experiment.json"
+
+
+def _exp_json_no_spec(e):
+    (e / "experiment.json").write_text(json.dumps({"format_version": 1}))
+    return "experiment.json"
+
+
+def _exp_frozen_spec_invalid(e):
+    f = json.loads((e / "experiment.json").read_text())
+    f["spec"]["n_trials"] = -1
+    (e / "experiment.json").write_text(json.dumps(f))
+    return "experiment.json"
+
+
+def _pending_corrupt(e):
+    (e / "pending.json").write_text("[[[")
+    return "pending.json"
+
+
+def _pending_wrong_shape(e):
+    (e / "pending.json").write_text(json.dumps({"trials": [{"number": "x"}]}))
+    return "pending.json"
+
+
+def _reference_corrupt(e):
+    (e / "reference.json").write_text("{\"dense\": ")
+    return "reference.json"
+
+
+def _part_truncated(e):
+    p = sorted((e / "trials").glob("part-*"))[0]
+    p.write_bytes(p.read_bytes()[:100])
+    return p.name
+
+
+def _part_bad_params(e):
+    p = sorted((e / "trials").glob("part-*"))[0]
+    t = pq.read_table(p)
+    col = t.column("params_json").to_pylist()
+    col[0] = "{bad json"
+    t = t.set_column(t.schema.get_field_index("params_json"), "params_json", pa.array(col, pa.string()))
+    pq.write_table(t, p)
+    return "trials"
+
+
+@pytest.mark.parametrize("corrupt", [_exp_json_not_json, _exp_json_no_spec, _exp_frozen_spec_invalid, _pending_corrupt,
+                                     _pending_wrong_shape, _reference_corrupt, _part_truncated, _part_bad_params],
+                         ids=lambda f: f.__name__.strip("_"))
+def test_corrupt_bookkeeping_file(exp, corrupt):
+    at_fault = corrupt(exp)
+    before = parts(exp)
+    code, out, err = cli("resume", exp, "--n-trials", "12", "--no-progress")
+    assert_user_error(code, err, at_fault, out=out)
+    assert parts(exp) == before
+
+
+def test_run_into_a_folder_with_parts_but_no_experiment_json(exp, own):
+    (exp / "experiment.json").unlink()
+    before = parts(exp)
+    edit_spec(own["spec"], f'output_dir = "{own["exp"]}"', f'output_dir = "{exp}"')
+    code, out, err = cli("run", own["spec"])
+    assert_user_error(code, err, exp, "trials", out=out)
+    assert parts(exp) == before and not (exp / "experiment.json").exists()
+
+
+@pytest.mark.parametrize("command", ["resume", "pareto", "measure"])
+def test_not_an_experiment_directory(tmp_path, command):
+    code, out, err = cli(command, tmp_path)
+    assert_user_error(code, err, tmp_path, out=out)
+
+
+def test_spec_toml_is_copied_into_the_experiment(finished):
+    assert (finished / "spec.toml").is_file() and "name = \"done\"" in (finished / "spec.toml").read_text()
+
+
+# ---- CLI numbers ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("flag, args", [
+    ("--n-trials", ("run", "SPEC", "--n-trials", "0")), ("--n-trials", ("run", "SPEC", "--n-trials", "-5")),
+    ("--n-trials", ("resume", "EXP", "--n-trials", "abc")), ("--budget-ms", ("pareto", "EXP", "--budget-ms", "nan")),
+    ("--budget-ms", ("pareto", "EXP", "--budget-ms", "-1")), ("--budget-ms", ("pareto", "EXP", "--budget-ms", "inf")),
+    ("--repeats", ("measure", "EXP", "--repeats", "0")),
+    ("--budget-fraction", ("fork", "EXP", "--out", "NEW", "--budget-fraction", "1.5")),
+    ("--threads", ("latency", "profile", "--checkpoint", "CK", "--threads", "0", "--out", "x.json")),
+    ("--n", ("latency", "validate", "--predictor", "PR", "--checkpoint", "CK", "--n", "-3")),
+], ids=lambda a: a if isinstance(a, str) else "_".join(a[:2]))
+def test_bad_numbers(own, exp, flag, args):
+    sub = {"SPEC": own["spec"], "EXP": exp, "NEW": own["dir"] / "new", "CK": own["ck"], "PR": own["pr"]}
+    before = parts(exp)
+    code, out, err = cli(*[sub.get(a, a) for a in args])
+    assert_user_error(code, err, flag, out=out)
+    assert parts(exp) == before
+
+
+def test_fork_with_both_budgets(exp, tmp_path):
+    code, out, err = cli("fork", exp, "--out", tmp_path / "f", "--budget-ms", "3", "--budget-fraction", "0.5")
+    assert_user_error(code, err, "budget", out=out)
+
+
+def test_pareto_plot_into_a_folder_reports_the_file_it_wrote(exp, tmp_path):
+    (tmp_path / "plots").mkdir()
+    code, out, err = cli("pareto", exp, "--plot", tmp_path / "plots", "--json")
+    assert code == 0, err
+    j = json.loads(out)
+    assert j["plot"] == str(tmp_path / "plots" / "front.png") and Path(j["plot"]).stat().st_size > 1000
+    code, out, _ = cli("pareto", exp, "--plot", tmp_path / "noext", "--json")
+    assert json.loads(out)["plot"] == str(tmp_path / "noext.png") and (tmp_path / "noext.png").is_file()
+
+
+def test_pareto_json_is_strict(exp):
+    code, out, _ = cli("pareto", exp, "--json")
+    assert code == 0 and "NaN" not in out and "Infinity" not in out
+    json.loads(out, parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
+
+
+def test_train_error_is_one_sparsesearch_line(tmp_path):
+    bad = tmp_path / "recipe.toml"
+    bad.write_text("[train]\nbatch_size = 0\n")
+    code, out, err = cli("supernet", "train", bad)
+    assert_user_error(code, err, "recipe.toml", "batch_size", out=out)
+
+
+def test_prune_dimap_records_the_miou_after_pruning(tiny, tmp_path):
+    _, ck, _ = tiny
+    code, out, err = cli("prune", "dimap", "--checkpoint", ck, "--ratio", "0.3", "--out", tmp_path / "p.safetensors",
+                         "--json")
+    assert code == 0, err
+    side = json.loads((tmp_path / "p.json").read_text())
+    rec = side["metrics"]["pruning"]
+    assert isinstance(rec["miou_after_pruning"], float) and 0.0 <= rec["miou_after_pruning"] <= 1.0, rec
+
+
+# ---- the Ray environment ------------------------------------------------------------------------------
+def test_embedded_run_is_private_whatever_ray_address_says(own, tmp_path):
+    spec = edit_spec(own["spec"], "[evaluator]\n", '[evaluator]\nname = "search.testing:noop"\n')
+    marker = Path("/tmp/ray/ray_current_cluster")
+    env = cli_env(RAY_ADDRESS="127.0.0.1:1")  # nothing listens there: joining it would fail
+    r = run_cli("run", str(spec), "--no-progress", "--json", env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout)["n_trials"] == 6
+    assert not marker.exists() or marker.read_text() != "127.0.0.1:1"
+
+
+def test_dead_address_fails_fast_with_one_line(own):
+    spec = edit_spec(own["spec"], "[evaluator]\n", '[evaluator]\nname = "search.testing:noop"\n')
+    t0 = time.time()
+    r = run_cli("run", str(spec), "--address", "127.0.0.1:1", "--no-progress", timeout=120)
+    assert time.time() - t0 <= 30
+    assert_user_error(r.returncode, r.stderr, "127.0.0.1:1", out=r.stdout)

@@ -1,0 +1,120 @@
+"""Search efficiency (issue 15): canonical space, feasible proposals, stage-prefix cache, multi-fidelity rule."""
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from search.fidelity import could_enter_front, first_canvases, front_points, paired_margin
+from search.space import SearchSpace
+from supernet.prefix_cache import StagePrefixCache
+from supernet.seg import SegSupernet
+from supernet.sparse_swin import keep_count
+
+RATIOS = (0.0, 0.2, 0.4, 0.6, 0.8)
+
+
+def _all_configs(space: SearchSpace):
+    dists = space.distributions()
+    names = list(dists)
+    for values in itertools.product(*(dists[n].choices for n in names)):
+        yield space.decode(dict(zip(names, values)))
+
+
+def _keys(space: SearchSpace, nws):
+    flat_nw = [n for r in nws for n in r]
+    return {tuple(keep_count(n, r) for n, r in zip(flat_nw, c.flat)) for c in _all_configs(space)}
+
+
+@pytest.mark.parametrize("nws", [[[16, 16], [4, 4], [1, 1], [1, 1]],    # tiny model at 112 px
+                                 [[64, 64], [16, 16], [4, 4], [1, 1]],   # 224 px
+                                 [[9, 9], [9, 9], [4, 4], [4, 4]]])
+def test_canonical_space_covers_exactly_the_distinct_computations(nws):
+    full = SearchSpace([2, 2, 2, 2], RATIOS)
+    canon = SearchSpace([2, 2, 2, 2], RATIOS, num_windows=nws)
+    canon_cfgs = list(_all_configs(canon))
+    flat_nw = [n for r in nws for n in r]
+    canon_keys = [tuple(keep_count(n, r) for n, r in zip(flat_nw, c.flat)) for c in canon_cfgs]
+    assert len(set(canon_cfgs)) == len(set(canon_keys)) == canon.size()  # one config per computation
+    assert set(canon_keys) == _keys(full, nws)  # ... and every computation of the full space
+    assert canon.size() <= full.size()
+
+
+def test_canonical_choices_are_the_smallest_ratio_of_each_kept_count():
+    s = SearchSpace([2, 2, 6, 2], num_windows=[[64, 64], [16, 16], [4] * 6, [1, 1]])
+    d = s.distributions()
+    assert d["s2_p0"].choices == (0.0, 0.1, 0.3, 0.6, 0.8)
+    assert d["s3_p0"].choices == (0.0, 0.1)
+    assert len(d["s0_p0"].choices) == 9
+    assert SearchSpace([2, 2, 6, 2]).size() == 120_285 and s.size() == 5_670
+
+
+# ---- stage-prefix cache -------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_seg():
+    torch.manual_seed(0)
+    m = SegSupernet.from_timm("swin_tiny_patch4_window7_224", img_size=112, num_classes=11, head_dim=16,
+                              embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4)).eval()
+    return m
+
+
+def test_prefix_cache_is_bit_exact_and_reuses_prefixes(tiny_seg):
+    x = torch.randn(3, 3, 112, 112)
+    cache = StagePrefixCache(max_bytes=1 << 30)
+    rng = np.random.default_rng(0)
+    space = SearchSpace([2, 2, 2, 2], RATIOS)
+    configs = space.sample_uniform(rng, 12)
+    configs += [type(configs[0])([configs[0].ratios[0], configs[0].ratios[1]] + c.ratios[2:]) for c in configs[1:5]]
+    with torch.inference_mode():
+        for c in configs:
+            tiny_seg.set_sparsity(c.ratios)
+            full = tiny_seg(x)
+            for _ in range(2):
+                assert torch.equal(cache.forward(tiny_seg, x, batch_key=0), full)
+    st = cache.stats()
+    assert st["hits"] >= 2 * 4 + 4 * 2  # every repeat hits all 4 stages; the shared-prefix configs hit stages 0-1
+    assert st["misses"] > 0 and st["stage_seconds_saved"] > 0
+    with torch.inference_mode():  # another batch key never reads this batch's outputs
+        assert torch.equal(cache.forward(tiny_seg, x[:2], batch_key=1), tiny_seg(x[:2]))
+
+
+def test_prefix_cache_respects_its_memory_bound(tiny_seg):
+    x = torch.randn(2, 3, 112, 112)
+    one_stage0 = 2 * 28 * 28 * 16 * 4  # bytes of one stage-0 output
+    cache = StagePrefixCache(max_bytes=int(2.5 * one_stage0))
+    space = SearchSpace([2, 2, 2, 2], RATIOS)
+    with torch.inference_mode():
+        for c in space.sample_uniform(np.random.default_rng(1), 10):
+            tiny_seg.set_sparsity(c.ratios)
+            assert torch.equal(cache.forward(tiny_seg, x, batch_key=0), tiny_seg(x))
+            assert cache.bytes <= cache.max_bytes
+    assert cache.evictions > 0
+
+
+# ---- multi-fidelity rule ----------------------------------------------------------------------------
+def test_could_enter_front_stops_only_clearly_dominated_candidates():
+    front = [(10.0, 0.60), (20.0, 0.70)]
+    assert not could_enter_front(0.55, 12.0, front, margin=0.02)  # 10 ms member better by 0.05
+    assert could_enter_front(0.59, 12.0, front, margin=0.02)  # within the margin
+    assert could_enter_front(0.55, 9.0, front, margin=0.02)  # faster than every member
+    assert not could_enter_front(float("nan"), 9.0, front, margin=0.02)
+    assert could_enter_front(0.3, 12.0, front, margin=0.02, maximize=False)  # a loss: lower is better
+
+
+def test_paired_margin_needs_enough_pairs_and_scales_with_the_noise():
+    rng = np.random.default_rng(0)
+    full = rng.uniform(0.3, 0.7, 50)
+    assert paired_margin(full[:3] + 0.01, full[:3], min_pairs=8) is None
+    small = paired_margin(full + rng.normal(0, 0.005, 50), full)
+    big = paired_margin(full + rng.normal(0, 0.05, 50), full)
+    assert 0 < small < big
+    assert big == pytest.approx(2.0 * np.sqrt(2.0) * 0.05, rel=0.35)
+
+
+def test_first_rung_is_whole_batches_and_front_points_are_non_dominated():
+    assert first_canvases(256, 32, 0.25) == 64 and first_canvases(256, 32, 0.05) == 32
+    assert first_canvases(32, 32, 0.25) == 32  # nothing left for a second rung: evaluate fully
+    pts = front_points([(10, 0.5, 0.51), (12, 0.45, 0.44), (15, 0.6, 0.58), (8, 0.2, 0.21)])
+    assert pts == [(8, 0.21), (10, 0.51), (15, 0.58)]

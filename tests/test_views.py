@@ -1,0 +1,177 @@
+"""Where users look (issue 17) and the search-efficiency path end to end (issue 15): the optuna-dashboard
+journal, the front table, fork, measure, multi-fidelity and the prefix cache on a real (tiny) search."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import run_cli
+from e2e_util import write_spec
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_model):
+    return tiny_model
+
+
+def _mosaic_spec(folder, ck, pr, *, name, n_trials=24, extra_eval="", extra=""):
+    """The built-in evaluator on 16 canvases (4 per batch): multi-fidelity and the prefix cache apply."""
+    spec = write_spec(folder, ck, pr, name=name, n_trials=n_trials, population=8, budget_line="budget_fraction = 0.9",
+                      extra=extra)
+    text = spec.read_text().replace("subset_size = 4\nbatch_size = 4\n",
+                                    "subset_size = 16\nbatch_size = 4\nfirst_fraction = 0.25\n"
+                                    "fidelity_min_pairs = 3\nfidelity_z = 0.5\n" + extra_eval)
+    spec.write_text(text)
+    return spec
+
+
+@pytest.fixture(scope="module")
+def searched(tiny, tmp_path_factory):
+    _, ck, pr = tiny
+    d = tmp_path_factory.mktemp("views")
+    spec = _mosaic_spec(d, ck, pr, name="views", n_trials=32)
+    out = json.loads(run_cli("run", str(spec), "--json", "--no-progress", check=True).stdout)
+    return {"dir": d, "spec": spec, "exp": d / "exp_views", "summary": out, "ck": ck, "pr": pr}
+
+
+def test_every_trial_is_feasible_new_and_counted(searched):
+    from search.trial_log import final_trials, load_trials
+
+    s = searched["summary"]
+    df = final_trials(load_trials(searched["exp"]))
+    assert s["n_trials"] == 32 == (df["status"] != "rejected").sum()
+    assert s["counts"]["rejected"] == 0 and (df["predicted_latency_ms"] <= s["budget_ms"] + 1e-9).all()
+    evaluated = df[df["status"].isin(["complete", "partial"]) & df["eval_seconds"].notna()]
+    frozen = json.loads((searched["exp"] / "experiment.json").read_text())
+    assert frozen["search_img_size"] == [112, 112]
+    from search.policy import SearchPolicy
+    from search.spec import load_spec
+    from search.space import Config
+
+    pol = SearchPolicy.from_spec(load_spec(searched["spec"]))
+    keys = [pol.key(Config(json.loads(c))) for c in evaluated["config"]]
+    assert len(keys) == len(set(keys))  # no computation evaluated twice
+    assert s["prefix_cache"]["hits"] > 0 and s["prefix_cache"]["bytes"] <= s["prefix_cache"]["max_bytes_per_worker"] * 2
+
+
+def test_partial_trials_never_enter_the_front(searched):
+    from search.trial_log import final_trials, load_trials
+
+    df = final_trials(load_trials(searched["exp"]))
+    partial = df[df["status"] == "partial"]
+    assert len(partial) > 0, "the test spec should stop some configs after the first rung"
+    assert (partial["canvases"] == 4).all()
+    full = df[df["status"] == "complete"]
+    assert (full["canvases"] == 16).all()
+    front_numbers = {r["trial_number"] for r in searched["summary"]["front"]}
+    assert front_numbers and not front_numbers & set(partial["trial_number"])
+    ft = pd.read_parquet(searched["exp"] / "front.parquet")
+    assert not ft.loc[ft["status"] == "partial", "is_pareto"].any()
+    assert set(ft.loc[ft["is_pareto"], "trial_number"]) == front_numbers
+
+
+def test_front_table_schema_and_flags(searched):
+    ft = pd.read_parquet(searched["exp"] / "front.parquet")
+    assert list(ft.columns) == ["experiment", "trial_number", "status", "feasible", "is_pareto", "rank", "miou",
+                                "predicted_latency_ms", "measured_latency_ms", "macs", "canvases", "config",
+                                "config_hash"]
+    assert len(ft) == ft["trial_number"].nunique() == 32
+    assert (ft.loc[ft["is_pareto"], "rank"] == 0).all() and (ft.loc[~ft["feasible"], "rank"] == -1).all()
+
+
+def test_front_table_flags_on_hand_made_points():
+    from search.front import front_table
+
+    rows = pd.DataFrame({
+        "trial_number": [0, 1, 2, 3, 4, 5], "status": ["complete", "complete", "cached", "complete", "partial",
+                                                        "failed"],
+        "miou": [0.5, 0.6, 0.4, 0.7, 0.9, np.nan], "predicted_latency_ms": [10.0, 12.0, 11.0, 30.0, 5.0, 5.0],
+        "macs": [1] * 6, "config": ["[]"] * 6, "config_hash": list("abcdef"), "attempt": [0] * 6,
+    })
+    t = front_table(rows, "miou", budget_ms=20.0)
+    assert t["is_pareto"].tolist() == [True, True, False, False, False, False]
+    assert t["rank"].tolist() == [0, 0, 1, -1, -1, -1]  # 3 over budget, 4 partial, 5 failed: not feasible
+    assert t["feasible"].tolist() == [True, True, True, False, False, False]
+
+
+def test_journal_matches_the_parquet_log_and_is_rebuilt_when_broken(searched, tmp_path):
+    import optuna
+
+    from search.journal import JOURNAL_FILE, journal_trial_count
+    from search.trial_log import load_trials
+
+    exp = tmp_path / "exp"
+    shutil.copytree(searched["exp"], exp)
+    n_rows = len(load_trials(exp))
+    assert journal_trial_count(exp / JOURNAL_FILE, "views") == n_rows
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(exp / JOURNAL_FILE)))
+    study = optuna.load_study(study_name="views", storage=storage)
+    assert study.directions == [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE]
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert done and all("constraints" in t.system_attrs for t in done)
+    # a broken journal is rebuilt from the log by the next resume; Parquet is untouched
+    (exp / JOURNAL_FILE).write_text("not a journal\n")
+    before = {p.name: p.read_bytes() for p in (exp / "trials").glob("part-*")}
+    frozen = json.loads((exp / "experiment.json").read_text())
+    frozen["spec"]["output_dir"] = str(exp)
+    (exp / "experiment.json").write_text(json.dumps(frozen))
+    run_cli("resume", str(exp), "--n-trials", "36", "--no-progress", check=True)
+    assert journal_trial_count(exp / JOURNAL_FILE, "views") == len(load_trials(exp))
+    assert all((exp / "trials" / n).read_bytes() == b for n, b in before.items())
+
+
+def test_fork_reuses_and_never_re_evaluates(searched, tmp_path):
+    from search.trial_log import final_trials, load_trials
+
+    old = final_trials(load_trials(searched["exp"]))
+    dense = json.loads((searched["exp"] / "reference.json").read_text())["dense"]["predicted_latency_ms"]
+    out = tmp_path / "fork"
+    r = run_cli("fork", str(searched["exp"]), "--out", str(out), "--budget-ms", f"{0.8 * dense:.4f}",
+                "--n-trials", "16", "--json", "--no-progress", check=True)
+    s = json.loads(r.stdout)
+    assert s["fork"]["reused_evaluations"] == (old["status"] == "complete").sum() and s["fork"]["seeded_trials"] > 0
+    new = final_trials(load_trials(out))
+    assert (new["predicted_latency_ms"] <= 0.8 * dense + 1e-6).all()
+    from search.policy import SearchPolicy
+    from search.runner import load_frozen_spec
+    from search.space import Config
+
+    pol = SearchPolicy.from_spec(load_frozen_spec(out)[1])
+    old_keys = {pol.key(Config(json.loads(c))) for c in old.loc[old["status"] == "complete", "config"]}
+    new_eval = {pol.key(Config(json.loads(c))) for c in new.loc[new["status"].isin(["complete", "partial"]), "config"]}
+    assert not old_keys & new_eval  # nothing the old experiment measured is measured again
+    assert (new["status"] == "cached").sum() >= s["fork"]["seeded_trials"]
+    assert json.loads((out / "experiment.json").read_text())["forked_from"] == str(searched["exp"].resolve())
+
+
+def test_measure_writes_measured_latency_of_the_front(searched, tmp_path):
+    exp = tmp_path / "exp"
+    shutil.copytree(searched["exp"], exp)
+    r = run_cli("measure", str(exp), "--repeats", "3", "--json", "--no-progress", check=True)
+    m = json.loads(r.stdout)
+    assert m["n"] == len(searched["summary"]["front"]) > 0
+    assert 0.0 <= m["within_10pct"] <= 1.0 and all(x["measured_latency_ms"] > 0 for x in m["members"])
+    ft = pd.read_parquet(exp / "front.parquet")
+    measured = ft.loc[ft["is_pareto"], "measured_latency_ms"]
+    assert measured.notna().all() and (measured > 0).all()
+    assert ft.loc[~ft["is_pareto"] & ~ft["config_hash"].isin(
+        [x["config_hash"] for x in m["members"]]), "measured_latency_ms"].isna().all()
+    r = run_cli("pareto", str(exp), "--json", check=True)
+    front = json.loads(r.stdout)["front"]
+    assert all(f["measured_latency_ms"] > 0 for f in front)
+
+
+def test_joint_pareto_of_two_experiments_names_each_point(searched, tmp_path):
+    out = tmp_path / "fork2"
+    run_cli("fork", str(searched["exp"]), "--out", str(out), "--budget-fraction", "0.7", "--n-trials", "8",
+            "--no-progress", check=True)
+    r = run_cli("pareto", str(searched["exp"]), str(out), "--json", check=True)
+    j = json.loads(r.stdout)
+    assert set(j["experiment"]) == {"views", "fork2"}
+    assert {f["experiment"] for f in j["front"]} <= {"views", "fork2"} and j["front"]
