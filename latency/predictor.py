@@ -410,11 +410,11 @@ class Predictor:
             raise self._err("calibration must be an object with 'a' and 'b'")
         self._a = _num(cal["a"], "calibration.a", src)
         self._b = _num(cal["b"], "calibration.b", src)
-        # the cheapest config (every block skipped) must still cost > 0 ms, or budgets lose their meaning
-        floor = self._a * self._fixed_total + self._b
-        if floor <= 0:
-            raise self._err(f"calibration a={self._a:g}, b={self._b:g} predicts {floor:.3g} ms for the sparsest "
-                            "config (predictions must be > 0)")
+        # the dense model must cost > 0 ms, or a budget_fraction of it loses its meaning
+        dense = self._a * (self._fixed_total + sum(float(lut[-1]) for lut in luts)) + self._b
+        if dense <= 0:
+            raise self._err(f"calibration a={self._a:g}, b={self._b:g} predicts {dense:.3g} ms for the dense model "
+                            "(predictions must be > 0)")
 
         fp = t.get("fingerprint") or {}
         if not isinstance(fp, dict):

@@ -252,33 +252,61 @@ def measure_configs_drift(model: nn.Module, x: torch.Tensor, configs: np.ndarray
     bb = _backbone(model)
     depths = bb.depths
     configs = np.asarray(configs, dtype=np.float64)
-    n = configs.shape[0]
     nested = [_nested(c, depths) for c in configs]
     dense = [[0.0] * d for d in depths]
-    sync = _sync_fn(x.device)
+    run = (lambda: model(x))
+    points = [((lambda c=c: bb.set_sparsity(c)), run) for c in nested]
+    return measure_drift(points, ((lambda: bb.set_sparsity(dense)), run), sync=_sync_fn(x.device), warmup=warmup,
+                         repeats=repeats, progress=progress, desc=desc, seed=seed)
+
+
+def measure_drift(points: Sequence[Tuple[Callable[[], Any], Callable[[], Any]]],
+                  reference: Tuple[Callable[[], Any], Callable[[], Any]], *, sync: Callable[[], None] = lambda: None,
+                  warmup: int = 1, repeats: int = 5, progress: bool = False, desc: str = "end-to-end",
+                  seed: int = 0) -> DriftMeasurement:
+    """Drift-corrected latency of arbitrary forwards: the measurement of :func:`measure_configs_drift`
+    for points that need not share a model (a reduced-resolution or a narrower model beside sparse configs).
+
+    Every timed point run sits between two runs of ``reference`` (``r, p1, r, p2, r, ...``, each reference run
+    shared by its neighbours, point order shuffled every repeat); a point's latency is the median over repeats
+    of its time / the mean of its two neighbours, scaled by the median of all reference runs.
+
+    Args:
+        points: ``(setup, run)`` pairs: ``setup()`` untimed (e.g. set a sparsity), ``run()`` timed.
+        reference: the ``(setup, run)`` pair every point is bracketed by (e.g. the dense model).
+        sync: device synchronisation called before reading the clock (CUDA).
+        warmup: reference warm-up runs; every point also runs once untimed.
+        repeats: timed runs per point (>= 1).
+        progress / desc: tqdm bar.
+        seed: seed of the per-repeat order.
+
+    Returns:
+        A :class:`DriftMeasurement` (ms per call of ``run``).
+    """
+    n = len(points)
     rng = np.random.default_rng([int(seed), 0xD71F7])
 
-    def run(cfg) -> float:
-        bb.set_sparsity(cfg)
-        return _time_ms(lambda: model(x), sync)
+    def timed(pair) -> float:
+        pair[0]()
+        return _time_ms(pair[1], sync)
 
-    bb.set_sparsity(dense)
+    reference[0]()
     for _ in range(max(0, int(warmup))):
-        model(x)
+        reference[1]()
     bar = _progress(n * (1 + repeats), desc, progress)
-    for cfg in nested:
-        bb.set_sparsity(cfg)
-        model(x)
+    for pt in points:
+        pt[0]()
+        pt[1]()
         if bar is not None:
             bar.update(1)
     ratios: List[List[float]] = [[] for _ in range(n)]
     refs: List[float] = []
     for _ in range(max(1, int(repeats))):
-        prev = run(dense)
+        prev = timed(reference)
         refs.append(prev)
         for i in rng.permutation(n):
-            t = run(nested[i])
-            nxt = run(dense)
+            t = timed(points[i])
+            nxt = timed(reference)
             refs.append(nxt)
             ratios[i].append(t / (0.5 * (prev + nxt)))
             prev = nxt

@@ -12,9 +12,9 @@ driver sends them the checkpoint bytes through the object store.
 
 Authentication: Ray 2.60 heads enable token authentication by default. The token is the one Ray
 itself looks up, in this order: ``RAY_AUTH_TOKEN`` (the token), ``RAY_AUTH_TOKEN_PATH`` (a file),
-``~/.ray/auth_token``. It is sent (``Authorization: Bearer``) when ``RAY_AUTH_MODE=token`` is set
-(or this process already runs a token-authenticated Ray) and otherwise only after the job server
-answered that it needs one (HTTP 401); ``RAY_AUTH_MODE=disabled`` never sends it.
+``~/.ray/auth_token``. It is sent (``Authorization: Bearer``) only when ``RAY_AUTH_MODE=token`` is set
+(or this process already runs a token-authenticated Ray): never in reply to an HTTP 401 from a server
+the user did not configure token authentication for. ``RAY_AUTH_MODE=disabled`` never sends it.
 
 Example::
 
@@ -124,19 +124,22 @@ def _client(address: str):
         with _explicit_address():
             return JobSubmissionClient(url, headers=headers)
 
-    # Once this process has started or joined a token-authenticated Ray, Ray itself attaches the token
-    # it cached then; an explicit header (the token found now) takes precedence over it.
-    first = token is not None and (mode == "token" or _ray_sends_token())
+    # The token goes only where the user configured token auth (RAY_AUTH_MODE=token, or this process already
+    # runs a token-authenticated Ray, which then attaches it itself): never as a reply to a 401 from whatever
+    # server answers at the address (plain HTTP: anyone could ask for it).
+    send = token is not None and (mode == "token" or _ray_sends_token())
     try:
         try:
-            return connect(first)
+            return connect(send)
         except AuthenticationError:
-            if token is None:
-                raise ClusterError(f"the Ray job server at {url} requires a token and none was found; {fix_token}") \
-                    from None
-            if first:
+            if send:
                 raise
-            return connect(True)  # the server asked for one
+            if token is None:
+                raise ClusterError(f"the Ray job server at {url} requires a token and none was found; {fix_token} "
+                                   "and export RAY_AUTH_MODE=token") from None
+            raise ClusterError(f"the Ray job server at {url} requires a token; this client sends its token only "
+                               "when token authentication is configured; fix: if that server is your cluster's head, "
+                               "export RAY_AUTH_MODE=token (the token is then sent to the --address you give)") from None
     except AuthenticationError:
         raise ClusterError(f"the Ray job server at {url} rejected the token; {fix_token}") from None
     except ConnectionError as e:

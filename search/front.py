@@ -157,6 +157,7 @@ class FrontTable:
         self.exp_dir = Path(exp_dir)
         self.rows: List[Dict[str, Any]] = []
         self.frame: Optional[pd.DataFrame] = None
+        self.seconds = 0.0  # time spent keeping the table (reported in the run summary)
 
     def on_restore(self, search) -> None:
         from .trial_log import load_trials
@@ -167,6 +168,9 @@ class FrontTable:
         self.rows.extend(rows)
 
     def on_generation(self, search) -> None:
+        import time
+
+        t0 = time.perf_counter()
         new = pd.DataFrame(self.rows) if self.rows else None
         self.rows = []
         if new is not None:
@@ -176,3 +180,4 @@ class FrontTable:
         table = front_table(self.frame, search.metric, maximize=maximize, budget_ms=search.budget,
                             experiment=search.spec.name, measured=read_measured(self.exp_dir))
         write_front_table(self.exp_dir, table)
+        self.seconds += time.perf_counter() - t0

@@ -163,10 +163,16 @@ class SearchPolicy:
         return self.space.decode({name: max(d.choices) for name, d in self.space.distributions().items()})
 
     def check_budget(self) -> None:
-        """Raises :class:`BudgetError` when even the sparsest config is over the budget."""
+        """Raises :class:`BudgetError` when even the sparsest config is over the budget, :class:`InputError` when
+        the predictor prices a config of the space at <= 0 ms (a calibration that no budget can be compared with)."""
+        fastest = self.predict(self.sparsest_config())
+        if fastest <= 0:
+            raise InputError(f"predictor {self.predictor.source} predicts {fastest:.3g} ms for the sparsest config of "
+                             f"the space (its calibration offset is too negative); fix: profile again on a quiet "
+                             f"machine: `sparsesearch latency profile --checkpoint {self.spec.supernet.checkpoint} "
+                             f"--img-size {self.img_size[0]} --out {self.predictor.source}`")
         if self.budget is None:
             return
-        fastest = self.predict(self.sparsest_config())
         if fastest > self.budget:
             raise BudgetError(
                 f"the latency budget {self.budget:.3f} ms admits no config: the sparsest config of the space is "

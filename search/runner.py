@@ -160,8 +160,10 @@ class _Search:
         self.cache: Dict[str, Dict[str, Any]] = {}  # key -> metrics/params of a complete evaluation
         self.partial: Dict[str, Dict[str, Any]] = {}  # key -> first-rung metrics of a computation stopped early
         self.inflight: Dict[str, _Pending] = {}
+        self.feasible_only = bool(spec.sampler.feasible_only)
         self.sampler = make_sampler(spec.sampler, self.space, spec.seed, constraints_func=latency_constraints,
-                                    feasible=pol.feasible_params, is_new=self._is_new, repair=pol.repair)
+                                    **(dict(feasible=pol.feasible_params, is_new=self._is_new, repair=pol.repair)
+                                       if self.feasible_only else {}))
         self.population = getattr(self.sampler, "population_size", None)
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         self.study = optuna.create_study(directions=pol.directions, sampler=self.sampler, study_name=spec.name)
@@ -193,8 +195,9 @@ class _Search:
 
     @property
     def n_trials_done(self) -> int:
-        """Trials so far (evaluated, partially evaluated, failed, or cached)."""
-        return sum(self.counts[s] for s in TRIAL_STATUSES)
+        """Trials so far (evaluated, partially evaluated, failed, or cached; with the old gate,
+        ``[sampler] feasible_only = false``, rejected proposals count too)."""
+        return sum(self.counts[s] for s in TRIAL_STATUSES) + (0 if self.feasible_only else self.counts["rejected"])
 
     def _is_new(self, params: Dict[str, Any]) -> bool:
         key = self.policy.key(self.policy.decode(params))
@@ -754,7 +757,9 @@ def _execute(spec, exp_dir: Path, *, n_trials: int, is_resume: bool, address: Op
         "eval_seconds_this_run": round(search.eval_seconds, 3), "fork": fork_info,
         "proposals": {"draws": getattr(sampler, "draws", None), "repaired": getattr(sampler, "repairs", None),
                       "repeats": getattr(sampler, "repeats", None)},
-        "prefix_cache": _merge_cache_stats(search.cache_stats)})
+        "prefix_cache": _merge_cache_stats(search.cache_stats),
+        "views": {type(o).__name__: {"seconds": round(getattr(o, "seconds", 0.0), 4),
+                                     "rows": getattr(o, "rows_written", None)} for o in search.observers}})
 
 
 def _merge_cache_stats(stats: Dict[str, Dict[str, Any]]) -> Optional[Dict[str, Any]]:

@@ -380,11 +380,17 @@ class SamplerSection(_Section):
     (:meth:`options`). Built in: ``nsga2`` / ``nsga3`` (population_size 50, mutation_prob
     1 / genes, crossover_prob 0.9, swapping_prob 0.5), ``tpe`` (n_startup_trials 10), ``random``,
     ``sparsevit`` (population_size 100, parents 25, mutation_prob 0.1, crossover_prob 0.5).
+
+    ``feasible_only`` (default true): the sampler proposes only configs the latency predictor puts within
+    the budget, and new computations where it can (:mod:`search.samplers._feasible`); ``false`` restores the
+    old gate (over-budget proposals become ``rejected`` trials that count toward ``n_trials``), kept for
+    comparisons (``bench/search_efficiency.py``).
     """
 
     model_config = ConfigDict(extra="allow", strict=True)
 
     name: str = "nsga2"
+    feasible_only: bool = True
 
     @field_validator("name")
     @classmethod

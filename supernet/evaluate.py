@@ -111,7 +111,7 @@ def evaluate_config(model: torch.nn.Module, ratios: Any = None, split: str = "va
         loader: an explicit iterable of batches instead of (split, length, spec, seed).
 
     Returns:
-        ``{"miou": float, "pixel_acc": float}``.
+        ``{"miou", "pixel_acc", "item_class_acc", "item_recall"}`` (ratios 0..1).
 
     Raises:
         ValueError: the config does not fit the model (see ``validate_sparsity``).
@@ -127,7 +127,7 @@ def evaluate_config(model: torch.nn.Module, ratios: Any = None, split: str = "va
         out = evaluate(model, loader)
     finally:
         model.set_sparsity(previous)
-    return {"miou": float(out["miou"]), "pixel_acc": float(out["pixel_acc"])}
+    return {k: float(out[k]) for k in ("miou", "pixel_acc", "item_class_acc", "item_recall")}
 
 
 def reference_table(model: torch.nn.Module, ratios: Sequence[float] = REFERENCE_RATIOS, *, split: str = "val",

@@ -205,6 +205,7 @@ class TrainSection(BaseModel):
     eval_ratios: List[float] = Field(default_factory=lambda: list(REFERENCE_RATIOS))
     eval_batch_size: int = Field(16, ge=1)
     val_each_epoch: bool = False
+    val_each_epoch_length: Optional[int] = Field(None, ge=1)
 
     @field_validator("ratios", "eval_ratios")
     @classmethod
@@ -484,11 +485,13 @@ def build_supernet(cfg: TrainConfig, dynamic_size: bool = False) -> SegSupernet:
     if m.timm_weights is not None:
         load_timm_state_dict(model, m.timm_weights)
     if m.init is not None:
-        init, _ = load_checkpoint(m.init)
+        # the weights do not depend on the image size (timm's masks and indices are derived buffers), so a
+        # dense model trained at 224 px can be adapted at 448 px
+        init, _ = load_checkpoint(m.init, img_size=m.img_size)
         mine, theirs = arch_of(model, cfg), arch_of(init, cfg)
-        if mine != theirs or init.img_size != model.img_size:
+        if mine != theirs:
             diff = {k: (theirs.get(k), mine.get(k)) for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k)}
-            raise CheckpointError(f"[model] init {m.init} is another architecture ({diff or 'img_size'}: "
+            raise CheckpointError(f"[model] init {m.init} is another architecture ({diff}: "
                                   "checkpoint vs spec); fix: make [model] match the checkpoint's sidecar")
         try:
             model.load_state_dict(init.state_dict(), strict=True)
@@ -792,7 +795,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
                                      "last_loss": losses[-1], "lr_end": float(optimizer.param_groups[0]["lr"]),
                                      "seconds": seconds, "canvases": n_img, "canvases_per_s": n_img / max(seconds, 1e-9)}
             if t.val_each_epoch:
-                entry["val_dense"] = evaluate_config(model, None, length=cfg.data.val_length,
+                entry["val_dense"] = evaluate_config(model, None, length=t.val_each_epoch_length or cfg.data.val_length,
                                                      batch_size=t.eval_batch_size, spec=cfg.data.mosaic(),
                                                      seed=cfg.data.val_seed)
             history.append(entry)
@@ -801,7 +804,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
             epoch += 1
             log(f"epoch {epoch}/{cfg.total_epochs} {phase}: loss {entry['loss']:.4f}, "
                 f"{entry['canvases_per_s']:.1f} canvases/s, {seconds:.0f} s"
-                + (f", val dense mIoU {entry['val_dense']['miou']:.4f}" if "val_dense" in entry else ""))
+                + (f", val dense mIoU {entry['val_dense']['miou']:.4f} (item-pixel class acc "
+                   f"{entry['val_dense']['item_class_acc']:.3f})" if "val_dense" in entry else ""))
             training = {"config": cfg.model_dump(mode="json"), "epoch": epoch, "epochs": cfg.total_epochs,
                         "step": step, "complete": False, "history": history, "state_file": spath.name}
             save_checkpoint(model, ckpt, arch=arch, training=training, metrics=None, **extras)

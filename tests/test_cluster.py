@@ -99,10 +99,11 @@ def head(tmp_path_factory):
 
 @pytest.fixture
 def client_token(head, monkeypatch):
-    """The submitting client knows the token file (not RAY_AUTH_MODE: the 401 makes it send the token)."""
+    """The submitting client configured token auth (RAY_AUTH_MODE=token) and knows the token file."""
     for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):
         monkeypatch.delenv(k, raising=False)
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(head["token"]))
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
     return head
 
 
@@ -125,7 +126,7 @@ def test_submit_a_search_job_status_logs_list(client_token, tiny_model, tmp_path
     spec.write_text(spec.read_text().replace("[evaluator]\n", '[evaluator]\nname = "search.testing:noop"\n'))
     # through the CLI, as a user would; the job's entrypoint joins the head with --address auto
     r = run_cli("submit", str(spec), "--address", head["url"], "--wait", "--json",
-                env=cli_env(RAY_AUTH_TOKEN_PATH=str(head["token"])), timeout=400, check=True)
+                env=cli_env(RAY_AUTH_TOKEN_PATH=str(head["token"]), RAY_AUTH_MODE="token"), timeout=400, check=True)
     out = json.loads(r.stdout)
     job = out["job_id"]
     assert out["status"] == "SUCCEEDED", out.get("logs", "")[-4000:]
@@ -143,7 +144,7 @@ def test_submit_a_search_job_status_logs_list(client_token, tiny_model, tmp_path
     assert sorted(final_trials(load_trials(tmp_path / "exp_cluster"))["trial_number"]) == list(range(8))
     # the CLI's list shows it too
     r = run_cli("jobs", "list", "--address", head["url"], "--json",
-                env=cli_env(RAY_AUTH_TOKEN_PATH=str(head["token"])), check=True)
+                env=cli_env(RAY_AUTH_TOKEN_PATH=str(head["token"]), RAY_AUTH_MODE="token"), check=True)
     assert job in [j["job_id"] for j in json.loads(r.stdout)["jobs"]]
 
 
@@ -155,6 +156,10 @@ def test_jobs_without_or_with_a_wrong_token_is_a_one_line_error(head, monkeypatc
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ray/auth_token either
     with pytest.raises(ClusterError, match="requires a token and none was found"):
         jobs("list", address=head["url"])
+    monkeypatch.setenv("RAY_AUTH_TOKEN", head["token"].read_text())  # known, but token auth not configured
+    with pytest.raises(ClusterError, match="sends its token only when token authentication is configured"):
+        jobs("list", address=head["url"])
+    monkeypatch.setenv("RAY_AUTH_MODE", "token")
     monkeypatch.setenv("RAY_AUTH_TOKEN", "not-the-token")
     with pytest.raises(ClusterError, match="rejected the token"):
         jobs("list", address=head["url"])
@@ -163,11 +168,46 @@ def test_jobs_without_or_with_a_wrong_token_is_a_one_line_error(head, monkeypatc
         jobs("status", "nope", head["url"])
     # through the CLI: exit 2, one line
     r = run_cli("jobs", "list", "--address", head["url"],
-                env=cli_env(HOME=str(tmp_path), RAY_AUTH_TOKEN="not-the-token"))
+                env=cli_env(HOME=str(tmp_path), RAY_AUTH_TOKEN="not-the-token", RAY_AUTH_MODE="token"))
     err = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(err) == 1 and "rejected the token" in err[0], r.stderr
     r = run_cli("jobs", "list", "--address", f"http://127.0.0.1:{_free_port()}", env=cli_env(HOME=str(tmp_path)))
     assert r.returncode == 2 and "cannot reach the Ray job server" in r.stderr
+
+
+def test_token_is_never_sent_in_reply_to_an_unverified_401(monkeypatch, tmp_path):
+    """A server at the address that answers 401 (anyone's: plain HTTP) gets no token unless token auth
+    was configured (RAY_AUTH_MODE=token)."""
+    import http.server
+    import threading
+
+    from search.cluster import ClusterError, jobs
+
+    seen = []
+
+    class Ask(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server API
+            seen.append(self.headers.get("Authorization"))
+            self.send_response(401)
+            self.end_headers()
+
+        do_POST = do_GET
+
+        def log_message(self, *a):
+            pass
+
+    srv = http.server.HTTPServer(("127.0.0.1", 0), Ask)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):
+            monkeypatch.delenv(k, raising=False)
+        monkeypatch.setenv("HOME", str(tmp_path))
+        monkeypatch.setenv("RAY_AUTH_TOKEN", "secret-token-value")
+        with pytest.raises(ClusterError, match="requires a token"):
+            jobs("list", address=f"http://127.0.0.1:{srv.server_port}")
+        assert seen and not any(h and "secret-token-value" in h for h in seen), seen
+    finally:
+        srv.shutdown()
 
 
 def test_embedded_ray_dashboard_listens_on_loopback(spawned, short_tmp):

@@ -67,6 +67,9 @@ PROBES: Dict[str, Dict[str, Any]] = {
     "c112": dict(img_size=112, min_items=1, max_items=3),
     "dense_items": dict(min_items=6, max_items=12),
     "small_items": dict(min_scale=28, max_scale=56),
+    "itemaux": dict(loss="item", aux_weight=1.0),
+    "fast": dict(bf16=True, loss_res="quarter"),
+    "fast_itemw": dict(bf16=True, loss_res="quarter", loss="item"),
 }
 
 
@@ -131,6 +134,61 @@ def analyze(model: SegSupernet, n: int = 64, img_size: int = 224) -> Dict[str, A
     model.train()
     return {"pixel_acc_by_size": {k: (a / b if b else float("nan")) for k, (a, b) in buckets.items()},
             "majority_acc": maj[0] / max(1, maj[1]), "items": maj[1]}
+
+
+def _item_features(model: SegSupernet, split: str, n: int, seed: int):
+    """Per visible item: each stage's features averaged over the item's pixels -> ([items, sum C], [items])."""
+    ds = FashionMosaic(split, length=n, spec=MosaicSpec(img_size=224), seed=seed)
+    feats, labels = [], []
+    model.eval()
+    with torch.inference_mode():
+        for i in range(n):
+            x, y, items = ds.generate(i, return_items=True)
+            stages = model.backbone.forward_stages(x[None])
+            for it in items:
+                box = y[it.y:it.y + it.size, it.x:it.x + it.size]
+                vis = torch.zeros(224, 224)
+                vis[it.y:it.y + it.size, it.x:it.x + it.size] = (torch.from_numpy(it.mask) & (box == it.cls + 1)).float()
+                if vis.sum() < 16:
+                    continue
+                row = []
+                for f in stages:
+                    w = F.adaptive_avg_pool2d(vis[None, None], f.shape[-2:])[0, 0]
+                    row.append((f[0] * w).sum((1, 2)) / w.sum().clamp_min(1e-6))
+                feats.append(torch.cat(row))
+                labels.append(it.cls)
+    model.train()
+    return torch.stack(feats), torch.tensor(labels)
+
+
+def linear_probe(model: SegSupernet, n_train: int = 400, n_val: int = 128) -> Dict[str, float]:
+    """Does the backbone know the classes? A linear classifier on item-pooled stage features (frozen model).
+
+    Trained on the items of ``n_train`` train canvases (full-batch Adam, 300 steps, standardised features),
+    scored on the items of ``n_val`` val canvases: per stage subset. Far above the model's own item-pixel
+    class accuracy -> the class evidence exists in the backbone but the segmentation head does not read it.
+    """
+    xtr, ytr = _item_features(model, "train", n_train, 777)
+    xva, yva = _item_features(model, "val", n_val, DEFAULT_VAL_SEED)
+    dims = [m.dim for m in [stage.blocks[0] for stage in model.backbone.layers]]
+    edges = np.cumsum([0] + dims)
+    out = {}
+    for name, sel in (("all", slice(0, edges[-1])), ("stage2+3", slice(edges[2], edges[-1])),
+                      ("stage3", slice(edges[3], edges[4])), ("stage0+1", slice(0, edges[2]))):
+        a, b = xtr[:, sel], xva[:, sel]
+        mu, sd = a.mean(0), a.std(0) + 1e-6
+        a, b = (a - mu) / sd, (b - mu) / sd
+        torch.manual_seed(0)
+        lin = torch.nn.Linear(a.shape[1], 10)
+        opt = torch.optim.Adam(lin.parameters(), lr=1e-2, weight_decay=1e-4)
+        for _ in range(300):
+            opt.zero_grad()
+            F.cross_entropy(lin(a), ytr).backward()
+            opt.step()
+        with torch.no_grad():
+            out[name] = float((lin(b).argmax(1) == yva).float().mean())
+    out["items_train"], out["items_val"] = int(len(ytr)), int(len(yva))
+    return out
 
 
 def run_probe(name: str, seconds: float, threads: int, val: int, seed: int,
@@ -211,6 +269,8 @@ def main() -> int:
     ap.add_argument("--table", action="store_true")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--save", type=Path, default=None, help="folder for the trained probes' state_dicts (.pt)")
+    ap.add_argument("--linear-probe", type=Path, nargs="*", default=None,
+                    help="saved probe state_dicts (.pt) to analyse with a linear probe of item-pooled features")
     args = ap.parse_args()
     if args.list:
         for k, v in PROBES.items():
@@ -218,6 +278,14 @@ def main() -> int:
         return 0
     if args.table:
         print(table(args.out))
+        return 0
+    if args.linear_probe:
+        torch.set_num_threads(args.threads)
+        for path in args.linear_probe:
+            name = path.stem.rsplit("_s", 1)[0]
+            model = build({**BASE, **PROBES.get(name, {})})
+            model.load_state_dict(torch.load(path, weights_only=True))
+            print(json.dumps({"model": str(path), **linear_probe(model), **analyze(model, 64)}), flush=True)
         return 0
     args.out.parent.mkdir(parents=True, exist_ok=True)
     for name in args.probes:

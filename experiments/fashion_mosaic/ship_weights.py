@@ -1,0 +1,109 @@
+"""Export the trained task model and its SparseViT supernet as the project's shipped weights.
+
+    python experiments/fashion_mosaic/ship_weights.py \
+        --dense runs/task/dense.safetensors --supernet runs/task/supernet.safetensors
+
+writes ``experiments/fashion_mosaic/weights/{dense,supernet}.safetensors`` (float16 storage; loading gives
+float32) with their sidecars, re-measured on the stored weights:
+
+- ``metrics.dense`` / ``metrics.uniform``: mIoU, pixel accuracy, item-pixel class accuracy on 256 val canvases
+  of the default 224 px task (uniform 0.3 / 0.5 / 0.7 on stages 0-2, with retention);
+- ``metrics.scene``: the same at the search resolution on the sparse-scene canvases the main job searches
+  (supernet only);
+- ``metrics.check``: mIoU on the first 16 val canvases, which ``tests/test_shipped_weights.py`` reproduces;
+- ``training.shipped``: the command that reproduces the weights, their sha256, the compute they took
+  (training seconds, canvases, threads, machine) from the training sidecars.
+
+``weights/SHA256SUMS`` lists both files (``sha256sum -c`` format).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+OUT = Path(__file__).resolve().parent / "weights"
+RECIPES = {"dense": "experiments/fashion_mosaic/task_dense.toml",
+           "supernet": "experiments/fashion_mosaic/task_supernet.toml"}
+CHECK_CANVASES = 16
+
+
+def measure(path: Path, scene_size: int | None, length: int, threads: int) -> dict:
+    """Metrics of a shipped checkpoint on its stored (float16-rounded) weights."""
+    import torch
+
+    from supernet.checkpoint import load_checkpoint
+    from supernet.data import MosaicSpec
+    from supernet.evaluate import DEFAULT_VAL_SEED, evaluate_config, reference_table
+
+    torch.set_num_threads(threads)
+    model, meta = load_checkpoint(path)
+    out = reference_table(model, length=length, batch_size=16, spec=MosaicSpec(img_size=224), seed=DEFAULT_VAL_SEED)
+    out["check"] = {"canvases": CHECK_CANVASES, "seed": DEFAULT_VAL_SEED, "img_size": 224,
+                    **evaluate_config(model, None, length=CHECK_CANVASES, batch_size=8, spec=MosaicSpec(img_size=224))}
+    if scene_size:
+        big, _ = load_checkpoint(path, img_size=scene_size)
+        out["scene"] = reference_table(big, length=length, batch_size=8,
+                                       spec=MosaicSpec.from_dataset(meta.get("dataset"), scene_size),
+                                       seed=DEFAULT_VAL_SEED)
+    return out
+
+
+def main() -> int:
+    from supernet.checkpoint import export_checkpoint, read_sidecar
+    from supernet.fileio import atomic_write_text, sha256_file
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dense", type=Path, required=True)
+    ap.add_argument("--supernet", type=Path, required=True)
+    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--length", type=int, default=256, help="val canvases of the recorded metrics")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args()
+    a.out.mkdir(parents=True, exist_ok=True)
+    report = {}
+    sums = []
+    for name, src in (("dense", a.dense), ("supernet", a.supernet)):
+        meta = read_sidecar(src)
+        tr = meta.get("training") or {}
+        hist = tr.get("history") or []
+        compute = {"train_seconds": float(sum(h.get("seconds", 0.0) for h in hist)),
+                   "canvases": int(sum(h.get("canvases", 0) for h in hist)),
+                   "threads": (tr.get("config") or {}).get("train", {}).get("threads"),
+                   "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+                   "source_sha256": meta["weights_sha256"], "exported": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        if name == "supernet":  # the supernet continues the dense model: its compute includes the dense run's
+            dense_meta = read_sidecar(a.dense)
+            dh = (dense_meta.get("training") or {}).get("history") or []
+            compute["dense_train_seconds"] = float(sum(h.get("seconds", 0.0) for h in dh))
+            compute["dense_canvases"] = int(sum(h.get("canvases", 0) for h in dh))
+        dst = a.out / f"{name}.safetensors"
+        shipped = {"recipe": RECIPES[name], "command": f"sparsesearch supernet train {RECIPES[name]} --resume",
+                   "export": "python experiments/fashion_mosaic/ship_weights.py --dense runs/task/dense.safetensors "
+                             "--supernet runs/task/supernet.safetensors", "compute": compute}
+        export_checkpoint(src, dst, storage_dtype="float16", extra={"shipped": shipped})
+        scene = None
+        if name == "supernet":
+            ds = meta.get("dataset") or {}
+            scene = int(ds.get("img_size") or meta.get("img_size"))
+        metrics = measure(dst, scene, a.length, a.threads)
+        metrics["train_source"] = meta.get("metrics")
+        export_checkpoint(src, dst, storage_dtype="float16", metrics=metrics, extra={"shipped": shipped})
+        sha = sha256_file(dst)
+        sums.append(f"{sha}  {dst.name}")
+        report[name] = {"file": str(dst), "sha256": sha, "bytes": dst.stat().st_size,
+                        "dense": metrics["dense"], "check": metrics["check"], "scene": metrics.get("scene")}
+    atomic_write_text(a.out / "SHA256SUMS", "\n".join(sums) + "\n")
+    print(json.dumps(report, indent=None if a.json else 1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
