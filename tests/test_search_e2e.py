@@ -134,28 +134,30 @@ def test_joint_activation_and_dimap_weight_search(tmp_path):
 
 
 def test_baselines_experiment_script(experiment, tmp_path):
-    """experiments/fashion_mosaic/baselines.py: front vs uniform vs baseline checkpoints at measured latency."""
+    """experiments/fashion_mosaic/baselines.py: front vs uniform vs reduced resolution (with and without a short
+    fine-tune) vs another checkpoint, each at its drift-corrected measured latency, on a tiny model."""
     sys.path.insert(0, ROOT)
     from experiments.fashion_mosaic import baselines
 
     d, spec, summary = experiment
     out = baselines.main(["--checkpoint", str(d / "tiny.safetensors"), "--exp", str(d / "exp_tiny"),
                           "--baseline", f"same weights={d / 'tiny.safetensors'}", "--length", "4",
-                          "--repeats", "3", "--max-front", "4", "--out", str(tmp_path)])
+                          "--scales", "0.5", "--uniform", "0.3", "0.7", "--finetune-steps", "2",
+                          "--repeats", "3", "--max-front", "4", "--out", str(tmp_path), "--json"])
     pts = {p["name"]: p for p in out["points"]}
     kinds = [p["kind"] for p in out["points"]]
-    assert kinds[:4] == ["dense", "uniform", "uniform", "uniform"] and kinds[-1] == "baseline"
-    assert 1 <= kinds.count("front") <= 4
-    assert pts["dense"]["latency_ratio"] == 1.0 and all(p["measured_ms"] > 0 for p in out["points"])
-    # the baseline is the supernet's own weights, run densely: same canvases -> same mIoU, same MACs
+    assert kinds[:3] == ["dense", "uniform", "uniform"] and kinds[-1] == "narrow"
+    assert kinds.count("resolution") == 1 and kinds.count("resolution_ft") == 1 and 1 <= kinds.count("front") <= 4
+    assert pts["dense"]["latency_ratio"] == pytest.approx(1.0, abs=0.25)
+    assert all(p["measured_ms"] > 0 for p in out["points"])
+    # the other checkpoint is the supernet's own weights, run densely: same canvases -> same mIoU, same MACs
     assert pts["same weights"]["miou"] == pts["dense"]["miou"] and pts["same weights"]["macs"] == pts["dense"]["macs"]
     assert pts["uniform 0.7"]["macs"] < pts["uniform 0.3"]["macs"] < pts["dense"]["macs"]
-    assert [c["point"] for c in out["comparisons"]] == ["uniform 0.3", "uniform 0.5", "uniform 0.7", "same weights"]
-    for c in out["comparisons"]:
-        if c["front"] is not None:
-            assert c["front_ms"] <= c["measured_ms"] and c["front_wins"] == (c["front_miou"] >= c["miou"])
-    ab = out["at_budget"]
-    assert ab["budget_ms"] == pytest.approx(0.6 * pts["dense"]["measured_ms"])
-    assert ab["front"] is None or ab["measured_ms"] <= ab["budget_ms"]
-    assert "Best front config" in (tmp_path / "baselines.md").read_text() or "No front config" in (tmp_path / "baselines.md").read_text()
+    low = [p for p in out["points"] if p["kind"] == "resolution"][0]
+    assert low["macs"] < pts["dense"]["macs"] * 0.5  # half the side: about a quarter of the backbone MACs
+    for frac in ("0.60", "0.50"):
+        t = out["targets"][frac]
+        assert t["budget_ms"] == pytest.approx(float(frac) * out["dense_measured_ms"])
+        assert t["front"] is None or t["front_ms"] <= t["budget_ms"]
+    assert "vs reduced resolution" in (tmp_path / "baselines.md").read_text()
     assert (tmp_path / "baselines.png").stat().st_size > 1000

@@ -1,25 +1,28 @@
-"""Searched front vs uniform sparsity vs reduced width vs reduced input resolution, at measured latency.
+"""Searched front vs uniform sparsity vs reduced input resolution vs a narrower model, at measured latency.
 
-SparseViT (arXiv 2303.17605, Sec. 4.4 and Fig. 1) compares its searched non-uniform window sparsity
-with uniform sparsity, with a narrower model and with a lower input resolution, at equal latency.
-This script does the same on the fashion-mosaic task:
+SparseViT (arXiv 2303.17605, Sec. 4.4 and Fig. 1) argues that sparse computation on a high-resolution input
+beats the same dense model at a reduced resolution, and a narrower model, at equal latency; and that
+searched non-uniform sparsity beats uniform sparsity. This script measures that on the fashion-mosaic
+task at the search resolution (the shipped supernet's: 448 px sparse scenes):
 
-1. the searched Pareto front of an experiment (every non-dominated config, all latencies) and the
-   dense / uniform 0.3 / 0.5 / 0.7 configs of the same supernet are re-scored on ``--length``
-   validation canvases (the search scores them on a small subset; re-scoring on a larger set
-   removes the winner's curse of picking configs that were lucky on the subset);
-2. every baseline checkpoint (``--baseline NAME=X.safetensors``: e.g. 0.5x / 0.75x embed_dim, or
-   160 / 192 px input, trained with the same recipe) is scored densely on the same canvases;
-3. the end-to-end latency of every point is *measured* in one session, interleaved (every repeat
-   times each point once, in a fresh random order), batch 1, ``--threads`` threads, median of
-   ``--repeats``: all points share the machine's state, so their ratios are comparable;
-4. for each uniform and baseline point, the best front config at the same or lower measured latency
-   is named, with the mIoU difference.
+1. the searched Pareto front of an experiment (``--exp``; evenly spread members, both ends kept) and the
+   supernet at uniform sparsity 0.3 ... 0.8 (stages 0-2) are re-scored on ``--length`` validation canvases
+   (the search scored them on its small subset: re-scoring removes the winner's curse);
+2. the supernet run densely on canvases downscaled by ``--scales`` before the backbone (the logits are
+   upsampled back: the reduced-resolution baseline), as it is and after a short fine-tune at that size
+   (``--finetune-steps`` steps of the dense recipe's loss, ``0`` = none);
+3. every ``--baseline NAME=X.safetensors`` (a narrower model trained by the same recipe for the same steps)
+   scored densely at the search resolution;
+4. the end-to-end latency of every point is measured in one session, drift-corrected as the profiler does
+   (every timed run between two runs of the dense supernet, order shuffled per repeat, median of ratios x
+   the session's median dense time: :func:`latency.profiler.measure_drift`), batch 1, ``--threads``;
+5. comparisons: the best front config at <= 60 % and at <= 50 % of dense measured latency against the best
+   uniform / reduced-resolution / narrower point at the same or lower latency.
 
 Usage:
-    python experiments/fashion_mosaic/baselines.py --checkpoint runs/full/supernet.safetensors \
-        --exp runs/full/search --baseline "width 0.5x=runs/full/w050.safetensors" \
-        [--length 256] [--threads 1] [--repeats 15] [--out experiments/fashion_mosaic/results] [--json]
+    python experiments/fashion_mosaic/baselines.py --checkpoint experiments/fashion_mosaic/weights/supernet.safetensors \
+        --exp runs/main/search [--baseline "width 0.75x=runs/task/w24_adapt.safetensors"] [--length 256] \
+        [--scales 0.5 0.625 0.75 0.875] [--finetune-steps 150] [--threads 1] [--repeats 11] [--out DIR] [--json]
 
 Writes ``baselines.json``, ``baselines.md`` and ``baselines.png`` under ``--out``.
 """
@@ -36,41 +39,111 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 
-def measure_points(points: List[Dict[str, Any]], img_size: int, threads: int, repeats: int, warmup: int = 3,
-                   seed: int = 0) -> List[float]:
-    """Median end-to-end ms (batch 1) of every ``{"model", "config"}`` point, interleaved over repeats."""
-    import numpy as np
+def best_at(points: List[Dict[str, Any]], latency_ms: float) -> Optional[Dict[str, Any]]:
+    """The point with the highest mIoU among those measured at or under ``latency_ms``."""
+    ok = [p for p in points if p["measured_ms"] <= latency_ms]
+    return max(ok, key=lambda p: p["miou"]) if ok else None
+
+
+class ReducedInput:
+    """The reduced-resolution baseline (SparseViT Sec. 4.4): canvases resized to ``size`` px (bilinear,
+    antialiased) before the backbone, logits upsampled back to the canvas. The backbone is built for the trained
+    size with dynamic input (``strict_img_size=False``), so every window keeps its trained size and the weights
+    load unchanged; smaller maps are padded to whole windows as timm pads them.
+
+    Shapes: ``(B, 3, H, W) -> (B, K, H, W)`` logits; :meth:`forward_logits` -> ``(B, K, H / 4, W / 4)``.
+    """
+
+    def __init__(self, model, size: int):
+        self.model, self.size = model, int(size)
+        self.backbone, self.depths, self.num_classes = model.backbone, model.depths, model.num_classes
+
+    def _small(self, x):
+        import torch.nn.functional as F
+
+        return F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
+
+    def __call__(self, x):
+        return self.model.forward_head(self.model.backbone.forward_stages(self._small(x)), out_size=tuple(x.shape[-2:]))
+
+    def forward_logits(self, x):
+        H, W = x.shape[-2:]
+        return self.model.forward_head(self.model.backbone.forward_stages(self._small(x)), out_size=(H // 4, W // 4))
+
+    def set_sparsity(self, cfg):
+        self.model.set_sparsity(cfg)
+
+    @property
+    def sparsity(self):
+        return self.model.sparsity
+
+    def eval(self):
+        self.model.eval()
+        return self
+
+    def train(self, mode: bool = True):
+        self.model.train(mode)
+        return self
+
+    @property
+    def training(self):
+        return self.model.training
+
+    def parameters(self):
+        return self.model.parameters()
+
+    def macs(self, cfg) -> int:
+        from supernet.macs import count_macs
+
+        return int(count_macs(self.model, self.size, ratios=cfg))
+
+
+def reduced_resolution(checkpoint: Path, img: int, size: int) -> ReducedInput:
+    """The checkpoint's model for ``img`` px canvases, run on them resized to ``size`` px."""
+    import safetensors.torch
+
+    from supernet.checkpoint import read_sidecar
+    from supernet.seg import SegSupernet
+
+    meta = read_sidecar(checkpoint)
+    arch = meta["arch"]
+    kw = {k: tuple(v) if isinstance(v, list) else v for k, v in (arch.get("timm_kwargs") or {}).items()}
+    model = SegSupernet.from_timm(arch["timm_name"], img_size=img, num_classes=int(meta["num_classes"]),
+                                  head_dim=int(arch.get("head_dim", 64)), strict_img_size=False, **kw)
+    sd = safetensors.torch.load_file(str(checkpoint))
+    model.load_state_dict({k: v.float() for k, v in sd.items()}, strict=True)
+    return ReducedInput(model.eval(), size)
+
+
+def finetune(net: ReducedInput, spec, steps: int, threads: int, seed: int = 0) -> ReducedInput:
+    """A short dense fine-tune at the reduced size: the dense recipe's loss (item-weighted CE + 0.5 per-item
+    loss at 1/4 resolution, bf16 autocast), AdamW lr 1e-4 with cosine decay, ``steps`` steps of 8 fresh canvases."""
+    import math
+
     import torch
 
-    from latency.profiler import _time_ms
+    from supernet.data import FashionMosaic
+    from supernet.losses import seg_loss
+    from supernet.train import make_optimizer
 
-    prev = torch.get_num_threads()
     torch.set_num_threads(threads)
-    x = torch.randn(1, 3, img_size, img_size, generator=torch.Generator().manual_seed(seed))
-    rng = np.random.default_rng(seed)
-    samples: List[List[float]] = [[] for _ in points]
-    try:
-        with torch.inference_mode():
-            for p in points:
-                p["model"].eval()
-            for _ in range(warmup):
-                for p in points:
-                    p["model"].set_sparsity(p["config"])
-                    p["model"](x)
-            for _ in range(repeats):
-                for i in rng.permutation(len(points)):
-                    p = points[i]
-                    p["model"].set_sparsity(p["config"])
-                    samples[i].append(_time_ms(lambda: p["model"](x), lambda: None))
-    finally:
-        torch.set_num_threads(prev)
-    return [float(np.median(s)) for s in samples]
-
-
-def best_front_at(front: List[Dict[str, Any]], latency_ms: float) -> Optional[Dict[str, Any]]:
-    """The front point with the highest mIoU among those measured at or under ``latency_ms``."""
-    ok = [p for p in front if p["measured_ms"] <= latency_ms]
-    return max(ok, key=lambda p: p["miou"]) if ok else None
+    torch.manual_seed(seed)
+    ds = FashionMosaic("train", length=8 * steps, spec=spec, seed=seed + 4242)
+    opt = make_optimizer(net.model, 0.05)
+    net.model.set_sparsity([[0.0] * d for d in net.depths])
+    net.train()
+    for step in range(steps):
+        for g in opt.param_groups:
+            g["lr"] = 1e-4 * 0.5 * (1 + math.cos(math.pi * step / max(1, steps)))
+        batch = [ds[i] for i in range(8 * step, 8 * step + 8)]
+        x, y = torch.stack([b[0] for b in batch]), torch.stack([b[1] for b in batch])
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = seg_loss(net, x, y, kind="item", aux_weight=0.5, at="quarter")
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.model.parameters(), 1.0)
+        opt.step()
+    return net.eval()
 
 
 def main(argv=None) -> Dict[str, Any]:
@@ -79,10 +152,11 @@ def main(argv=None) -> Dict[str, Any]:
     p.add_argument("--exp", required=True, help="the search's experiment directory")
     p.add_argument("--baseline", action="append", default=[], metavar="NAME=X.safetensors")
     p.add_argument("--length", type=int, default=256, help="validation canvases")
+    p.add_argument("--scales", type=float, nargs="*", default=[0.5, 0.625, 0.75, 0.875])
+    p.add_argument("--uniform", type=float, nargs="*", default=[0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
+    p.add_argument("--finetune-steps", type=int, default=150)
     p.add_argument("--threads", type=int, default=1)
-    p.add_argument("--repeats", type=int, default=15)
-    p.add_argument("--budget-fraction", type=float, default=0.6,
-                   help="report the best front config measured at <= this fraction of dense latency (ratio 0..1)")
+    p.add_argument("--repeats", type=int, default=11)
     p.add_argument("--max-front", type=int, default=12, help="front configs kept (evenly spread in latency)")
     p.add_argument("--out", default="experiments/fashion_mosaic/results")
     p.add_argument("--json", action="store_true")
@@ -91,7 +165,9 @@ def main(argv=None) -> Dict[str, Any]:
     import numpy as np
     import torch
 
+    from latency.profiler import _make_input, measure_drift
     from search.pareto import pareto_front
+    from search.runner import load_frozen_spec
     from search.trial_log import final_trials, load_trials
     from supernet.checkpoint import load_checkpoint
     from supernet.data import MosaicSpec
@@ -101,12 +177,14 @@ def main(argv=None) -> Dict[str, Any]:
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(a.threads)
     t0 = time.perf_counter()
-    model, meta = load_checkpoint(a.checkpoint)
-    ds = meta.get("dataset") or {}
-    spec = MosaicSpec(**{k: ds[k] for k in MosaicSpec.model_fields if k in ds and k != "data_dir"})
-    img = spec.img_size
+    frozen, sspec = load_frozen_spec(Path(a.exp))
+    img = int(frozen["search_img_size"][0])
+    model, meta = load_checkpoint(a.checkpoint, img_size=img)
+    from search.evaluators import mosaic_fields
+
+    spec = MosaicSpec(**{k: v for k, v in mosaic_fields(meta, img, dict(sspec.evaluator.mosaic)).items()
+                         if k in MosaicSpec.model_fields})
     depths = list(model.depths)
-    frozen = json.loads((Path(a.exp) / "experiment.json").read_text())
     metric = frozen["spec"]["objectives"]["metric"]
     fin = final_trials(load_trials(a.exp))
     front_df = pareto_front(fin, ((metric, "max"), ("predicted_latency_ms", "min")))
@@ -115,87 +193,89 @@ def main(argv=None) -> Dict[str, Any]:
         idx = np.unique(np.round(np.linspace(0, len(front_df) - 1, a.max_front)).astype(int))
         front_df = front_df.iloc[idx].reset_index(drop=True)
 
-    def score(m, cfg):
-        return evaluate_config(m, cfg, length=a.length, batch_size=16, spec=spec)
-
     points: List[Dict[str, Any]] = []
     dense_cfg = [[0.0] * d for d in depths]
     points.append({"kind": "dense", "name": "dense", "model": model, "config": dense_cfg})
-    for r in (0.3, 0.5, 0.7):
+    for r in a.uniform:
         points.append({"kind": "uniform", "name": f"uniform {r:g}", "model": model, "config": uniform_config(depths, r)})
     for row in front_df.to_dict("records"):
         points.append({"kind": "front", "name": f"front trial {int(row['trial_number'])}", "model": model,
                        "config": json.loads(row["config"]), "search_metric": float(row[metric])})
+    for f in a.scales:
+        size = int(round(f * img / 8) * 8)
+        points.append({"kind": "resolution", "name": f"{size} px input ({f:g}x)", "model":
+                       reduced_resolution(Path(a.checkpoint), img, size), "config": dense_cfg, "scale": f})
+        if a.finetune_steps > 0:
+            ft = finetune(reduced_resolution(Path(a.checkpoint), img, size), spec, a.finetune_steps, a.threads)
+            points.append({"kind": "resolution_ft", "name": f"{size} px input ({f:g}x), fine-tuned {a.finetune_steps} steps",
+                           "model": ft, "config": dense_cfg, "scale": f})
+    torch.set_num_threads(a.threads)
     for item in a.baseline:
         name, _, path = item.partition("=")
-        bm, bmeta = load_checkpoint(path)
-        if (bmeta.get("img_size") or img) != img:
-            raise SystemExit(f"error: baseline {path} takes {bmeta.get('img_size')} px canvases, the supernet {img}; "
-                             "fix: train the baseline on the same canvases (use [model] input_size for a lower resolution)")
-        points.append({"kind": "baseline", "name": name, "model": bm, "config": [[0.0] * d for d in bm.depths],
+        bm, _ = load_checkpoint(path, img_size=img)
+        points.append({"kind": "narrow", "name": name, "model": bm, "config": [[0.0] * d for d in bm.depths],
                        "checkpoint": str(path)})
     for pt in points:
-        res = score(pt["model"], pt["config"])
-        pt["miou"], pt["pixel_acc"] = res["miou"], res["pixel_acc"]
-        bb = pt["model"].backbone
-        pt["macs"] = int(count_macs(pt["model"], bb.img_size, ratios=pt["config"]))
+        res = evaluate_config(pt["model"], pt["config"], length=a.length, batch_size=8, spec=spec)
+        pt.update(miou=res["miou"], pixel_acc=res["pixel_acc"], item_class_acc=res["item_class_acc"])
+        pt["macs"] = pt["model"].macs(pt["config"]) if hasattr(pt["model"], "macs") else int(
+            count_macs(pt["model"], img, ratios=pt["config"]))
         pt["params"] = int(sum(q.numel() for q in pt["model"].parameters()))
-    lat = measure_points(points, img, a.threads, a.repeats)
-    for pt, ms in zip(points, lat):
-        pt["measured_ms"] = ms
+    x = _make_input(1, (img, img), 0, torch.device("cpu"), torch.float32)
+    with torch.inference_mode():
+        for pt in points:
+            pt["model"].eval()
+
+        def setter(pt):
+            return lambda: pt["model"].set_sparsity(pt["config"])
+
+        meas = measure_drift([(setter(pt), (lambda pt=pt: pt["model"](x))) for pt in points],
+                             (lambda: model.set_sparsity(dense_cfg), lambda: model(x)), warmup=3, repeats=a.repeats,
+                             progress=not a.json, desc="measuring every point")
     dense = points[0]
+    for pt, ms, ratio in zip(points, meas.ms, meas.ratio):
+        pt["measured_ms"], pt["latency_ratio"] = float(ms), float(ratio)
     for pt in points:
-        pt["latency_ratio"] = pt["measured_ms"] / dense["measured_ms"]
         pt["miou_retention"] = pt["miou"] / dense["miou"] if dense["miou"] > 0 else float("nan")
     front = [pt for pt in points if pt["kind"] == "front"]
-    # the front re-scored on the larger set: keep its non-dominated part at measured latency
-    comparisons = []
-    for pt in points:
-        if pt["kind"] in ("uniform", "baseline"):
-            best = best_front_at(front, pt["measured_ms"])
-            comparisons.append({"point": pt["name"], "miou": pt["miou"], "measured_ms": pt["measured_ms"],
-                                "front": best["name"] if best else None,
-                                "front_miou": best["miou"] if best else None,
-                                "front_ms": best["measured_ms"] if best else None,
-                                "front_wins": bool(best and best["miou"] >= pt["miou"])})
-    # the issue's target: the best front config measured at <= 60 % of dense latency vs dense mIoU
-    at = best_front_at(front, a.budget_fraction * dense["measured_ms"])
-    at_budget = {"budget_fraction": a.budget_fraction, "budget_ms": a.budget_fraction * dense["measured_ms"],
-                 "front": at["name"] if at else None, "miou": at["miou"] if at else None,
-                 "measured_ms": at["measured_ms"] if at else None,
-                 "retention": at["miou_retention"] if at else None}
+    dms = dense["measured_ms"]
+    targets = {}
+    for frac in (0.6, 0.5):
+        f = best_at(front, frac * dms)
+        row = {"budget_ms": frac * dms, "front": f and f["name"], "front_miou": f and f["miou"],
+               "front_retention": f and f["miou_retention"], "front_ms": f and f["measured_ms"]}
+        for kind in ("uniform", "resolution", "resolution_ft", "narrow"):
+            b = best_at([q for q in points if q["kind"] == kind], frac * dms)
+            row[kind] = b and {"name": b["name"], "miou": b["miou"], "measured_ms": b["measured_ms"]}
+            row[f"front_minus_{kind}_points"] = (100 * (f["miou"] - b["miou"])) if (f and b) else None
+        targets[f"{frac:.2f}"] = row
     rows = [{k: v for k, v in pt.items() if k != "model"} for pt in points]
-    out = {"at_budget": at_budget, "checkpoint": str(a.checkpoint), "exp": str(a.exp), "metric": metric, "length": a.length,
-           "threads": a.threads, "repeats": a.repeats, "img_size": img, "points": rows, "comparisons": comparisons,
-           "seconds": time.perf_counter() - t0}
+    out = {"targets": targets, "checkpoint": str(a.checkpoint), "exp": str(a.exp), "metric": metric,
+           "length": a.length, "threads": a.threads, "repeats": a.repeats, "img_size": img,
+           "canvases": spec.model_dump(mode="json"), "dense_measured_ms": dms, "points": rows,
+           "seconds": time.perf_counter() - t0, "measurement": "drift-corrected against the dense supernet, interleaved"}
     od = Path(a.out)
     od.mkdir(parents=True, exist_ok=True)
-    (od / "baselines.json").write_text(json.dumps(out, indent=1) + "\n")
-    md = [f"| point | mIoU ({a.length} val canvases) | retention | measured ms (batch 1, {a.threads} thr) | latency / dense | GMACs | params (M) |",
-          "|---|---|---|---|---|---|---|"]
-    for pt in rows:
+    (od / "baselines.json").write_text(json.dumps(out, indent=1, default=str) + "\n")
+    md = [f"| point | mIoU ({a.length} val canvases, {img} px) | retention | item-pixel class acc | measured ms "
+          f"(batch 1, {a.threads} thr) | latency / dense | GMACs |", "|---|---|---|---|---|---|---|"]
+    for pt in sorted(rows, key=lambda r: (r["kind"] != "dense", r["measured_ms"])):
         cfg = f" `{json.dumps(pt['config'])}`" if pt["kind"] == "front" else ""
-        md.append(f"| {pt['name']}{cfg} | {pt['miou']:.4f} | {pt['miou_retention']:.3f} | {pt['measured_ms']:.2f} | "
-                  f"{pt['latency_ratio']:.2f} | {pt['macs'] / 1e9:.3f} | {pt['params'] / 1e6:.2f} |")
-    md += ["", "| point | its mIoU @ ms | best front config at <= its latency | front mIoU @ ms | front wins |",
-           "|---|---|---|---|---|"]
-    for c in comparisons:
-        fr = f"{c['front_miou']:.4f} @ {c['front_ms']:.2f}" if c["front"] else "none that fast"
-        md.append(f"| {c['point']} | {c['miou']:.4f} @ {c['measured_ms']:.2f} | {c['front'] or '-'} | {fr} | "
-                  f"{'yes' if c['front_wins'] else 'no'} |")
-    if at:
-        md += ["", f"Best front config at <= {a.budget_fraction:.0%} of dense measured latency: {at['name']}, "
-               f"mIoU {at['miou']:.4f} at {at['measured_ms']:.2f} ms = {at['miou_retention']:.1%} of dense mIoU."]
-    else:
-        md += ["", f"No front config measured at <= {a.budget_fraction:.0%} of dense latency."]
+        md.append(f"| {pt['kind']}: {pt['name']}{cfg} | {pt['miou']:.4f} | {pt['miou_retention']:.3f} | "
+                  f"{pt['item_class_acc']:.3f} | {pt['measured_ms']:.2f} | {pt['latency_ratio']:.3f} | {pt['macs'] / 1e9:.3f} |")
+    md += ["", "| budget (of dense measured) | best front | vs uniform | vs reduced resolution | vs reduced resolution, "
+           "fine-tuned | vs narrower |", "|---|---|---|---|---|---|"]
+    for frac, t in targets.items():
+        def cell(kind):
+            b = t[kind]
+            return f"{b['name']}: {b['miou']:.4f} ({t[f'front_minus_{kind}_points']:+.1f} pts)" if b and t["front"] \
+                else ("none that fast" if not b else "-")
+        fr = f"{t['front']}: {t['front_miou']:.4f} ({t['front_retention']:.1%} of dense)" if t["front"] else "none"
+        md.append(f"| {float(frac):.0%} | {fr} | {cell('uniform')} | {cell('resolution')} | {cell('resolution_ft')} | "
+                  f"{cell('narrow')} |")
     (od / "baselines.md").write_text("\n".join(md) + "\n")
-    _plot(rows, od / "baselines.png", dense["measured_ms"])
-    if a.json:
-        print(json.dumps(out))
-    else:
-        print("\n".join(md))
-        wins = sum(c["front_wins"] for c in comparisons)
-        print(f"front wins {wins}/{len(comparisons)} comparisons at equal or lower measured latency -> {od}/baselines.md")
+    _plot(rows, od / "baselines.png", dms)
+    print(json.dumps({k: v for k, v in out.items() if k != "points"}, default=str) if a.json else "\n".join(md))
     torch.set_num_threads(prev_threads)
     return out
 
@@ -207,15 +287,17 @@ def _plot(rows: List[Dict[str, Any]], path: Path, dense_ms: float) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    fr = sorted((r for r in rows if r["kind"] == "front"), key=lambda r: r["measured_ms"])
-    ax.plot([r["measured_ms"] for r in fr], [r["miou"] for r in fr], "o-", color="tab:blue", label="searched front")
-    style = {"dense": ("k", "*"), "uniform": ("tab:orange", "s"), "baseline": ("tab:red", "^")}
-    for r in rows:
-        if r["kind"] in style:
-            c, m = style[r["kind"]]
-            ax.scatter([r["measured_ms"]], [r["miou"]], color=c, marker=m, s=60, zorder=3)
-            ax.annotate(r["name"], (r["measured_ms"], r["miou"]), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    style = {"front": ("tab:blue", "o", "searched front"), "uniform": ("tab:orange", "s", "uniform sparsity"),
+             "resolution": ("tab:green", "v", "reduced resolution"),
+             "resolution_ft": ("tab:olive", "^", "reduced resolution, fine-tuned"),
+             "narrow": ("tab:red", "D", "narrower model"), "dense": ("k", "*", "dense")}
+    for kind, (c, m, label) in style.items():
+        pts = sorted((r for r in rows if r["kind"] == kind), key=lambda r: r["measured_ms"])
+        if pts:
+            ax.plot([r["measured_ms"] for r in pts], [r["miou"] for r in pts], marker=m, color=c, ms=6,
+                    ls="-" if kind in ("front", "uniform", "resolution", "resolution_ft") else "none", label=label)
     ax.axvline(0.6 * dense_ms, color="grey", ls=":", lw=1, label="60 % of dense")
+    ax.axvline(0.5 * dense_ms, color="grey", ls="--", lw=1, label="50 % of dense")
     ax.set_xlabel("measured latency (ms, batch 1)")
     ax.set_ylabel("val mIoU")
     ax.grid(alpha=0.3)
