@@ -32,4 +32,13 @@ if [ ! -f "$data/train-images-idx3-ubyte.gz" ] && [ ! -f "$data/train-images-idx
     exit 2
   fi
 fi
+# Debian's Chromium: the headless check of the live optuna-dashboard (tests/test_dashboard.py; it skips
+# with a printed reason when Chromium is absent). Optional: a failure here does not stop the set-up.
+if ! command -v chromium >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    echo "[setup] installing Debian's chromium (headless dashboard check)"
+    (apt-get install -y -qq chromium >/dev/null 2>&1 || (apt-get update -qq >/dev/null && apt-get install -y -qq chromium >/dev/null)) \
+      || echo "[setup] note: chromium did not install; the dashboard check will skip"
+  fi
+fi
 echo "[setup] ready: .venv/bin/sparsesearch, data in $data"

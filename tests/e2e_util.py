@@ -10,7 +10,7 @@ from search.testing import TINY_ARCH, TINY_IMG, make_tiny_checkpoint, make_tiny_
 
 
 def write_spec(folder: Path, checkpoint: Path, predictor: Path, *, name="tiny", n_trials=24, sampler="nsga2",
-               population=8, budget_line="budget_fraction = 0.8", workers=2, extra="") -> Path:
+               population=8, budget_line="budget_fraction = 0.95", workers=2, extra="") -> Path:
     spec = folder / f"{name}.toml"
     spec.write_text(textwrap.dedent(f"""
         name = "{name}"

@@ -109,12 +109,12 @@ SPEC_CASES = {
     "bad_toml": ("n_trials = 6", "n_trials = = 6", "line"),
     "unknown_sampler": ('name = "nsga2"', 'name = "annealing"', "annealing"),
     "option_of_another_sampler": ("population_size = 4", "population_size = 4\nparents = 2", "parents"),
-    "both_budgets": ("budget_fraction = 0.8", "budget_fraction = 0.8\nbudget_ms = 3.0", "budget"),
+    "both_budgets": ("budget_fraction = 0.95", "budget_fraction = 0.8\nbudget_ms = 3.0", "budget"),
     "ratio_out_of_range": ("ratios = [0.0, 0.2, 0.4, 0.6]", "ratios = [0.0, 0.2, 1.4]", "ratios"),
     "zero_subset": ("subset_size = 4", "subset_size = 0", "subset_size"),
     "mosaic_unknown_key": ("batch_size = 4\n", "batch_size = 4\nmosaic = {colour = 1}\n", "colour"),
     "malformed_evaluator": ("[evaluator]\n", '[evaluator]\nname = "not a module"\n', "evaluator"),
-    "negative_fraction": ("budget_fraction = 0.8", "budget_fraction = -0.5", "budget_fraction"),
+    "negative_fraction": ("budget_fraction = 0.95", "budget_fraction = -0.5", "budget_fraction"),
     "gpus_negative": ("max_retries = 1", "max_retries = 1\ngpus_per_worker = -1", "gpus_per_worker"),
 }
 
@@ -285,7 +285,7 @@ def test_bad_predictor_is_refused_before_anything_is_written(own, corrupt):
 
 
 def test_budget_that_admits_no_config(own):
-    edit_spec(own["spec"], "budget_fraction = 0.8", "budget_ms = 0.0001")
+    edit_spec(own["spec"], "budget_fraction = 0.95", "budget_ms = 0.0001")
     code, out, err = cli("run", own["spec"])
     assert_user_error(code, err, "budget", "sparsest", out=out)
 

@@ -43,7 +43,7 @@ def test_search_runs_with_two_workers_and_logs_every_trial(experiment):
     fin = final_trials(df)
     assert sorted(fin["trial_number"]) == list(range(30))
     assert summary["n_trials"] == 30
-    assert set(df["status"]) <= {"complete", "rejected", "cached"}
+    assert set(df["status"]) <= {"complete", "cached"}  # every proposal feasible: nothing rejected
     done = df[df["status"] == "complete"]
     assert done["worker_id"].nunique() == 2  # both Ray workers evaluated trials
     # never two evaluations of the same config on this checkpoint
