@@ -1,33 +1,48 @@
 #!/usr/bin/env bash
 # The main job on a fresh machine: set-up, then a real search on real data with the embedded defaults.
-#   1. train the quick sparsity-aware supernet on Fashion-MNIST mosaics (<= 10 min here)
-#   2. profile its CPU latency and fit the predictor
-#   3. NSGA-II search, 2 Ray workers (embedded, 127.0.0.1), budget 60 % of dense latency
-#   4. print the Pareto table and write the plot
-# Steps already done (checkpoint, predictor, finished search) are reused; a killed search resumes.
+#   1. the supernet: the shipped weights (experiments/fashion_mosaic/weights, sha256-checked), or with
+#      SPARSESEARCH_FROM_SCRATCH=1 the project's own recipes from scratch (task_dense.toml, then
+#      task_supernet.toml: hours on this CPU, minutes on a GPU; both resumable)
+#   2. profile its CPU latency at the search resolution (448 px) and fit the predictor
+#   3. NSGA-II search, 2 Ray workers (embedded, 127.0.0.1), budget 60 % of dense latency, 448 px sparse scenes
+#   4. print the Pareto table, write the plot, measure the front's latency end to end
+# Steps already done (predictor, finished search) are reused; a killed search resumes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_USAGE_STATS_ENABLED=0
 ss=.venv/bin/sparsesearch
-run=runs/quick
+run=runs/main
+weights=experiments/fashion_mosaic/weights
 mkdir -p "$run"
-if [ ! -f "$run/supernet.json" ]; then
-  echo "== 1/4 training the quick supernet (experiments/fashion_mosaic/supernet_quick.toml)"
-  $ss supernet train experiments/fashion_mosaic/supernet_quick.toml --resume
+if [ ! -f "$run/supernet.safetensors" ]; then
+  if [ -n "${SPARSESEARCH_FROM_SCRATCH:-}" ]; then
+    echo "== 1/4 training the task model and its supernet from scratch (task_dense.toml, task_supernet.toml)"
+    $ss supernet train experiments/fashion_mosaic/task_dense.toml --resume
+    $ss supernet train experiments/fashion_mosaic/task_supernet.toml --resume
+    src=runs/task/supernet
+  else
+    echo "== 1/4 the shipped supernet ($weights): checking its sha256"
+    (cd "$weights" && sha256sum -c --quiet SHA256SUMS) \
+      || { echo "sparsesearch: error: $weights does not match its SHA256SUMS; fix: git checkout $weights (or train: SPARSESEARCH_FROM_SCRATCH=1 bash scripts/main.sh)" >&2; exit 2; }
+    src=$weights/supernet
+  fi
+  cp "$src.json" "$run/supernet.json.tmp" && cp "$src.safetensors" "$run/supernet.safetensors.tmp"
+  mv "$run/supernet.json.tmp" "$run/supernet.json" && mv "$run/supernet.safetensors.tmp" "$run/supernet.safetensors"
 fi
-if [ ! -f "$run/latency_cpu.json" ]; then
-  echo "== 2/4 profiling CPU latency -> $run/latency_cpu.json"
-  $ss latency profile --checkpoint "$run/supernet.safetensors" --threads 1 --out "$run/latency_cpu.json"
+if [ ! -f "$run/latency_cpu_448.json" ]; then
+  echo "== 2/4 profiling CPU latency at 448 px -> $run/latency_cpu_448.json"
+  $ss latency profile --checkpoint "$run/supernet.safetensors" --img-size 448 --threads 1 --out "$run/latency_cpu_448.json"
 fi
 exp="$run/search"
 if [ -f "$exp/experiment.json" ]; then
   echo "== 3/4 resuming the search in $exp"
   $ss resume "$exp"
 else
-  echo "== 3/4 NSGA-II search with 2 Ray workers (experiments/fashion_mosaic/search_quick.toml)"
-  $ss run experiments/fashion_mosaic/search_quick.toml
+  echo "== 3/4 NSGA-II search with 2 Ray workers at 448 px (experiments/fashion_mosaic/search_main.toml)"
+  $ss run experiments/fashion_mosaic/search_main.toml
 fi
-echo "== 4/4 Pareto front"
+echo "== 4/4 Pareto front, and its latency measured end to end"
 $ss pareto "$exp" --plot "$exp/front.png" --history
-echo "experiment: $exp (plot $exp/front.png); query: .venv/bin/sparsesearch pareto $exp --json; resume or extend: .venv/bin/sparsesearch resume $exp --n-trials 400"
+$ss measure "$exp" --repeats 7
+echo "experiment: $exp (plot $exp/front.png, table $exp/front.parquet); live view: .venv/bin/optuna-dashboard $exp/study.journal; query: .venv/bin/sparsesearch pareto $exp --json; resume or extend: .venv/bin/sparsesearch resume $exp --n-trials 400"

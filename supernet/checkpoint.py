@@ -336,8 +336,8 @@ def build_model(meta: Mapping[str, Any], img_size: Union[int, Tuple[int, int], N
     Args:
         meta: the sidecar dict.
         img_size: build for this input size instead of the sidecar's (the weights are the same at every
-            size: timm's attention masks and relative-position indices are derived buffers, not saved), so a
-            model trained at 224 px evaluates at 448 or 672. With an ``input_size`` (reduced-resolution
+            size at which each stage's map holds at least one window: timm's attention masks and relative-position
+            indices are derived buffers, not saved), so a model trained at 224 px evaluates at 448 or 672. With an ``input_size`` (reduced-resolution
             baseline) the backbone's size scales by the same factor.
 
     Raises:
@@ -427,6 +427,12 @@ def load_from_state_dict(meta: Mapping[str, Any], state_dict: Mapping[str, Any],
                 "fix: re-save the checkpoint or restore the matching sidecar")
     want = {k: list(v.shape) for k, v in model.state_dict().items()}
     diff = _diff_report(got, want)
+    if diff and all("relative_position_bias_table" in k for k in want if k in got and list(got[k]) != list(want[k])) \
+            and set(got) == set(want):
+        raise CheckpointError(
+            f"{source}: at {list(model.backbone.img_size)} px a stage's map is smaller than the attention window (timm "
+            "shrinks the window there), so the trained relative-position tables do not fit; fix: use an image size at "
+            "which every stage's map holds at least one window (e.g. a multiple of patch x window x 8)")
     if diff:
         raise CheckpointError(
             f"{source} does not fit the model its sidecar describes ({meta['arch'].get('timm_name')}, "

@@ -179,6 +179,49 @@ def test_resume_continues_from_the_saved_epoch(data_dir, tmp_path):
     assert train(split, resume=True, progress=False) == done
 
 
+def test_resume_is_bit_exact_with_the_new_loss_and_bf16(data_dir, tmp_path):
+    """The task-model levers (item-weighted CE + per-item loss at 1/4 resolution, bf16 autocast) across a
+    dense -> reference-adaptation boundary: stopping after the dense epoch and resuming gives the same weights."""
+    kw = dict(dense_epochs=1, adapt_epochs=1, sampling="reference", loss="item", aux_weight=0.5,
+              loss_resolution="quarter", bf16=True)
+    straight = tiny_cfg(data_dir, tmp_path / "a", **kw)
+    split = tiny_cfg(data_dir, tmp_path / "b", **kw)
+    train(straight, progress=False)
+    train(split, progress=False, stop_after=1)
+    train(split, resume=True, progress=False)
+    a, _ = load_checkpoint(tmp_path / "a" / "ck.safetensors")
+    b, _ = load_checkpoint(tmp_path / "b" / "ck.safetensors")
+    for k, v in a.state_dict().items():
+        assert torch.equal(v, b.state_dict()[k]), k
+    hist = read_sidecar(tmp_path / "b" / "ck.safetensors")["training"]["history"]
+    assert [h["phase"] for h in hist] == ["dense", "adapt-reference"] and all(h["loss"] > 0 for h in hist)
+
+
+def test_model_init_from_another_image_size(data_dir, tmp_path):
+    """[model] init: a dense checkpoint trained at one size is adapted at another (the weights are size-free)."""
+    dense = TrainConfig(
+        model=dict(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 1, 2, 2), window_size=4, img_size=128, head_dim=16),
+        data=dict(min_scale=16, max_scale=32, max_items=4, train_length=2, val_length=2, data_dir=str(data_dir)),
+        train=dict(batch_size=2, dense_epochs=1, adapt_epochs=0, sampling="dense", threads=1, eval_batch_size=2),
+        output=dict(checkpoint=str(tmp_path / "d" / "ck.safetensors")))
+    train(dense, progress=False)
+    cfg = TrainConfig(  # every stage map holds >= 1 window at 128 and at 256 px
+        model=dict(embed_dim=16, depths=(2, 2, 2, 2), num_heads=(1, 1, 2, 2), window_size=4, img_size=256, head_dim=16,
+                   init=str(tmp_path / "d" / "ck.safetensors")),
+        data=dict(min_scale=16, max_scale=32, max_items=6, train_length=4, val_length=2, data_dir=str(data_dir)),
+        train=dict(batch_size=2, dense_epochs=0, adapt_epochs=1, sampling="sandwich", threads=1, eval_batch_size=2),
+        output=dict(checkpoint=str(tmp_path / "big" / "ck.safetensors")))
+    from supernet.train import build_supernet
+
+    m = build_supernet(cfg)
+    d, _ = load_checkpoint(tmp_path / "d" / "ck.safetensors")
+    for k, v in d.state_dict().items():
+        assert torch.equal(v, m.state_dict()[k]), k
+    assert tuple(m.backbone.img_size) == (256, 256)
+    train(cfg, progress=False)
+    assert read_sidecar(tmp_path / "big" / "ck.safetensors")["img_size"] == 256
+
+
 def test_resume_refuses_a_changed_spec_or_foreign_state(data_dir, tmp_path):
     cfg = tiny_cfg(data_dir, tmp_path, adapt_epochs=1, dense_epochs=1)
     train(cfg, progress=False, stop_after=1)
