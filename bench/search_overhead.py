@@ -103,7 +103,7 @@ def main(argv=None) -> dict:
     import numpy as np
 
     from search.space import SearchSpace
-    space = SearchSpace([2, 2, 2, 2], [round(0.1 * i, 1) for i in range(9)])
+    space = SearchSpace([2, 2, 2, 2])
     lat = Predictor.load(pr).predict(space.to_array(space.sample_uniform(np.random.default_rng(0), 500)))
     budget = float(np.quantile(lat, 0.7))
 

@@ -33,6 +33,8 @@ from typing import Any
 import numpy as np
 from optuna.distributions import CategoricalDistribution
 
+from supernet.sparse_swin import DEFAULT_RATIOS
+
 __all__ = ["Config", "SearchSpace", "config_hash", "WEIGHT_GENES"]
 
 #: Gene name of each DIMAP module's weight-pruning ratio.
@@ -167,7 +169,7 @@ class SearchSpace:
     def __init__(
         self,
         depths: Sequence[int],
-        ratios: Sequence[float] = tuple(round(0.1 * i, 1) for i in range(9)),
+        ratios: Sequence[float] = DEFAULT_RATIOS,
         granularity: str = "pair",
         monotonic: bool = True,
         frozen_stages: Iterable[int] = (),
@@ -419,21 +421,23 @@ class SearchSpace:
         weights = {m: 0.0 for m in self.weight_ratios} if self.weight_ratios else None
         return self._config_from_flat([0.0] * self._n_blocks, weights)
 
-    def uniform_config(self, r: float, stages: Iterable[int] = (0, 1, 2)) -> Config:
-        """Ratio ``r`` (0..1) on every block of ``stages`` (frozen stages stay dense), 0
-        elsewhere; weight ratios 0. The paper's "uniform sparsity" baseline.
+    def uniform_config(self, r: float, stages: Iterable[int] | None = None) -> Config:
+        """:func:`supernet.evaluate.uniform_config` as a :class:`Config`: ratio ``r`` (0..1) on every block
+        of ``stages`` (default: all stages but the last; frozen stages stay dense), 0 elsewhere; weight
+        ratios 0. The paper's "uniform sparsity" baseline.
 
         Raises:
             ValueError: ``r`` outside [0, 1) or a stage index out of range.
         """
+        from supernet.evaluate import uniform_config
+
         if not 0.0 <= r < 1.0:
             raise ValueError(f"uniform ratio {r} outside 0 <= r < 1")
-        chosen = set(stages)
+        chosen = set(range(len(self.depths) - 1)) if stages is None else set(stages)
         bad = [s for s in chosen if not 0 <= s < len(self.depths)]
         if bad:
             raise ValueError(f"stages {bad} out of range 0..{len(self.depths) - 1}")
-        ratios = [[float(r) if (s in chosen and s not in self.frozen_stages) else 0.0] * d
-                  for s, d in enumerate(self.depths)]
+        ratios = uniform_config(self.depths, r, chosen - set(self.frozen_stages))
         weights = {m: 0.0 for m in self.weight_ratios} if self.weight_ratios else None
         return Config(ratios, weights)
 

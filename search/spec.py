@@ -636,15 +636,13 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     Raises:
         FileNotFoundError: the file does not exist.
     """
+    from supernet.fileio import sha256_file
+
     p = Path(path)
     st = p.stat()
     key = (str(p.resolve()), st.st_size, st.st_mtime_ns)
     if key not in _SHA_CACHE:
-        h = hashlib.sha256()
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        _SHA_CACHE[key] = h.hexdigest()
+        _SHA_CACHE[key] = sha256_file(p)
     return _SHA_CACHE[key]
 
 

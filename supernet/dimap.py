@@ -645,58 +645,16 @@ def _to_2tuple(x: Any, what: str) -> tuple[int, int]:
     return int(x[0]), int(x[1])
 
 
-def _linear_macs(lin: nn.Module, tokens: int, kept: Mapping[int, float]) -> tuple[float, float]:
-    dense = tokens * lin.in_features * lin.out_features
-    return float(dense), dense * kept.get(id(lin.weight), 1.0)
-
-
 def _swin_macs(swin: nn.Module, stages: list[nn.Module], img_size: tuple[int, int],
                kept: Mapping[int, float]) -> tuple[float, float]:
-    """(dense, pruned) MACs of one timm Swin V1 for one image; see :func:`macs_reduction`."""
+    """(dense, pruned) MACs of one timm Swin V1 for one image: :func:`supernet.macs.layer_macs` with each
+    layer's MACs scaled by the kept fraction of its weight (masked weights count as removed)."""
+    from .macs import layer_macs
+
     dense = pruned = 0.0
-
-    def add(d_p: tuple[float, float]) -> None:
-        nonlocal dense, pruned
-        dense += d_p[0]
-        pruned += d_p[1]
-
-    pe = swin.patch_embed
-    conv = pe.proj
-    kh, kw = conv.kernel_size
-    sh, sw = conv.stride
-    if getattr(pe, "dynamic_img_pad", False):
-        gh, gw = math.ceil(img_size[0] / sh), math.ceil(img_size[1] / sw)
-    else:
-        gh, gw = (img_size[0] - kh) // sh + 1, (img_size[1] - kw) // sw + 1
-    if gh <= 0 or gw <= 0:
-        raise ValueError(f"img_size {img_size} is smaller than the patch size {(kh, kw)}")
-    pe_macs = float(gh * gw * conv.out_channels * (conv.in_channels // conv.groups) * kh * kw)
-    add((pe_macs, pe_macs * kept.get(id(conv.weight), 1.0)))
-    h, w = gh, gw
-    for stage in stages:
-        ds = getattr(stage, "downsample", None)
-        if ds is not None and not isinstance(ds, nn.Identity):
-            h, w = (h + 1) // 2, (w + 1) // 2  # PatchMerging pads odd sizes
-            add(_linear_macs(ds.reduction, h * w, kept))
-        for blk in stage.blocks:
-            ws = tuple(blk.window_size)
-            if not getattr(blk, "always_partition", False):
-                ws = (min(ws[0], h), min(ws[1], w))
-            hp, wp = math.ceil(h / ws[0]) * ws[0], math.ceil(w / ws[1]) * ws[1]
-            n_attn, n_mlp, area = hp * wp, h * w, ws[0] * ws[1]
-            attn = blk.attn
-            add(_linear_macs(attn.qkv, n_attn, kept))
-            attn_dim = attn.qkv.out_features // 3
-            qk_av = 2.0 * n_attn * area * attn_dim  # q @ k^T and attn @ v, summed over windows
-            add((qk_av, qk_av))
-            add(_linear_macs(attn.proj, n_attn, kept))
-            add(_linear_macs(blk.mlp.fc1, n_mlp, kept))
-            add(_linear_macs(blk.mlp.fc2, n_mlp, kept))
-    head = getattr(swin, "head", None)
-    if isinstance(head, nn.Module):
-        for m in head.modules():
-            if isinstance(m, nn.Linear):
-                add(_linear_macs(m, 1, kept))
+    for weight, m in layer_macs(swin, stages, img_size, head=True):
+        dense += m
+        pruned += m * (kept.get(id(weight), 1.0) if weight is not None else 1.0)
     return dense, pruned
 
 

@@ -9,48 +9,78 @@ and MLP on k * N tokens (N = window area), so its MACs scale by k / nW exactly.
 """
 from __future__ import annotations
 
-from typing import Any, Optional, Tuple, Union
+from typing import Any, List, Optional, Tuple, Union
 
-__all__ = ["count_macs", "block_macs_per_window", "backbone_fixed_macs"]
+__all__ = ["count_macs", "layer_macs"]
 
 
-def block_macs_per_window(dim: int, window_area: int, mlp_hidden: int, attn_dim: Optional[int] = None) -> int:
-    """MACs of one Swin block on one window of ``window_area`` tokens.
+def layer_macs(swin: Any, stages: Any, img_size: Tuple[int, int], keep: Optional[Any] = None,
+               head: bool = False) -> List[Tuple[Any, float]]:
+    """The one MACs model of the project: every multiply-accumulate of a timm Swin V1, layer by layer.
 
-    Per token: qkv (C x 3A), proj (A x C), fc1 (C x hidden), fc2 (hidden x C); per window the
-    attention matmuls q @ k^T and attn @ v, N x N x A each (A = heads x head_dim, usually C).
+    Returns ``(weight, macs)`` per linear / conv layer (``weight`` = its weight Parameter, so weight pruning can
+    scale it by its kept fraction, DIMAP Table 1) and ``(None, macs)`` for the attention matmuls q @ k^T and
+    attn @ v. Tokens: patch-embedding grid from ``img_size`` and the conv's stride (padded when the embedding
+    pads); PatchMerging halves the map (odd sizes padded); per block, attention over the padded windows and the
+    MLP over the H x W real tokens, windows clamped to the map as timm clamps them. With ``keep`` (kept windows
+    k of every block, one list per stage: SparseViT, Sec. 3.1) a block keeping k < nW windows runs LN,
+    attention and MLP on k windows only (k = 0: nothing).
+
+    Args:
+        swin: the timm Swin (``patch_embed``, optional classifier ``head``).
+        stages: its stages (``layers``), each with ``downsample`` and ``blocks``.
+        img_size: (H, W) in pixels.
+        keep: kept windows per block, or None (dense).
+        head: add the classifier's linear layers (one token each).
+
+    Raises:
+        ValueError: ``img_size`` smaller than the patch.
     """
-    a = attn_dim or dim
-    per_token = dim * 3 * a + a * dim + dim * mlp_hidden + mlp_hidden * dim
-    return window_area * per_token + 2 * window_area * window_area * a
+    import math
 
+    import torch.nn as nn
 
-def _blk_shapes(blk) -> Tuple[int, int, int]:
-    dim = blk.norm1.normalized_shape[0]
-    attn_dim = blk.attn.qkv.out_features // 3
-    hidden = blk.mlp.fc1.out_features
-    return dim, attn_dim, hidden
-
-
-def backbone_fixed_macs(model: Any, img_size: Union[int, Tuple[int, int], None] = None) -> dict:
-    """MACs of the parts that do not depend on the sparsity: patch embedding and PatchMerging.
-
-    Returns:
-        ``{"patch_embed": int, "downsample": [int per stage]}`` (MACs per image).
-    """
-    res = model.block_resolutions(img_size)
-    conv = model.patch_embed.proj
-    h0, w0 = res[0]
-    pe = h0 * w0 * conv.out_channels * conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
-    down = []
-    for i, stage in enumerate(model.layers):
-        ds = stage.downsample
-        if hasattr(ds, "reduction"):
-            h, w = res[i]
-            down.append(h * w * ds.reduction.in_features * ds.reduction.out_features)
-        else:
-            down.append(0)
-    return {"patch_embed": pe, "downsample": down}
+    out: List[Tuple[Any, float]] = []
+    pe = swin.patch_embed
+    conv = pe.proj
+    kh, kw = conv.kernel_size
+    sh, sw = conv.stride
+    if getattr(pe, "dynamic_img_pad", False) or not getattr(pe, "strict_img_size", True):
+        gh, gw = math.ceil(img_size[0] / sh), math.ceil(img_size[1] / sw)
+    else:
+        gh, gw = (img_size[0] - kh) // sh + 1, (img_size[1] - kw) // sw + 1
+    if gh <= 0 or gw <= 0:
+        raise ValueError(f"img_size {img_size} is smaller than the patch size {(kh, kw)}")
+    out.append((conv.weight, float(gh * gw * conv.out_channels * (conv.in_channels // conv.groups) * kh * kw)))
+    h, w = gh, gw
+    for s, stage in enumerate(stages):
+        ds = getattr(stage, "downsample", None)
+        if ds is not None and not isinstance(ds, nn.Identity):
+            h, w = (h + 1) // 2, (w + 1) // 2  # PatchMerging pads odd sizes
+            out.append((ds.reduction.weight, float(h * w * ds.reduction.in_features * ds.reduction.out_features)))
+        for j, blk in enumerate(stage.blocks):
+            ws = tuple(blk.window_size)
+            if not getattr(blk, "always_partition", False):
+                ws = (min(ws[0], h), min(ws[1], w))
+            area = ws[0] * ws[1]
+            nw = math.ceil(h / ws[0]) * math.ceil(w / ws[1])
+            k = nw if keep is None else int(keep[s][j])
+            if k >= nw:  # dense timm block: attention over padded windows, MLP over the real tokens
+                n_attn, n_mlp = float(nw * area), float(h * w)
+            else:  # window-level execution on the k kept windows
+                n_attn = n_mlp = float(k * area)
+            attn = blk.attn
+            attn_dim = attn.qkv.out_features // 3
+            out.append((attn.qkv.weight, n_attn * attn.qkv.in_features * attn.qkv.out_features))
+            out.append((None, 2.0 * n_attn * area * attn_dim))
+            out.append((attn.proj.weight, n_attn * attn.proj.in_features * attn.proj.out_features))
+            out.append((blk.mlp.fc1.weight, n_mlp * blk.mlp.fc1.in_features * blk.mlp.fc1.out_features))
+            out.append((blk.mlp.fc2.weight, n_mlp * blk.mlp.fc2.in_features * blk.mlp.fc2.out_features))
+    if head and isinstance(getattr(swin, "head", None), nn.Module):
+        for m in swin.head.modules():
+            if isinstance(m, nn.Linear):
+                out.append((m.weight, float(m.in_features * m.out_features)))
+    return out
 
 
 def count_macs(model: Any, img_size: Union[int, Tuple[int, int], None] = None, include_head: bool = True,
@@ -73,26 +103,15 @@ def count_macs(model: Any, img_size: Union[int, Tuple[int, int], None] = None, i
     Raises:
         ValueError: ``ratios`` does not fit the model (see ``validate_sparsity``).
     """
-    from .sparse_swin import validate_sparsity, keep_count
+    from .sparse_swin import validate_sparsity
 
     top = model
     model = getattr(model, "backbone", model)
     cfg = model.sparsity if ratios is None else validate_sparsity(ratios, model.depths)
-    res = model.block_resolutions(img_size)
-    fixed = backbone_fixed_macs(model, img_size)
-    total = fixed["patch_embed"] + sum(fixed["downsample"])
-    for (h, w), stage, rs in zip(res, model.layers, cfg):
-        for blk, r in zip(stage.blocks, rs):
-            dim, attn_dim, hidden = _blk_shapes(blk)
-            wh, ww = blk.window_size
-            n = wh * ww
-            nw = -(-h // wh) * -(-w // ww)
-            k = keep_count(nw, r)
-            if k == nw:  # dense timm block: attention over padded windows, MLP over real tokens
-                attn_part = n * (dim * 3 * attn_dim + attn_dim * dim) + 2 * n * n * attn_dim
-                total += nw * attn_part + h * w * 2 * dim * hidden
-            else:
-                total += k * block_macs_per_window(dim, n, hidden, attn_dim)
+    size = img_size if img_size is not None else model.img_size
+    size = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    keep = model.keep_counts(size, cfg)
+    total = sum(m for _, m in layer_macs(model, model.layers, size, keep))
     if include_head:
         if top is not model and hasattr(top, "head_macs"):
             total += int(top.head_macs(img_size))

@@ -154,7 +154,8 @@ class DataSection(MosaicSpec):
         train_length: training canvases per epoch (``batch_size`` divides them; a last partial batch
             is dropped).
         val_length: validation canvases for the final reference table (and ``val_each_epoch``).
-        val_seed: canvas seed of the validation set (12345: the search evaluator's default).
+        val_seed: canvas seed of the validation set (``supernet.evaluate.DEFAULT_VAL_SEED``, the search
+            evaluator's default).
         fresh_canvases: each epoch draws new canvases (indices ``epoch * train_length + i``) instead
             of reshuffling the same ones.
     """

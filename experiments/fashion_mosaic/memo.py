@@ -11,9 +11,11 @@ import json
 import sqlite3
 from typing import Any, Dict
 
+from supernet.evaluate import DEFAULT_VAL_SEED
+
 
 def evaluate(db: str, subset_size: int = 48, batch_size: int = 16, split: str = "val", mosaic: Any = None,
-             seed: int = 12345):
+             seed: int = DEFAULT_VAL_SEED):
     """Factory: returns ``evaluator(model) -> {"miou", "pixel_acc"}`` backed by the SQLite cache ``db``."""
     from search.evaluators import FashionMosaicEvaluator
 
