@@ -478,3 +478,11 @@ def test_dead_address_fails_fast_with_one_line(own):
     r = run_cli("run", str(spec), "--address", "127.0.0.1:1", "--no-progress", timeout=120)
     assert time.time() - t0 <= 30
     assert_user_error(r.returncode, r.stderr, "127.0.0.1:1", out=r.stdout)
+
+
+def test_evaluator_at_another_resolution_than_the_predictor(own):
+    """The result cache, the MACs and the predictor all use the search resolution ([evaluator] img_size): a
+    predictor profiled at another size is refused, naming it and the command that profiles the right one."""
+    edit_spec(own["spec"], "batch_size = 4\n", "batch_size = 4\nimg_size = 224\n")
+    code, out, err = cli("run", own["spec"])
+    assert_user_error(code, err, own["pr"].name, "224", "--img-size 224", out=out)

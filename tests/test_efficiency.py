@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import itertools
+import json
 
 import numpy as np
 import pytest
@@ -118,3 +119,37 @@ def test_first_rung_is_whole_batches_and_front_points_are_non_dominated():
     assert first_canvases(32, 32, 0.25) == 32  # nothing left for a second rung: evaluate fully
     pts = front_points([(10, 0.5, 0.51), (12, 0.45, 0.44), (15, 0.6, 0.58), (8, 0.2, 0.21)])
     assert pts == [(8, 0.21), (10, 0.51), (15, 0.58)]
+
+
+def test_policy_reads_the_depths_from_the_model_when_the_sidecar_relies_on_timm_defaults(tmp_path):
+    """A valid sidecar may leave depths / num_heads to timm's defaults (swin_tiny: 2-2-6-2): the search takes them
+    from the built model, and keys the result cache by kept windows at the evaluator's resolution."""
+    import textwrap
+
+    from latency.profiler import profile, save
+    from search.policy import SearchPolicy
+    from search.spec import load_spec
+    from supernet.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    m = SegSupernet.from_timm("swin_tiny_patch4_window7_224", img_size=224, num_classes=11, head_dim=8, embed_dim=24)
+    ck = save_checkpoint(m, tmp_path / "m.safetensors", arch={"timm_name": "swin_tiny_patch4_window7_224",
+                                                              "timm_kwargs": {"embed_dim": 24}, "head_dim": 8},
+                         img_size=224, num_classes=11)
+    table = profile(m, 224, threads=1, warmup=0, repeats=1, calib_configs=3, progress=False, ratios=(0.0, 0.5))
+    save(table, tmp_path / "p.json")
+    spec = tmp_path / "s.toml"
+    spec.write_text(textwrap.dedent(f"""
+        name = "defaults"
+        [supernet]
+        checkpoint = "{ck}"
+        [latency]
+        predictor = "{tmp_path / 'p.json'}"
+        [space]
+        ratios = [0.0, 0.5]
+        """))
+    pol = SearchPolicy.from_spec(load_spec(spec))
+    assert pol.depths == (2, 2, 6, 2) and pol.img_size == (224, 224)
+    assert pol.num_windows == [[64, 64], [16, 16], [4] * 6, [1, 1]]
+    cfg = pol.space.uniform_config(0.5)
+    assert json.loads(pol.key(cfg))[0] == [[32, 32], [8, 8], [2] * 6, [1, 1]]
