@@ -12,9 +12,9 @@ driver sends them the checkpoint bytes through the object store.
 
 Authentication: Ray 2.60 heads enable token authentication by default. The token is the one Ray
 itself looks up, in this order: ``RAY_AUTH_TOKEN`` (the token), ``RAY_AUTH_TOKEN_PATH`` (a file),
-``~/.ray/auth_token``. It is sent (``Authorization: Bearer``) only when ``RAY_AUTH_MODE=token`` is set
-(or this process already runs a token-authenticated Ray): never in reply to an HTTP 401 from a server
-the user did not configure token authentication for. ``RAY_AUTH_MODE=disabled`` never sends it.
+``~/.ray/auth_token``. It is sent (``Authorization: Bearer``) only when ``RAY_AUTH_MODE=token`` is set:
+never in reply to an HTTP 401 from a server the user did not configure token authentication for.
+``RAY_AUTH_MODE=disabled`` never sends it.
 
 Example::
 
@@ -124,10 +124,9 @@ def _client(address: str):
         with _explicit_address():
             return JobSubmissionClient(url, headers=headers)
 
-    # The token goes only where the user configured token auth (RAY_AUTH_MODE=token, or this process already
-    # runs a token-authenticated Ray, which then attaches it itself): never as a reply to a 401 from whatever
-    # server answers at the address (plain HTTP: anyone could ask for it).
-    send = token is not None and (mode == "token" or _ray_sends_token())
+    # The token goes only where the user configured token auth (RAY_AUTH_MODE=token): never as a reply to a
+    # 401 from whatever server answers at the address (plain HTTP: anyone could ask for it).
+    send = token is not None and mode == "token"
     try:
         try:
             return connect(send)
@@ -146,16 +145,6 @@ def _client(address: str):
         raise ClusterError(f"cannot reach the Ray job server at {url} ({str(e).splitlines()[0][:200]}); fix: start a "
                            "head with `ray start --head --dashboard-host=127.0.0.1` and pass its dashboard "
                            "address, e.g. --address http://127.0.0.1:8265") from None
-
-
-def _ray_sends_token() -> bool:
-    """Whether Ray's own HTTP client code would attach a token in this process (its auth mode is token)."""
-    try:
-        from ray._private.authentication.authentication_utils import is_token_auth_enabled
-
-        return bool(is_token_auth_enabled())
-    except Exception:  # noqa: BLE001 - other Ray versions
-        return False
 
 
 def _job_dict(info) -> Dict[str, Any]:

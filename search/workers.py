@@ -156,22 +156,17 @@ class EvalWorker:
         supernet.checkpoint.CheckpointError: the bytes do not match the sidecar's sha256.
     """
 
-    def __init__(self, weights: Union[np.ndarray, List[Any]], meta: Union[Dict[str, Any], List[Any]], evaluator: Dict[str, Any], threads: int = 1,
-                 worker_id: str = "w0", img_size: Any = None, device: str = "cpu", prefix_cache_bytes: int = 0):
+    def __init__(self, weights: Union[np.ndarray, List[Any], None], meta: Union[Dict[str, Any], List[Any], None],
+                 evaluator: Dict[str, Any], threads: int = 1, worker_id: str = "w0", img_size: Any = None,
+                 device: str = "cpu", prefix_cache_bytes: int = 0):
         import torch
 
-        from supernet.checkpoint import load_checkpoint_bytes
-        from .evaluators import build_evaluator
-
         torch.set_num_threads(threads)
-        if isinstance(meta, list):  # a one-element list holding the ObjectRef of the sidecar dict
-            import ray
-            meta = ray.get(meta[0])
         if device != "cpu" and not torch.cuda.is_available():
             device = "cpu"  # a GPU was reserved but this process cannot see one: evaluate on the CPU
-        if isinstance(weights, list):
-            import ray
-            weights = ray.get(weights[0])
+        self.settings = {"evaluator": dict(evaluator), "img_size": img_size, "prefix_cache_bytes": prefix_cache_bytes}
+        self.device = device
+        self.model = None
         self.worker_id = worker_id
         self.node = socket.gethostname()
         try:
@@ -181,11 +176,40 @@ class EvalWorker:
             self.reconstructed = bool(ctx.was_current_actor_reconstructed)
         except Exception:  # noqa: BLE001 - running outside Ray (tests)
             self.reconstructed = False
-        self.device = device
-        self.model = load_checkpoint_bytes(memoryview(weights), meta, img_size=img_size).to(device).eval()
-        ev = dict(evaluator)
+        self._dimap_backup = None
+        self._mask_cache: Dict[Tuple, Any] = {}
+        if weights is not None:
+            self.load(weights, meta)
+
+    def load(self, weights: Union[np.ndarray, List[Any]], meta: Union[Dict[str, Any], List[Any]]) -> Tuple[str, str, int]:
+        """Load the supernet and build the evaluator (the pool calls this right after creating or restarting
+        the actor: Ray then never holds object-store constructor arguments, which with ``max_restarts`` it
+        warns about on every start).
+
+        Args:
+            weights: the ``.safetensors`` bytes, or a one-element list holding their ObjectRef.
+            meta: the sidecar dict, or a one-element list holding its ObjectRef.
+
+        Returns:
+            :meth:`ping`'s ``(worker_id, node, pid)``.
+
+        Raises:
+            supernet.checkpoint.CheckpointError: the bytes do not match the sidecar's sha256.
+        """
+        from supernet.checkpoint import load_checkpoint_bytes
+        from .evaluators import build_evaluator
+
+        if isinstance(meta, list):
+            import ray
+            meta = ray.get(meta[0])
+        if isinstance(weights, list):
+            import ray
+            weights = ray.get(weights[0])
+        st = self.settings
+        self.model = load_checkpoint_bytes(memoryview(weights), meta, img_size=st["img_size"]).to(self.device).eval()
+        ev = dict(st["evaluator"])
         if ev.get("name") == "fashion_mosaic":
-            ev.update(prefix_cache_bytes=prefix_cache_bytes, device=device)
+            ev.update(prefix_cache_bytes=st["prefix_cache_bytes"], device=self.device)
         else:
             ev.pop("mosaic", None)
             ev.pop("img_size", None)
@@ -193,7 +217,8 @@ class EvalWorker:
         self.ranged = callable(getattr(self.evaluator, "confusion", None)) and callable(
             getattr(self.evaluator, "metrics", None))
         self._dimap_backup = None
-        self._mask_cache: Dict[Tuple, Any] = {}
+        self._mask_cache = {}
+        return self.ping()
 
     def ping(self) -> Tuple[str, str, int]:
         return self.worker_id, self.node, os.getpid()
@@ -256,6 +281,8 @@ class EvalWorker:
         params = canvases = None
         partial = False
         try:
+            if self.model is None:
+                raise RuntimeError("the worker has not loaded the supernet (its load failed or did not run)")
             self.model.set_sparsity(ratios)
             params = self._apply_weights(weight_ratios)
             try:
@@ -305,6 +332,7 @@ class WorkerPool:
         self._cls = ray.remote(EvalWorker).options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker,
                                                    max_restarts=max_restarts, max_task_retries=0)
         self._held: Dict[int, "OrderedDict"] = {}  # slot -> prefix keys it ran (driver-side mirror, for affinity)
+        self._loads: Dict[int, Any] = {}  # slot -> the ObjectRef of its last load() call
         self.max_replacements = max_restarts
         self.replaced = 0  # actors the pool created anew after Ray gave up restarting them
         self.worker_deaths = 0  # evaluations lost to a dead actor / node (each one re-submitted or failed)
@@ -316,11 +344,14 @@ class WorkerPool:
         self._dead: set = set()  # slots with no actor left
 
     def _new_actor(self, i: int):
-        # the ref travels inside a list, so Ray does not resolve it as a constructor argument (which,
-        # with max_restarts > 0, logs an error line on every start); the pool keeps the ref alive
+        # no object-store constructor arguments (with max_restarts > 0 Ray logs an error line on every start
+        # for those): the weights and the sidecar go to a load() call, repeated after every restart; the pool
+        # keeps the refs alive, and an actor runs its calls in submission order, so evaluations wait for it
         self._held[i] = OrderedDict()
-        return self._cls.remote([self.weights_ref], [self.meta_ref], self.evaluator, self.threads, f"w{i}",
-                                self.img_size, self.device, self.prefix_cache_bytes)
+        actor = self._cls.remote(None, None, self.evaluator, self.threads, f"w{i}", self.img_size, self.device,
+                                 self.prefix_cache_bytes)
+        self._loads[i] = actor.load.remote([self.weights_ref], [self.meta_ref])
+        return actor
 
     def wait_ready(self, timeout: float = 600) -> List[Tuple[str, str, int]]:
         """Block until every actor has loaded the supernet; returns (worker_id, node, pid).
@@ -329,11 +360,11 @@ class WorkerPool:
             WorkerStartError: an actor's ``__init__`` raised (bad evaluator, unreadable checkpoint bytes);
                 the one-line message carries the worker's error.
         """
-        from ray.exceptions import RayActorError
+        from ray.exceptions import RayActorError, RayTaskError
 
         try:
-            return self.ray.get([a.ping.remote() for a in self.actors], timeout=timeout)
-        except RayActorError as e:
+            return self.ray.get([self._loads[i] for i in range(len(self.actors))], timeout=timeout)
+        except (RayActorError, RayTaskError) as e:
             lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
             cause = next((ln for ln in reversed(lines) if "Error" in ln.split(":")[0]), lines[-1] if lines else "")
             raise WorkerStartError(f"the Ray workers could not start: {cause[:500]}; fix: check the spec's "
@@ -400,6 +431,8 @@ class WorkerPool:
             else:
                 self._dead.add(i)
             return
+        # Ray restarted the actor: a fresh __init__, so the supernet is loaded again before its next task
+        self._loads[i] = self.actors[i].load.remote([self.weights_ref], [self.meta_ref])
         self._idle.append(i)
 
     def results(self, timeout: Optional[float] = None) -> Iterator[Result]:

@@ -85,7 +85,7 @@ def node_fault_search(tiny_model, cluster_env, tmp_path_factory):
         th.start()
         # the driver joins while the head is the only node (it must not sit on the node we remove);
         # with 1 CPU on the head, the second actor waits for the node added now
-        deadline = time.time() + 120
+        deadline = time.time() + 300  # generous: actor start-up is slow on a loaded 2-core machine
         while not ray.is_initialized() and th.is_alive() and time.time() < deadline:
             time.sleep(0.05)
         node = cluster.add_node(**node_args)
