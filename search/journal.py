@@ -18,10 +18,11 @@ carries the log's ``trial_number``, ``status`` and ``config`` as user attributes
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional
+
+from .policy import finite as _finite
 
 __all__ = ["JOURNAL_FILE", "StudyJournal", "rebuild_journal", "journal_trial_count"]
 
@@ -33,13 +34,6 @@ def _storage(path: Path):
     from optuna.storages.journal import JournalFileBackend
 
     return optuna.storages.JournalStorage(JournalFileBackend(str(path)))
-
-
-def _finite(v: Any) -> bool:
-    try:
-        return v is not None and math.isfinite(float(v))
-    except (TypeError, ValueError):
-        return False
 
 
 class StudyJournal:

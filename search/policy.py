@@ -31,7 +31,15 @@ import numpy as np
 
 from .errors import UserError
 
-__all__ = ["SearchPolicy", "MetricError", "BudgetError", "InputError", "search_resolution"]
+__all__ = ["SearchPolicy", "MetricError", "BudgetError", "InputError", "search_resolution", "finite"]
+
+
+def finite(v: Any) -> bool:
+    """True for a finite number (False for None, NaN, +-inf and anything that is not a number)."""
+    try:
+        return v is not None and math.isfinite(float(v))
+    except (TypeError, ValueError):
+        return False
 
 
 class MetricError(UserError):

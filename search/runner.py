@@ -50,7 +50,7 @@ import numpy as np
 from supernet.fileio import atomic_write_json, read_json, sha256_bytes, sha256_file
 
 from .errors import UserError
-from .policy import MetricError, SearchPolicy
+from .policy import MetricError, SearchPolicy, finite as _finite
 
 __all__ = ["run", "resume", "fork", "ExperimentLockedError", "ResumeError", "experiment_summary",
            "load_frozen_spec", "REFERENCE_UNIFORM"]
@@ -127,13 +127,6 @@ class _Pending:
 def _sampler_attrs(system_attrs: Dict[str, Any]) -> Dict[str, Any]:
     """The GA samplers' per-trial state worth keeping (generation, parents, operator, draws)."""
     return {k: v for k, v in system_attrs.items() if "generation" in k or "parent" in k or k.startswith("feasible:")}
-
-
-def _finite(v: Any) -> bool:
-    try:
-        return v is not None and math.isfinite(float(v))
-    except (TypeError, ValueError):
-        return False
 
 
 # ------------------------------------------------------------------------------------------
