@@ -36,7 +36,6 @@ from __future__ import annotations
 import datetime as dt
 import fcntl
 import json
-import math
 import os
 import shutil
 import sys
