@@ -355,4 +355,23 @@ def test_shipped_search_specs_validate(path: Path) -> None:
 
 
 def test_shipped_search_specs_exist() -> None:
-    assert {"search_quick.toml", "search_full.toml"} <= {p.name for p in SHIPPED}
+    assert {"search_quick.toml", "search_full.toml", "search_main.toml"} <= {p.name for p in SHIPPED}
+
+
+RECIPES = sorted(p for p in (Path(__file__).resolve().parents[1] / "experiments").rglob("*.toml")
+                 if not p.name.startswith("search_"))
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=lambda p: p.name)
+def test_shipped_training_recipes_validate(path: Path) -> None:
+    from supernet.train import load_train_spec
+
+    cfg = load_train_spec(path)
+    assert cfg.total_epochs >= 1
+
+
+def test_the_main_jobs_search_spec_searches_448px_scenes() -> None:
+    spec = load_spec(Path(__file__).resolve().parents[1] / "experiments" / "fashion_mosaic" / "search_main.toml")
+    assert spec.evaluator.img_size == 448 and spec.evaluator.fidelity and spec.space.canonical
+    assert spec.latency.budget_fraction == 0.6 and spec.workers.num_workers == 2
+    assert {"task_quick.toml", "task_full.toml", "task_dense.toml", "task_supernet.toml"} <= {p.name for p in RECIPES}
