@@ -145,7 +145,7 @@ def cmd_fork(a: argparse.Namespace) -> int:
     from .runner import fork
 
     s = fork(Path(a.exp_dir), Path(a.out), budget_ms=a.budget_ms, budget_fraction=a.budget_fraction,
-             n_trials=a.n_trials, address=a.address, progress=not a.no_progress)
+             n_trials=a.n_trials, seed=a.seed, address=a.address, progress=not a.no_progress)
     _emit(s, a.json, _summary_text(s) + (f"\nforked from {a.exp_dir}: {s['fork']}" if s.get("fork") else ""))
     return 0
 
@@ -277,6 +277,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--budget-ms", type=_positive_float)
     r.add_argument("--budget-fraction", type=_fraction)
     r.add_argument("--n-trials", type=_positive_int)
+    r.add_argument("--seed", type=int, help="the new experiment's sampler seed (default: the old one's)")
     r.add_argument("--address")
     r.add_argument("--no-progress", action="store_true")
     r.add_argument("--json", action="store_true")

@@ -945,8 +945,8 @@ def experiment_summary(exp_dir, extra: Optional[Dict[str, Any]] = None) -> Dict[
 
 
 def fork(exp_dir, out_dir, *, budget_ms: Optional[float] = None, budget_fraction: Optional[float] = None,
-         n_trials: Optional[int] = None, address: Optional[str] = None, progress: bool = True,
-         log=print) -> Dict[str, Any]:
+         n_trials: Optional[int] = None, seed: Optional[int] = None, address: Optional[str] = None,
+         progress: bool = True, log=print) -> Dict[str, Any]:
     """A new experiment warm-started from ``exp_dir`` with a new latency budget (and trial budget).
 
     Every full evaluation of the old experiment is reused (its metrics, never re-evaluated: the result
@@ -960,6 +960,7 @@ def fork(exp_dir, out_dir, *, budget_ms: Optional[float] = None, budget_fraction
         out_dir: the new experiment directory (must not hold an experiment).
         budget_ms / budget_fraction: the new budget (at most one; default: the old one).
         n_trials: the new experiment's trial budget (default: the old spec's).
+        seed: the new experiment's sampler seed (default: the old one's).
 
     Raises:
         UserError: both budgets given, bad numbers, ``out_dir`` in use, or what :func:`run` raises.
@@ -978,6 +979,8 @@ def fork(exp_dir, out_dir, *, budget_ms: Optional[float] = None, budget_fraction
         data["latency"]["budget_fraction"] = budget_fraction
     if n_trials is not None:
         data["n_trials"] = n_trials
+    if seed is not None:
+        data["seed"] = int(seed)
     from pydantic import ValidationError
 
     from .spec import format_validation_error
