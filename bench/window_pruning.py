@@ -6,9 +6,13 @@ stages 0-2. Dense and sparse runs are interleaved (dense, cfg, dense, cfg, ...) 
 shared machine hits both; each config reports the median of ``--repeats`` runs and its own dense
 median from the same rounds.
 
+With ``--checkpoint X.safetensors`` the backbone is that supernet's (e.g. the shipped task model at the
+search resolution, ``--img-size 448``) instead of a randomly initialised Swin-T; the timings do not
+depend on the weights, the window ranking does.
+
 Usage:
-    python bench/window_pruning.py [--img-size 672] [--repeats 10] [--device cpu|cuda]
-        [--threads T] [--out bench/results/window_pruning.json] [--json]
+    python bench/window_pruning.py [--checkpoint X.safetensors] [--img-size 672] [--repeats 10]
+        [--device cpu|cuda] [--threads T] [--out bench/results/window_pruning.json] [--json]
 
 Writes JSON (per config: latency ms, dense ms, latency ratio sparse/dense, MACs ratio, and
 latency ratio / MACs ratio) and prints a table, then a one-line summary.
@@ -71,6 +75,7 @@ def timed(fn, x, device) -> float:
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", default=None, help="time this supernet's backbone (default: random Swin-T)")
     p.add_argument("--img-size", type=int, default=672)
     p.add_argument("--batch-size", type=int, default=None, help="default 1 on CPU, 4 on CUDA")
     p.add_argument("--repeats", type=int, default=10)
@@ -85,9 +90,22 @@ def main(argv=None) -> dict:
         torch.set_num_threads(a.threads)
     bs = a.batch_size or (4 if a.device == "cuda" else 1)
     torch.manual_seed(0)
-    model = SparseSwin.from_timm("swin_tiny_patch4_window7_224", img_size=a.img_size).eval().to(a.device)
+    if a.checkpoint:
+        from supernet.checkpoint import load_checkpoint
+
+        model = load_checkpoint(a.checkpoint, img_size=a.img_size)[0].backbone.eval().to(a.device)
+        name = f"{Path(a.checkpoint).name} backbone"
+    else:
+        model = SparseSwin.from_timm("swin_tiny_patch4_window7_224", img_size=a.img_size).eval().to(a.device)
+        name = "swin_tiny_patch4_window7_224 backbone"
     fn = Backbone(model)
     x = torch.randn(bs, 3, a.img_size, a.img_size, device=a.device)
+    if a.checkpoint:  # real canvases: the window ranking (which windows run) follows the content
+        from supernet.data import FashionMosaic, MosaicSpec
+        from supernet.checkpoint import read_sidecar
+
+        spec = MosaicSpec.from_dataset(read_sidecar(a.checkpoint).get("dataset"), a.img_size)
+        x = torch.stack([FashionMosaic("val", length=bs, spec=spec, seed=1)[i][0] for i in range(bs)]).to(a.device)
     cfgs = configs()
     if a.configs:
         cfgs = {k: v for k, v in cfgs.items() if k in a.configs.split(",")}
@@ -119,7 +137,7 @@ def main(argv=None) -> dict:
     worst = max(r["latency_over_macs"] for r in results)
     by = {r["config"]: r for r in results}
     out = dict(
-        benchmark="window_pruning", model="swin_tiny_patch4_window7_224 backbone", img_size=a.img_size,
+        benchmark="window_pruning", model=name, img_size=a.img_size,
         batch_size=bs, device=a.device, threads=torch.get_num_threads(), torch=torch.__version__,
         cpu=platform.processor() or platform.machine(), repeats=a.repeats, dense_macs=dense_macs,
         results=results, worst_latency_over_macs=worst,

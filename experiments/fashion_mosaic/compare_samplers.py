@@ -53,6 +53,15 @@ def main(argv=None):
     from search.spec import load_spec
     from search.trial_log import final_trials, load_trials
 
+    from latency import Predictor
+    from search.evaluators import mosaic_fields
+    from supernet.checkpoint import read_sidecar
+
+    # the canvases of the search resolution (the predictor's size), laid out as the checkpoint's training canvases
+    img = (Predictor.load(a.predictor).img_size or (None,))[0]
+    mosaic = {k: v for k, v in mosaic_fields(read_sidecar(a.checkpoint), img).items()
+              if k in ("img_size", "min_items", "max_items", "min_scale", "max_scale", "threshold", "noise")}
+    mosaic_toml = "{" + ", ".join(f"{k} = {v}" for k, v in mosaic.items()) + "}"
     work = Path(a.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
     db = work / "memo.sqlite"
@@ -75,10 +84,12 @@ def main(argv=None):
                     budget_fraction = {a.budget_fraction}
                     [evaluator]
                     name = "experiments.fashion_mosaic.memo:evaluate"
+                    img_size = {mosaic["img_size"]}
                     [evaluator.kwargs]
                     factory = true
                     db = "{db}"
                     subset_size = {a.subset}
+                    mosaic = {mosaic_toml}
                     [sampler]
                     name = "{sampler}"
                     """) + SAMPLERS[sampler] + "\n[workers]\nnum_workers = 2\n")
@@ -108,7 +119,8 @@ def main(argv=None):
         ax.plot(np.arange(1, a.trials + 1), m, label=f"{s} (final {summary[s]['hv_mean']:.4f})")
     ax.set_xlabel("trials")
     ax.set_ylabel(f"hypervolume (mean of {len(a.seeds)} seeds)")
-    ax.set_title("hypervolume against trials, quick supernet, budget 60 % of dense")
+    ax.set_title(f"hypervolume against trials, {Path(a.checkpoint).name} at {mosaic['img_size']} px, "
+                 f"budget {a.budget_fraction:.0%} of dense")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()

@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Every figure of RESULTS.md sections 0-6 (this round), in order, from scratch. Hours on a 2-core CPU: each
+# training step is resumable (run it again to continue) and each step is skipped when its output exists.
+# Timing steps (profile, benches, baselines, measure) need a quiet machine: run nothing else meanwhile.
+#
+#   bash experiments/fashion_mosaic/reproduce.sh [STEP ...]     (default: every step)
+#
+# Steps: diagnose speed dense supernet ship main validate window efficiency baselines fork samplers dimap
+#        quick full width
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_USAGE_STATS_ENABLED=0
+py=.venv/bin/python
+ss=.venv/bin/sparsesearch
+R=experiments/fashion_mosaic/results
+steps=("$@")
+[ ${#steps[@]} -eq 0 ] && steps=(diagnose speed dense supernet ship main validate window efficiency baselines fork samplers dimap quick full width)
+want() { local s; for s in "${steps[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
+
+if want diagnose; then  # section 0: controlled probes, one lever each, 3072 canvases, seeds 0-2
+  $py experiments/fashion_mosaic/diagnose.py base aux itemw lr2 lr05 c112 small_items dense_items w16 stagenorm bg025 \
+      fast fast_itemw itemaux --canvases 3072 --threads 1 --val 128 --save runs/diag
+  $py experiments/fashion_mosaic/diagnose.py base itemw --canvases 3072 --threads 1 --val 128 --seed 1
+  $py experiments/fashion_mosaic/diagnose.py base itemw --canvases 3072 --threads 1 --val 128 --seed 2
+  $py experiments/fashion_mosaic/diagnose.py --linear-probe runs/diag/base_s0.pt runs/diag/itemw_s0.pt
+fi
+want speed && $py bench/train_speed.py
+if want dense; then  # the shipped dense model (hours; resumable)
+  $ss supernet train experiments/fashion_mosaic/task_dense.toml --resume
+  $py experiments/fashion_mosaic/plot_training.py runs/task/dense.safetensors --out $R/task_dense_curve.png
+fi
+want supernet && $ss supernet train experiments/fashion_mosaic/task_supernet.toml --resume
+want ship && $py experiments/fashion_mosaic/ship_weights.py --dense runs/task/dense.safetensors --supernet runs/task/supernet.safetensors
+want main && bash scripts/main.sh
+if want validate; then  # section 2: the predictor at the search resolution
+  $ss latency validate --predictor runs/main/latency_cpu_448.json --checkpoint runs/main/supernet.safetensors \
+      --n 100 --repeats 7 --plot $R/latency_validation_448.png --json > $R/latency_validation_448.json
+fi
+want window && $py bench/window_pruning.py --checkpoint runs/main/supernet.safetensors --img-size 448 --threads 1 \
+    --out bench/results/window_pruning_448.json
+want efficiency && $py bench/search_efficiency.py --spec experiments/fashion_mosaic/search_main.toml
+want baselines && $py experiments/fashion_mosaic/baselines.py --checkpoint runs/main/supernet.safetensors \
+    --exp runs/main/search --out $R \
+    $( [ -f runs/task/dense_w24.safetensors ] && echo --baseline "width 0.75x=runs/task/dense_w24.safetensors" )
+want fork && $py bench/fork_efficiency.py --parent runs/main/search --fraction 0.5
+want samplers && $py experiments/fashion_mosaic/compare_samplers.py --checkpoint runs/main/supernet.safetensors --predictor runs/main/latency_cpu_448.json
+want dimap && $py experiments/fashion_mosaic/dimap_vs_magnitude.py --checkpoint runs/main/supernet.safetensors
+want quick && $ss supernet train experiments/fashion_mosaic/task_quick.toml --resume
+want full && $ss supernet train experiments/fashion_mosaic/task_full.toml --resume
+want width && $ss supernet train experiments/fashion_mosaic/task_dense_w24.toml --resume
+echo "done: ${steps[*]}"
