@@ -167,6 +167,8 @@ class EvalWorker:
         self.settings = {"evaluator": dict(evaluator), "img_size": img_size, "prefix_cache_bytes": prefix_cache_bytes}
         self.device = device
         self.model = None
+        self.evaluator = None
+        self.ranged = False
         self.worker_id = worker_id
         self.node = socket.gethostname()
         try:

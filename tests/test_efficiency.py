@@ -153,3 +153,34 @@ def test_policy_reads_the_depths_from_the_model_when_the_sidecar_relies_on_timm_
     assert pol.num_windows == [[64, 64], [16, 16], [4] * 6, [1, 1]]
     cfg = pol.space.uniform_config(0.5)
     assert json.loads(pol.key(cfg))[0] == [[32, 32], [8, 8], [2] * 6, [1, 1]]
+
+
+def test_worker_device_logic_and_prefix_cache_in_process(tiny_model):
+    """EvalWorker outside Ray: a GPU worker on a machine without CUDA falls back to the CPU (the device logic of
+    ``[workers] gpus_per_worker``), loads the supernet through load(), and scores with the multi-fidelity rule and
+    the prefix cache: a stopped config reports the first-rung canvases only, a full one the whole subset."""
+    import numpy as np
+
+    from search.workers import EvalWorker
+    from supernet.checkpoint import read_sidecar
+
+    _, ck, _ = tiny_model
+    meta = read_sidecar(ck)
+    ev = {"name": "fashion_mosaic", "subset_size": 8, "batch_size": 4, "split": "val", "kwargs": {}, "img_size": [112, 112],
+          "mosaic": {}}
+    w = EvalWorker(None, None, ev, threads=1, worker_id="g0", img_size=[112, 112], device="cuda",
+                   prefix_cache_bytes=1 << 26)
+    assert w.device == ("cuda" if torch.cuda.is_available() else "cpu") and w.model is None
+    assert w.evaluate(0, [[0.0] * 2] * 4).error.startswith("RuntimeError: the worker has not loaded")
+    w.load(np.fromfile(ck, dtype=np.uint8), meta)
+    dense = [[0.0] * 2] * 4
+    full = w.evaluate(1, dense)
+    assert full.error is None and full.canvases == 8 and not full.partial and 0 <= full.metrics["miou"] <= 1
+    again = w.evaluate(2, dense)  # every stage from the prefix cache
+    assert again.metrics == full.metrics and again.cache["hits"] >= 4 * 2
+    fid = {"first": 4, "front": [[0.0, 1.0]], "margin": 0.0, "predicted_ms": 1.0, "metric": "miou", "maximize": True}
+    stopped = w.evaluate(3, [[0.6] * 2] * 4, fidelity=fid)  # a front member no slower and better: stop
+    assert stopped.partial and stopped.canvases == 4 and "miou@4" in stopped.metrics
+    fid_open = dict(fid, front=[])
+    kept = w.evaluate(4, [[0.4] * 2] * 4, fidelity=fid_open)  # nothing to beat: finish the subset
+    assert not kept.partial and kept.canvases == 8 and "miou@4" in kept.metrics
