@@ -108,7 +108,13 @@ class StudyJournal:
         if self.budget is not None and _finite(lat):
             system["constraints"] = [lat - self.budget]
         values, state = None, TrialState.FAIL
-        if status in ("complete", "cached", "partial") and metrics and _finite(metrics.get(self.metric)):
+        if status == "partial":  # stopped after the first rung: shown as pruned, never on the dashboard's front
+            return create_trial(state=TrialState.PRUNED, params=params or None,
+                                distributions={k: self.dists[k] for k in (params or {})} or None,
+                                user_attrs={**user, **({f"{self.metric}_first_rung": float(metrics[self.metric])}
+                                                       if metrics and _finite(metrics.get(self.metric)) else {})},
+                                system_attrs=system)
+        if status in ("complete", "cached") and metrics and _finite(metrics.get(self.metric)):
             values = []
             for name in self.names:
                 if name == self.metric:

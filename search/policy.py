@@ -43,7 +43,16 @@ def finite(v: Any) -> bool:
 
 
 class MetricError(UserError):
-    """The evaluator's result lacks the spec's metric or gives a non-finite value."""
+    """The evaluator's result lacks the spec's metric or gives a non-finite value.
+
+    Attributes:
+        configuration: True when every trial would fail the same way (no such metric, not a number, not a dict):
+            the search stops; False for a value that is NaN / infinite this once (one failed trial).
+    """
+
+    def __init__(self, message: object, configuration: bool = False) -> None:
+        super().__init__(message)
+        self.configuration = bool(configuration)
 
 
 class BudgetError(UserError):
@@ -90,10 +99,12 @@ class SearchPolicy:
 
         self.spec, self.meta, self.predictor = spec, dict(meta), predictor
         self.img_size = tuple(int(v) for v in img_size)
-        self.arch_model = build_model(self.meta, img_size=self.img_size)  # random weights: MACs, window counts
+        self._arch_model = build_model(self.meta, img_size=self.img_size)  # random weights: MACs, window counts
         bb = self.arch_model.backbone
         self.depths = tuple(bb.depths)
-        self.num_windows = bb.num_windows(self.img_size)
+        # the backbone's own input size: the canvas size, or the resized input of a reduced-resolution checkpoint
+        self.backbone_size = tuple(int(v) for v in bb.img_size)
+        self.num_windows = bb.num_windows(self.backbone_size)
         self.space = SearchSpace.from_spec(spec.space, self.depths,
                                            num_windows=self.num_windows if spec.space.canonical else None)
         self.dense_ms = float(self.predictor.predict(np.asarray([self.space.dense_config().flat]))[0])
@@ -105,6 +116,21 @@ class SearchPolicy:
         self.metric: str = spec.objectives.metric
         self.checkpoint_sha256: str = str(self.meta.get("weights_sha256", ""))
         self._macs: Dict[str, int] = {}
+
+    @property
+    def arch_model(self):
+        """The checkpoint's architecture with random weights (built lazily: a pickled policy travels without it)."""
+        if self._arch_model is None:
+            from supernet.checkpoint import build_model
+
+            self._arch_model = build_model(self.meta, img_size=self.img_size)
+        return self._arch_model
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_arch_model"] = None  # ~a model's worth of bytes: rebuilt on first use (Tune pickles its searcher)
+        state["_macs"] = {}
+        return state
 
     # ---- construction with every input validated ---------------------------------------------
     @classmethod
@@ -151,7 +177,7 @@ class SearchPolicy:
         if tuple(pred.depths) != self.depths:
             raise InputError(f"predictor {src} was profiled for depths {list(pred.depths)} but the checkpoint "
                              f"{self.spec.supernet.checkpoint} has depths {list(self.depths)}; {fix}")
-        if pred.img_size is not None and tuple(pred.img_size) != self.img_size:
+        if pred.img_size is not None and tuple(pred.img_size) not in (self.img_size, self.backbone_size):
             raise InputError(f"predictor {src} was profiled at {list(pred.img_size)} px but the search evaluates at "
                              f"{list(self.img_size)} px; {fix}")
         if pred.num_windows != self.num_windows:
@@ -237,8 +263,8 @@ class SearchPolicy:
         return {name: max(d.choices) for name, d in dists.items()}
 
     def keep_counts(self, config) -> List[List[int]]:
-        """Kept windows of every block at the search resolution."""
-        return self.arch_model.backbone.keep_counts(self.img_size, config.ratios)
+        """Kept windows of every block at the search resolution (at the backbone's input size)."""
+        return self.arch_model.backbone.keep_counts(self.backbone_size, config.ratios)
 
     def key(self, config) -> str:
         """Result-cache key: the windows every block keeps at the search resolution + the weight ratios.
@@ -269,23 +295,23 @@ class SearchPolicy:
         Raises:
             MetricError: not a mapping of numbers, the metric is missing, or it is NaN / infinite.
         """
+        name = self.spec.evaluator.name
         if not isinstance(metrics, Mapping):
-            raise MetricError(f"evaluator {self.spec.evaluator.name} returned {type(metrics).__name__}, not a dict of "
-                              "metrics; fix: return {'" + self.metric + "': value, ...}")
+            raise MetricError(f"evaluator {name} returned {type(metrics).__name__}, not a dict of metrics; fix: return "
+                              "{'" + self.metric + "': value, ...}", configuration=True)
+        if self.metric not in metrics:
+            raise MetricError(f"evaluator {name} returned no {self.metric!r} (it gave {sorted(map(str, metrics)) or 'nothing'}); "
+                              f"fix: set [objectives] metric to one of them or return {self.metric!r}", configuration=True)
         out: Dict[str, float] = {}
-        for k, v in metrics.items():
+        for k, v in metrics.items():  # other keys: kept when they are numbers, dropped otherwise (arrays, text)
             try:
                 out[str(k)] = float(v)
-            except (TypeError, ValueError):
-                raise MetricError(f"evaluator {self.spec.evaluator.name} returned {k}={v!r}, not a number; "
-                                  "fix: return plain floats") from None
-        if self.metric not in out:
-            raise MetricError(f"evaluator {self.spec.evaluator.name} returned no {self.metric!r} (it gave "
-                              f"{sorted(out) or 'nothing'}); fix: set [objectives] metric to one of them or return "
-                              f"{self.metric!r}")
+            except Exception:  # noqa: BLE001 - numpy arrays, multi-element tensors, strings
+                if k == self.metric:
+                    raise MetricError(f"evaluator {name} returned {k}={str(v)[:60]!r}, not a number; fix: return a "
+                                      "plain float", configuration=True) from None
         if not math.isfinite(out[self.metric]):
-            raise MetricError(f"evaluator {self.spec.evaluator.name} returned {self.metric}={out[self.metric]} "
-                              "(not finite)")
+            raise MetricError(f"evaluator {name} returned {self.metric}={out[self.metric]} (not finite)")
         return out
 
     def objectives(self, metrics: Mapping[str, float], predicted_ms: float, macs: int,

@@ -362,13 +362,22 @@ class _Search:
                 candidates.append((key, params, float(metrics[self.metric]), self.policy.predict(config)))
         enq = 0
         if enqueue and candidates:
+            from optuna.trial import TrialState, create_trial
+
             uniq = {c[0]: c for c in candidates}
             cand = list(uniq.values())
             maximize = self.policy.directions[0] == "maximize"
             ranks = nondomination_ranks(np.asarray([[c[2], c[3]] for c in cand]), ["max" if maximize else "min", "min"])
             order = sorted(range(len(cand)), key=lambda i: (ranks[i], -cand[i][2] if maximize else cand[i][2]))
+            # waiting trials with fixed parameters, stamped with generation 0 of a GA sampler so they form (part
+            # of) its first population: an enqueue_trial would skip the sampler, and with it the generation stamp
+            base = getattr(self.sampler, "base", self.sampler)
+            gen_key = base._get_generation_key() if hasattr(type(base), "_get_generation_key") else None
             for i in order[: max(self.population or 0, 2)]:
-                self.study.enqueue_trial(cand[i][1], skip_if_exists=True)
+                attrs = {"fixed_params": cand[i][1]}
+                if gen_key:
+                    attrs[gen_key] = 0
+                self.study.add_trial(create_trial(state=TrialState.WAITING, system_attrs=attrs))
                 enq += 1
         return {"reused_evaluations": seeded, "seeded_trials": enq}
 
@@ -459,15 +468,17 @@ class _Search:
         if res.cache is not None:
             self.cache_stats[res.worker_id] = res.cache
         if res.metrics is None:
-            for q in [p] + p.waiters:
-                self.tell_failed(q, res.error or "failed", res=res)
+            self.tell_failed(p, res.error or "failed", res=res)
+            for q in p.waiters:  # nothing ran for them: no evaluation seconds of their own
+                self.tell_failed(q, res.error or "failed")
             return
         try:
             metrics = self.policy.check_metrics(res.metrics)
         except MetricError as e:
-            for q in [p] + p.waiters:
-                self.tell_failed(q, str(e), res=res)
-            if self.metric not in (res.metrics or {}):  # a configuration error: every trial would fail
+            self.tell_failed(p, str(e), res=res)
+            for q in p.waiters:
+                self.tell_failed(q, str(e))
+            if e.configuration:  # every trial would fail the same way: stop with the one-line error
                 self._flush()
                 raise
             return  # one NaN is one failed trial; the search goes on
@@ -608,7 +619,7 @@ def _reference_points(search: _Search, pool) -> Dict[str, Any]:
             try:
                 metrics = search.policy.check_metrics(metrics)
             except MetricError as e:
-                if search.metric not in metrics:
+                if e.configuration:
                     raise
                 metrics, err = None, str(e)
         out[name] = {"config": cfg.ratios, "metrics": metrics, "error": err,
@@ -689,7 +700,13 @@ def _execute(spec, exp_dir: Path, *, n_trials: int, is_resume: bool, address: Op
     _read_reference(exp_dir)  # a broken file is reported now, before Ray starts
     fork_info = None
     if frozen.get("forked_from"):
-        fork_info = search.seed_from(Path(frozen["forked_from"]), enqueue=search.n_trials_done == 0 and not repeated)
+        parent = Path(frozen["forked_from"])
+        first = search.n_trials_done == 0 and not repeated
+        if first or (parent / "experiment.json").is_file():
+            fork_info = search.seed_from(parent, enqueue=first)
+        else:  # the fork's own log holds what it reused; the parent's other evaluations are simply not reused
+            log(f"note: {parent} (the experiment this one was forked from) is gone; resuming without reusing its "
+                "other evaluations")
     if frozen.get("budget_ms") != search.budget or frozen.get("dense_predicted_ms") != search.dense_ms:
         frozen.update(budget_ms=search.budget, dense_predicted_ms=search.dense_ms)
         atomic_write_json(ej, frozen)
@@ -925,9 +942,10 @@ def experiment_summary(exp_dir, extra: Optional[Dict[str, Any]] = None) -> Dict[
         ref_m = 0.0 if maximize else float(vals[:, 0].max()) * 1.1
         hv = float(hypervolume(vals, [ref_m, ref_lat], ["max" if maximize else "min", "min"]))
     evaluated = df[df["status"].isin(["complete", "failed", "partial"]) & df["eval_seconds"].notna()] if len(df) else df
+    feasible_only = (spec.get("sampler") or {}).get("feasible_only", True)
     out = {
         "experiment": spec["name"], "exp_dir": str(exp_dir),
-        "n_trials": int(sum(counts[s] for s in TRIAL_STATUSES)),
+        "n_trials": int(sum(counts[s] for s in TRIAL_STATUSES) + (0 if feasible_only else counts["rejected"])),
         "counts": counts, "evaluations": int(len(evaluated)),
         "eval_seconds": float(evaluated["eval_seconds"].fillna(0).sum()) if len(evaluated) else 0.0,
         "budget_ms": budget, "hypervolume": hv, "search_img_size": frozen.get("search_img_size"),

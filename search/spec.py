@@ -358,6 +358,12 @@ class ObjectivesSection(_Section):
     def _metric(cls, v: str) -> str:
         if not _METRIC_RE.match(v):
             raise ValueError(f"{v!r} is not a metric key; fix: use an identifier, e.g. \"miou\"")
+        from search.trial_log import COLUMN_DOCS
+
+        reserved = set(COLUMN_DOCS) | {"latency_ms", "metrics_json", "sampler_attrs", "params_json"}
+        if v in reserved or re.match(r"^r_\d+$", v):
+            raise ValueError(f"{v!r} names a column of the trial log itself; fix: name the evaluator's metric "
+                             "otherwise, e.g. \"miou\"")
         return v
 
     def names(self) -> list[str]:

@@ -118,8 +118,8 @@ def make_trainable(spec) -> Callable[..., None]:
                 "weight_ratios": cfg.weight_ratios, "worker_pid": os.getpid()}
         if not pol.feasible(cfg):  # the latency gate (the sampler proposes feasible configs; a foreign one may not)
             out = dict(zip(pol.names, pol.worst(predicted, macs)))
-            out.update(base, status="rejected", model_loads=st["loads"], metrics=None, eval_seconds=None,
-                       params=None, node=None)
+            out.update(base, status="rejected", model_loads=st["loads"], metrics=None, eval_seconds=None, node=None)
+            out.setdefault("params", None)  # the weight count when it is not an objective (the worst value when it is)
             tune.report(out)
             return
         ckey = pol.key(cfg)  # the same cache key as the runner: kept windows at the search resolution

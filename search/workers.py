@@ -226,9 +226,11 @@ class EvalWorker:
         return self.worker_id, self.node, os.getpid()
 
     def cache_stats(self) -> Optional[Dict[str, Any]]:
-        """The prefix cache's statistics (None without one)."""
+        """The prefix cache's statistics (None without one; a user evaluator's own ``cache`` is not ours)."""
+        from supernet.prefix_cache import StagePrefixCache
+
         cache = getattr(self.evaluator, "cache", None)
-        return cache.stats() if cache is not None else None
+        return cache.stats() if isinstance(cache, StagePrefixCache) else None
 
     def _score(self, weight_ratios: Optional[Dict[str, float]], fidelity: Optional[Dict[str, Any]]):
         """(metrics, canvases, partial) at the model's current config."""

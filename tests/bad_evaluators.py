@@ -16,3 +16,11 @@ def nan_every_third(model: torch.nn.Module) -> Dict[str, float]:
 def wrong_key(model: torch.nn.Module) -> Dict[str, float]:
     """Returns 'accuracy' where the spec expects 'miou' (a configuration error)."""
     return {"accuracy": 0.5}
+
+
+def with_extras(model: torch.nn.Module) -> Dict[str, float]:
+    """The metric plus non-scalar extras a user evaluator might return (a per-class array, a note)."""
+    import numpy as np
+
+    flat = [r for s in model.sparsity for r in s]
+    return {"miou": 1.0 - sum(flat) / len(flat), "pixel_acc": 0.5, "per_class": np.arange(3.0), "note": "ok"}

@@ -116,6 +116,7 @@ SPEC_CASES = {
     "malformed_evaluator": ("[evaluator]\n", '[evaluator]\nname = "not a module"\n', "evaluator"),
     "negative_fraction": ("budget_fraction = 0.95", "budget_fraction = -0.5", "budget_fraction"),
     "gpus_negative": ("max_retries = 1", "max_retries = 1\ngpus_per_worker = -1", "gpus_per_worker"),
+    "reserved_metric": ("n_trials = 6", 'n_trials = 6\n[objectives]\nmetric = "params"', "params"),
 }
 
 
@@ -486,3 +487,17 @@ def test_evaluator_at_another_resolution_than_the_predictor(own):
     edit_spec(own["spec"], "batch_size = 4\n", "batch_size = 4\nimg_size = 224\n")
     code, out, err = cli("run", own["spec"])
     assert_user_error(code, err, own["pr"].name, "224", "--img-size 224", out=out)
+
+
+def test_extra_non_numeric_metrics_are_dropped_and_the_search_goes_on(own):
+    """An evaluator that also returns an array (per-class IoU) or text: the metric is logged, the rest ignored."""
+    from search.trial_log import final_trials, load_trials
+
+    edit_spec(own["spec"], "[evaluator]\n", '[evaluator]\nname = "bad_evaluators:with_extras"\n')
+    env = cli_env(PYTHONPATH=os.pathsep.join([str(Path(__file__).parent), cli_env()["PYTHONPATH"]]))
+    r = run_cli("run", str(own["spec"]), "--no-progress", env=env)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    df = final_trials(load_trials(own["exp"]))
+    assert (df["status"] != "failed").all() and df["miou"].notna().all()
+    extra = json.loads(df["metrics_json"].dropna().iloc[0])
+    assert extra["pixel_acc"] == 0.5 and "per_class" not in extra and "note" not in extra

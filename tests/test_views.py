@@ -115,6 +115,9 @@ def test_journal_matches_the_parquet_log_and_is_rebuilt_when_broken(searched, tm
     assert study.directions == [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE]
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert done and all("constraints" in t.system_attrs for t in done)
+    # a partially evaluated config is a pruned trial there: never on the dashboard's Pareto front
+    partial = (load_trials(exp)["status"] == "partial").sum()
+    assert partial > 0 and sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials) == partial
     # a broken journal is rebuilt from the log by the next resume; Parquet is untouched
     (exp / JOURNAL_FILE).write_text("not a journal\n")
     before = {p.name: p.read_bytes() for p in (exp / "trials").glob("part-*")}
@@ -147,6 +150,10 @@ def test_fork_reuses_and_never_re_evaluates(searched, tmp_path):
     new_eval = {pol.key(Config(json.loads(c))) for c in new.loc[new["status"].isin(["complete", "partial"]), "config"]}
     assert not old_keys & new_eval  # nothing the old experiment measured is measured again
     assert (new["status"] == "cached").sum() >= s["fork"]["seeded_trials"]
+    # the seeds form the first generation of NSGA-II (stamped with its generation 0, not just enqueued)
+    first = [json.loads(a) for a in new["sampler_attrs"]]
+    seeded = [a for a in first if a.get("NSGAIISampler:generation") == 0]
+    assert len(seeded) >= s["fork"]["seeded_trials"]
     assert json.loads((out / "experiment.json").read_text())["forked_from"] == str(searched["exp"].resolve())
 
 
