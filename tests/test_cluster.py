@@ -66,6 +66,24 @@ def listening(pids) -> list:
     return out
 
 
+def _reset_ray_auth() -> None:
+    """Ray caches the auth mode (RayConfig) and the token (AuthenticationTokenLoader) once per process: re-read
+    the environment, so that no later test (here or in another module) inherits a token mode or a token."""
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_ray_auth():
+    """Autouse, so it is set up before (and torn down after) ``monkeypatch``: the reset at teardown sees the
+    restored environment."""
+    _reset_ray_auth()
+    yield
+    _reset_ray_auth()
+
+
 @pytest.fixture(scope="module")
 def head(tmp_path_factory):
     """A token-authenticated Ray head on 127.0.0.1; yields its addresses and token file."""
@@ -104,6 +122,7 @@ def client_token(head, monkeypatch):
         monkeypatch.delenv(k, raising=False)
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(head["token"]))
     monkeypatch.setenv("RAY_AUTH_MODE", "token")
+    _reset_ray_auth()  # as a fresh client process configured this way would start
     return head
 
 
@@ -154,6 +173,7 @@ def test_jobs_without_or_with_a_wrong_token_is_a_one_line_error(head, monkeypatc
     for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):
         monkeypatch.delenv(k, raising=False)
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.ray/auth_token either
+    _reset_ray_auth()
     with pytest.raises(ClusterError, match="requires a token and none was found"):
         jobs("list", address=head["url"])
     monkeypatch.setenv("RAY_AUTH_TOKEN", head["token"].read_text())  # known, but token auth not configured
