@@ -306,6 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = add("train", cmd_supernet_train, "sparsity-aware adaptation training from a recipe (TOML)", snsub)
     r.add_argument("spec")
     r.add_argument("--resume", action="store_true", help="continue from the last epoch checkpoint")
+    r.add_argument("--stop-after", type=_positive_int, metavar="EPOCH",
+                   help="stop once this epoch of the run is complete (checkpoint written; continue with --resume)")
     r.add_argument("--json", action="store_true")
 
     lt = add("latency", None, "profile device latency and validate the predictor")

@@ -741,6 +741,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
         log(f"resuming {ckpt} at epoch {epoch}/{cfg.total_epochs} (step {step})")
         if epoch >= cfg.total_epochs and (meta.get("training") or {}).get("complete") and meta.get("metrics"):
             return {**meta["metrics"], "checkpoint": str(ckpt)}
+        if stop_after is not None and stop_after <= epoch < cfg.total_epochs:
+            log(f"already past epoch {stop_after}: nothing to do")
+            return {"complete": False, "epoch": epoch, "step": step, "checkpoint": str(ckpt)}
     elif resume:
         log(f"nothing to resume at {ckpt}; training from scratch")
 
@@ -842,10 +845,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
 # CLI
 # --------------------------------------------------------------------------------------------
 def cli_train(args: Any) -> int:
-    """``sparsesearch supernet train SPEC.toml [--resume] [--json]``.
+    """``sparsesearch supernet train SPEC.toml [--resume] [--stop-after EPOCH] [--json]``.
 
     Args:
-        args: a Namespace with ``.spec`` (path), ``.resume`` (bool), ``.json`` (bool).
+        args: a Namespace with ``.spec`` (path), ``.resume`` (bool), ``.stop_after`` (epoch or None),
+            ``.json`` (bool).
 
     Returns:
         0 on success.
@@ -855,7 +859,15 @@ def cli_train(args: Any) -> int:
             them as one ``sparsesearch: error:`` line and exits 2.
     """
     cfg = load_train_spec(args.spec)
-    metrics = train(cfg, resume=bool(getattr(args, "resume", False)), progress=True)
+    metrics = train(cfg, resume=bool(getattr(args, "resume", False)), progress=True,
+                    stop_after=getattr(args, "stop_after", None))
+    if metrics.get("complete") is False:
+        if getattr(args, "json", False):
+            print(json.dumps(to_json_safe(metrics), allow_nan=False))
+        else:
+            print(f"checkpoint {metrics['checkpoint']} at epoch {metrics['epoch']} of {cfg.total_epochs} "
+                  f"(step {metrics['step']}); continue with --resume")
+        return 0
     if getattr(args, "json", False):
         print(json.dumps(to_json_safe(metrics), allow_nan=False))  # NaN -> null: strict JSON
         return 0

@@ -166,6 +166,8 @@ def test_resume_continues_from_the_saved_epoch(data_dir, tmp_path):
     b_ckpt = tmp_path / "b" / "ck.safetensors"
     assert read_sidecar(b_ckpt)["training"]["step"] == spe
     assert torch.load(state_path(b_ckpt), weights_only=True)["epoch"] == 1
+    assert train(split, resume=True, progress=False, stop_after=1) == part  # already there: nothing trained
+    assert read_sidecar(b_ckpt)["training"]["step"] == spe
     done = train(split, resume=True, progress=False)
     meta = read_sidecar(b_ckpt)
     assert meta["training"]["step"] == 2 * spe and meta["training"]["epoch"] == 2

@@ -43,7 +43,7 @@ def measure(path: Path, scene_size: int | None, length: int, threads: int) -> di
     from supernet.evaluate import DEFAULT_VAL_SEED, evaluate_config, reference_table
 
     torch.set_num_threads(threads)
-    model, meta = load_checkpoint(path)
+    model, meta = load_checkpoint(path, img_size=224)  # the supernet's sidecar says 448: the weights fit both
     out = reference_table(model, length=length, batch_size=16, spec=MosaicSpec(img_size=224), seed=DEFAULT_VAL_SEED)
     out["check"] = {"canvases": CHECK_CANVASES, "seed": DEFAULT_VAL_SEED, "img_size": 224,
                     **evaluate_config(model, None, length=CHECK_CANVASES, batch_size=8, spec=MosaicSpec(img_size=224))}
