@@ -70,6 +70,7 @@ def main() -> int:
     a.out.mkdir(parents=True, exist_ok=True)
     report = {}
     sums = []
+    commands = {}
     for name, src in (("dense", a.dense), ("supernet", a.supernet)):
         meta = read_sidecar(src)
         tr = meta.get("training") or {}
@@ -85,7 +86,14 @@ def main() -> int:
             compute["dense_train_seconds"] = float(sum(h.get("seconds", 0.0) for h in dh))
             compute["dense_canvases"] = int(sum(h.get("canvases", 0) for h in dh))
         dst = a.out / f"{name}.safetensors"
-        shipped = {"recipe": RECIPES[name], "command": f"sparsesearch supernet train {RECIPES[name]} --resume",
+        command = f"sparsesearch supernet train {RECIPES[name]} --resume"
+        if not tr.get("complete", True):  # a checkpoint part-way through the recipe: the epoch it stopped at
+            command += f" --stop-after {tr['epoch']}"
+        compute["epochs"] = f"{tr.get('epoch')}/{tr.get('epochs')}"
+        if name == "supernet":  # from the dense checkpoint shipped beside it: train that first
+            command = f"{commands['dense']} && {command}"
+        commands[name] = command
+        shipped = {"recipe": RECIPES[name], "command": command,
                    "export": "python experiments/fashion_mosaic/ship_weights.py --dense runs/task/dense.safetensors "
                              "--supernet runs/task/supernet.safetensors", "compute": compute}
         export_checkpoint(src, dst, storage_dtype="float16", extra={"shipped": shipped})
