@@ -225,6 +225,26 @@ def _emit(args: Any, payload: Dict[str, Any], human: str) -> None:
     sys.stdout.flush()
 
 
+def busy_machine_warning(calibration: Dict[str, Any], dense_ms: float, tolerance: float = 0.15) -> Optional[str]:
+    """A warning when a profile's calibration is far from the identity, or ``None``.
+
+    The calibration fits ``measured = a * (sum of the table's terms) + b`` on end-to-end runs of random configs
+    (``a`` unitless, ``b`` in ms). On a quiet machine the per-block table already adds up to the end-to-end time
+    (here: a = 1.01, b = -0.2 ms at 448 px); a profile taken while another process competed for the cores gave
+    a = 0.82, b = +26.5 ms, and a predictor whose validation had 0 % of configs within +-10 % (RESULTS.md R2).
+
+    Args:
+        calibration: the predictor file's ``calibration`` (``a``, ``b``).
+        dense_ms: the predicted dense latency (ms).
+        tolerance: allowed ``|a - 1|`` and ``|b| / dense_ms``.
+    """
+    a, b = float(calibration.get("a", 1.0)), float(calibration.get("b", 0.0))
+    if abs(a - 1.0) <= tolerance and abs(b) <= tolerance * max(dense_ms, 1e-9):
+        return None
+    return (f"the calibration is far from the identity (a={a:.3f}, b={b:.1f} ms for a {dense_ms:.1f} ms dense model): "
+            "the machine was probably busy while profiling; fix: profile again with nothing else running")
+
+
 def cli_profile(args: Any) -> int:
     """``sparsesearch latency profile``: profile a checkpoint and write the predictor JSON.
 
@@ -271,6 +291,10 @@ def cli_profile(args: Any) -> int:
         "calibration": {k: cal[k] for k in ("a", "b", "n", "mape", "mape_uncalibrated")},
         "seconds": time.perf_counter() - t0,
     }
+    busy = busy_machine_warning(cal, dense)
+    payload["warnings"] = [busy] if busy else []
+    if busy:
+        sys.stderr.write(f"sparsesearch: warning: {path}: {busy}\n")
     fp = table["fingerprint"]
     human = (f"profiled {args.checkpoint} on {fp['device']} ({fp['device_name']}, {fp['threads']} threads, "
              f"batch {fp['batch_size']}, {fp['img_size'][0]}x{fp['img_size'][1]}) in {payload['seconds']:.0f} s: "

@@ -448,3 +448,13 @@ def test_calibration_fit():
     assert how == "offset" and a == 1.0 and b == pytest.approx(np.median([20.0, 17.0, 16.0, 10.0]))
     a, b, how = _fit_calibration(np.array([5.0, 5.0]), np.array([6.0, 7.0]))  # no spread
     assert how == "offset" and b == pytest.approx(1.5)
+
+
+def test_busy_machine_warning_flags_a_calibration_far_from_identity():
+    from latency.validate import busy_machine_warning
+
+    # the two 448 px profiles of RESULTS.md R2: quiet, and with another job competing for the cores
+    assert busy_machine_warning({"a": 1.011, "b": -0.23}, 106.97) is None
+    msg = busy_machine_warning({"a": 0.821, "b": 26.54}, 145.89)
+    assert msg and "profile again" in msg and "a=0.821" in msg
+    assert busy_machine_warning({"a": 1.0, "b": 30.0}, 100.0)  # a large fixed offset alone
