@@ -171,11 +171,13 @@ class EvalWorker:
         self.ranged = False
         self.worker_id = worker_id
         self.node = socket.gethostname()
+        self.reconstructed = False
         try:
             import ray
-            ctx = ray.get_runtime_context()
-            self.node = f"{socket.gethostname()}:{ctx.get_node_id()[:8]}"
-            self.reconstructed = bool(ctx.was_current_actor_reconstructed)
+            if ray.is_initialized():  # outside Ray, asking for the runtime context would start a Ray instance
+                ctx = ray.get_runtime_context()
+                self.node = f"{socket.gethostname()}:{ctx.get_node_id()[:8]}"
+                self.reconstructed = bool(ctx.was_current_actor_reconstructed)
         except Exception:  # noqa: BLE001 - running outside Ray (tests)
             self.reconstructed = False
         self._dimap_backup = None

@@ -171,6 +171,9 @@ def test_worker_device_logic_and_prefix_cache_in_process(tiny_model):
     w = EvalWorker(None, None, ev, threads=1, worker_id="g0", img_size=[112, 112], device="cuda",
                    prefix_cache_bytes=1 << 26)
     assert w.device == ("cuda" if torch.cuda.is_available() else "cpu") and w.model is None
+    import ray
+
+    assert not ray.is_initialized()  # a worker outside Ray starts no Ray (a later test would join that instance)
     assert w.evaluate(0, [[0.0] * 2] * 4).error.startswith("RuntimeError: the worker has not loaded")
     w.load(np.fromfile(ck, dtype=np.uint8), meta)
     dense = [[0.0] * 2] * 4
