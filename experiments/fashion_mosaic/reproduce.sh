@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every figure of RESULTS.md sections 0-6 (this round), in order, from scratch. Hours on a 2-core CPU: each
+# Every figure of RESULTS.md sections R0-R5 (this round), in order, from scratch. Hours on a 2-core CPU: each
 # training step is resumable (run it again to continue) and each step is skipped when its output exists.
 # Timing steps (profile, benches, baselines, measure) need a quiet machine: run nothing else meanwhile.
 #
@@ -17,7 +17,7 @@ steps=("$@")
 [ ${#steps[@]} -eq 0 ] && steps=(diagnose speed dense supernet ship main validate window efficiency baselines fork samplers dimap quick full width)
 want() { local s; for s in "${steps[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
 
-if want diagnose; then  # section 0: controlled probes, one lever each, 3072 canvases, seeds 0-2
+if want diagnose; then  # section R0: controlled probes, one lever each, 3072 canvases, seeds 0-2
   $py experiments/fashion_mosaic/diagnose.py base aux itemw lr2 lr05 c112 small_items dense_items w16 stagenorm bg025 \
       fast fast_itemw itemaux --canvases 3072 --threads 1 --val 128 --save runs/diag
   $py experiments/fashion_mosaic/diagnose.py base itemw --canvases 3072 --threads 1 --val 128 --seed 1
@@ -25,14 +25,14 @@ if want diagnose; then  # section 0: controlled probes, one lever each, 3072 can
   $py experiments/fashion_mosaic/diagnose.py --linear-probe runs/diag/base_s0.pt runs/diag/itemw_s0.pt
 fi
 want speed && $py bench/train_speed.py
-if want dense; then  # the shipped dense model (hours; resumable)
-  $ss supernet train experiments/fashion_mosaic/task_dense.toml --resume
+if want dense; then  # the shipped dense model: epoch 109 of the recipe's 220 (hours; resumable; drop --stop-after to go on)
+  $ss supernet train experiments/fashion_mosaic/task_dense.toml --resume --stop-after 109
   $py experiments/fashion_mosaic/plot_training.py runs/task/dense.safetensors --out $R/task_dense_curve.png
 fi
 want supernet && $ss supernet train experiments/fashion_mosaic/task_supernet.toml --resume
 want ship && $py experiments/fashion_mosaic/ship_weights.py --dense runs/task/dense.safetensors --supernet runs/task/supernet.safetensors
 want main && bash scripts/main.sh
-if want validate; then  # section 2: the predictor at the search resolution
+if want validate; then  # section R2: the predictor at the search resolution
   $ss latency validate --predictor runs/main/latency_cpu_448.json --checkpoint runs/main/supernet.safetensors \
       --n 100 --repeats 7 --plot $R/latency_validation_448.png --json > $R/latency_validation_448.json
 fi
