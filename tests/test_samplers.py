@@ -323,3 +323,33 @@ def test_sparsevit_bad_arguments() -> None:
         SparseViTEvolutionSampler(population_size=10, parents=11)
     with pytest.raises(ValueError, match="mutation_prob"):
         SparseViTEvolutionSampler(mutation_prob=1.5)
+
+
+def test_feasible_sampler_backs_off_in_an_exhausted_space_and_recovers() -> None:
+    """No new computation left: each trial draws half as many proposals as the last, down to max_draws / 16;
+    the first new computation restores max_draws."""
+    new = {"left": 0}
+
+    def is_new(params: dict) -> bool:
+        if new["left"] > 0:
+            new["left"] -= 1
+            return True
+        return False
+
+    sampler = make_sampler(SamplerSection(name="random"), SPACE, 0, feasible=lambda p: True, is_new=is_new,
+                           max_draws=32)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    draws = []
+    for _ in range(7):
+        before = sampler.draws
+        trial = study.ask(SPACE.distributions())
+        study.tell(trial, 0.0)
+        draws.append(sampler.draws - before)
+    assert draws == [32, 16, 8, 4, 2, 2, 2] and sampler.repeats == 7
+    new["left"] = 1
+    trial = study.ask(SPACE.distributions())
+    study.tell(trial, 0.0)
+    assert sampler.misses == 0
+    before = sampler.draws
+    study.tell(study.ask(SPACE.distributions()), 0.0)
+    assert sampler.draws - before == 32

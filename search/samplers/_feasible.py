@@ -8,6 +8,11 @@ out), decodes it, and redraws while the proposal is over the budget or repeats a
 evaluated, up to ``max_draws`` times. All randomness comes from the wrapped sampler's own seeded RNG,
 so a seeded study proposes the same configs in the same order.
 
+When the space is nearly exhausted (most computations already evaluated), redrawing for a new one costs a
+wrapped-sampler proposal per draw for nothing: after every trial whose draws found no new computation, the
+next trial draws half as many (``max_draws``, then /2, /4, /8, /16 at least 1); the first new computation found
+restores ``max_draws``. The back-off is process state: a resumed search starts again at ``max_draws``.
+
 When no draw is feasible, the last proposal is *repaired*: the gene whose increase saves the most
 predicted milliseconds is raised one step at a time (monotonic stages stay sorted) until the budget
 holds. The repair always succeeds when the sparsest config is feasible, which
@@ -72,6 +77,7 @@ class FeasibleSampler(BaseSampler):
         self.repair = repair
         self.max_draws = int(max_draws)
         self.draws = self.repairs = self.repeats = 0
+        self.misses = 0  # consecutive trials whose draws found no new computation (the draw back-off)
         # a sampler that redraws inside its own proposal loop (``prefilter``, e.g. the SparseViT
         # evolution, whose draws are a function of the trial number) gets the test installed there
         self.native = hasattr(type(base), "prefilter")
@@ -101,18 +107,21 @@ class FeasibleSampler(BaseSampler):
                         search_space: Mapping[str, BaseDistribution]) -> dict[str, Any]:
         fallback = None
         params: dict[str, Any] = {}
-        for i in range(1 if self.native else self.max_draws):
+        limit = 1 if self.native else max(1, self.max_draws >> min(self.misses, 4))
+        for i in range(limit):
             params = self._draw(study, trial)
             self.draws += 1
             if not self.feasible(params):
                 continue
             if self.is_new is None or self.is_new(params):
+                self.misses = 0
                 study._storage.set_trial_system_attr(trial._trial_id, DRAWS_KEY, i + 1)
                 return params
             fallback = fallback or params
         study._storage.set_trial_system_attr(trial._trial_id, DRAWS_KEY, i + 1)
         if fallback is not None:  # feasible but already evaluated: served from the result cache
             self.repeats += 1
+            self.misses += 1
             return fallback
         if self.repair is None:
             return params
