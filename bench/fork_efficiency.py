@@ -27,22 +27,10 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
 def hv_by_evaluation(exp: Path, budget: float, metric: str):
-    """[(evaluations so far, hypervolume)] in end-time order (one point per row that ran an evaluation)."""
-    import numpy as np
+    """[(evaluations so far, hypervolume)] in end-time order, a point per row (reused rows cost no evaluation)."""
+    from search_efficiency import hv_walk  # bench/ is on sys.path when a bench runs
 
-    from search.pareto import hypervolume
-    from search.trial_log import load_trials
-
-    df = load_trials(exp).sort_values(["end_time", "trial_number"], kind="stable")
-    pts, out, n = [], [(0, 0.0)], 0
-    for r in df.itertuples():
-        v = getattr(r, metric)
-        if r.status in ("complete", "cached") and v == v and r.predicted_latency_ms <= budget:
-            pts.append((float(v), float(r.predicted_latency_ms)))
-        if r.eval_seconds == r.eval_seconds and r.eval_seconds is not None:
-            n += 1
-        out.append((n, float(hypervolume(np.asarray(pts), [0.0, budget], ["max", "min"])) if pts else 0.0))
-    return out
+    return [(0, 0.0)] + [(n, hv) for n, _, hv, _ in hv_walk(exp, budget, metric)]
 
 
 def main(argv=None) -> dict:

@@ -51,28 +51,34 @@ def _variant(spec, out: Path, seed: int, n_trials: int, before: bool):
     return ExperimentSpec.model_validate(data)
 
 
-def curve(exp: Path, threads: int):
-    """(cumulative eval CPU-seconds, hypervolume) after each evaluation, in end-time order."""
+def hv_walk(exp: Path, budget: float, metric: str, threads: int = 1):
+    """One walk of a trial log in end-time order: after each row, ``(evaluations so far, eval CPU-seconds so far,
+    hypervolume, whether the row ran an evaluation)``. Hypervolume of the complete / cached rows under ``budget``
+    (``metric`` max, predicted ms min, reference (0, budget)); CPU-seconds = eval_seconds x ``threads``; a cached
+    row (eval_seconds NaN) costs nothing but may raise the hypervolume."""
     import numpy as np
 
     from search.pareto import hypervolume
     from search.trial_log import load_trials
 
-    frozen = json.loads((exp / "experiment.json").read_text())
-    metric = frozen["spec"]["objectives"]["metric"]
-    budget = frozen["budget_ms"]
     df = load_trials(exp).sort_values(["end_time", "trial_number"], kind="stable")
-    secs, hv, pts, t = [0.0], [0.0], [], 0.0
+    rows, pts, n, t = [], [], 0, 0.0
     for r in df.itertuples():
-        t += float(getattr(r, "eval_seconds") or 0.0) * threads if getattr(r, "eval_seconds") == getattr(
-            r, "eval_seconds") else 0.0
         v = getattr(r, metric)
         if r.status in ("complete", "cached") and v == v and r.predicted_latency_ms <= budget:
             pts.append((float(v), float(r.predicted_latency_ms)))
-        if getattr(r, "eval_seconds") == getattr(r, "eval_seconds") and getattr(r, "eval_seconds") is not None:
-            secs.append(t)
-            hv.append(float(hypervolume(np.asarray(pts), [0.0, budget], ["max", "min"])) if pts else 0.0)
-    return secs, hv
+        ran = r.eval_seconds is not None and r.eval_seconds == r.eval_seconds
+        if ran:
+            n, t = n + 1, t + float(r.eval_seconds) * threads
+        rows.append((n, t, float(hypervolume(np.asarray(pts), [0.0, budget], ["max", "min"])) if pts else 0.0, ran))
+    return rows
+
+
+def curve(exp: Path, threads: int):
+    """(cumulative eval CPU-seconds, hypervolume) after each evaluation, in end-time order."""
+    frozen = json.loads((exp / "experiment.json").read_text())
+    rows = hv_walk(exp, frozen["budget_ms"], frozen["spec"]["objectives"]["metric"], threads)
+    return [0.0] + [t for _, t, _, ran in rows if ran], [0.0] + [hv for _, _, hv, ran in rows if ran]
 
 
 def repeated_computations(exp: Path, policy) -> int:

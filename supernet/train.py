@@ -861,15 +861,12 @@ def cli_train(args: Any) -> int:
     cfg = load_train_spec(args.spec)
     metrics = train(cfg, resume=bool(getattr(args, "resume", False)), progress=True,
                     stop_after=getattr(args, "stop_after", None))
-    if metrics.get("complete") is False:
-        if getattr(args, "json", False):
-            print(json.dumps(to_json_safe(metrics), allow_nan=False))
-        else:
-            print(f"checkpoint {metrics['checkpoint']} at epoch {metrics['epoch']} of {cfg.total_epochs} "
-                  f"(step {metrics['step']}); continue with --resume")
-        return 0
     if getattr(args, "json", False):
         print(json.dumps(to_json_safe(metrics), allow_nan=False))  # NaN -> null: strict JSON
+        return 0
+    if metrics.get("complete") is False:  # --stop-after ended the run part-way
+        print(f"checkpoint {metrics['checkpoint']} at epoch {metrics['epoch']} of {cfg.total_epochs} "
+              f"(step {metrics['step']}); continue with --resume")
         return 0
     tr = metrics.get("train", {})
     print(f"checkpoint {metrics.get('checkpoint')} (sidecar {Path(str(metrics.get('checkpoint'))).with_suffix('.json').name})")
