@@ -25,8 +25,8 @@ if want diagnose; then  # section R0: controlled probes, one lever each, 3072 ca
   $py experiments/fashion_mosaic/diagnose.py --linear-probe runs/diag/base_s0.pt runs/diag/itemw_s0.pt
 fi
 want speed && $py bench/train_speed.py
-if want dense; then  # the shipped dense model: epoch 109 of the recipe's 220 (hours; resumable; drop --stop-after to go on)
-  $ss supernet train experiments/fashion_mosaic/task_dense.toml --resume --stop-after 109
+if want dense; then  # the shipped dense model: epoch 187 of the recipe's 220 (hours; resumable; drop --stop-after to go on)
+  $ss supernet train experiments/fashion_mosaic/task_dense.toml --resume --stop-after 187
   $py experiments/fashion_mosaic/plot_training.py runs/task/dense.safetensors --out $R/task_dense_curve.png
 fi
 want supernet && $ss supernet train experiments/fashion_mosaic/task_supernet.toml --resume
