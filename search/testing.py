@@ -78,16 +78,16 @@ def make_tiny_predictor(folder, checkpoint, *, attempts: int = 3):
     from supernet.checkpoint import load_checkpoint
 
     model, meta = load_checkpoint(checkpoint)
-    out = Path(folder) / "tiny_latency.json"
+    out = Path(folder) / "tiny_latency.json"  # written once, by the attempt that orders the configs
     depths = TINY_ARCH["timm_kwargs"]["depths"]
     ratio = np.inf
     for attempt in range(attempts):
         table = profile(model, TINY_IMG, threads=1, warmup=1, repeats=2 << attempt, calib_configs=8,
                         progress=False, checkpoint_sha256=meta["weights_sha256"], model_arch=meta["arch"])
-        save(table, out)
-        dense, sparsest = Predictor.load(out).predict([[[0.0] * d for d in depths], [[0.6] * d for d in depths]])
+        dense, sparsest = Predictor(table).predict([[[0.0] * d for d in depths], [[0.6] * d for d in depths]])
         ratio = float(sparsest / dense)
         if ratio < 0.9:
+            save(table, out)
             return out
     raise RuntimeError(f"the tiny model's profile predicts its sparsest config at {ratio:.2f} of dense after "
                        f"{attempts} profiles: the machine is too busy to time it")
