@@ -40,6 +40,7 @@ TINY_ARCH = {"timm_name": "swin_tiny_patch4_window7_224",
              "timm_kwargs": {"embed_dim": 16, "depths": [2, 2, 2, 2], "num_heads": [1, 2, 2, 4]},
              "head_dim": 16, "num_classes": 11}
 TINY_IMG = 112
+TINY_RATIOS = (0.0, 0.2, 0.4, 0.6)  # the test search space; its top ratio is the "sparsest" config below
 
 
 def make_tiny_checkpoint(folder, seed: int = 0):
@@ -63,7 +64,7 @@ def make_tiny_predictor(folder, checkpoint, *, attempts: int = 3):
 
     The tiny model's blocks take tens of microseconds, so a profile taken while the machine is busy can order
     configs wrongly. The profile is repeated (with twice the repeats each time) until the sparsest config of
-    the test space (ratio 0.6 everywhere) is predicted below 0.9 of dense, so that latency budgets between
+    the test space (``TINY_RATIOS[-1]`` everywhere) is predicted below 0.9 of dense, so that latency budgets between
     the two admit configs.
 
     Raises:
@@ -84,7 +85,7 @@ def make_tiny_predictor(folder, checkpoint, *, attempts: int = 3):
     for attempt in range(attempts):
         table = profile(model, TINY_IMG, threads=1, warmup=1, repeats=2 << attempt, calib_configs=8,
                         progress=False, checkpoint_sha256=meta["weights_sha256"], model_arch=meta["arch"])
-        dense, sparsest = Predictor(table).predict([[[0.0] * d for d in depths], [[0.6] * d for d in depths]])
+        dense, sparsest = Predictor(table).predict([[[0.0] * d for d in depths], [[TINY_RATIOS[-1]] * d for d in depths]])
         ratio = float(sparsest / dense)
         if ratio < 0.9:
             save(table, out)

@@ -601,9 +601,9 @@ def state_path(checkpoint: os.PathLike | str) -> Path:
     return p.with_name(p.stem + ".state.pt")
 
 
-def _config_fingerprint(cfg: TrainConfig) -> Dict[str, Any]:
-    """What must not change across a resume (threads, data_dir and paths may)."""
-    d = cfg.model_dump(mode="json")
+def _config_fingerprint(cfg: TrainConfig | Dict[str, Any]) -> Dict[str, Any]:
+    """What must not change across a resume (threads, data_dir and paths may), of a spec or its JSON dump."""
+    d = json.loads(json.dumps(cfg)) if isinstance(cfg, dict) else cfg.model_dump(mode="json")
     d["train"].pop("threads", None)
     d["data"].pop("data_dir", None)
     d.pop("output", None)
@@ -641,6 +641,42 @@ def _load_state(path: Path) -> Dict[str, Any]:
     return state
 
 
+def _warm_resume(cfg: TrainConfig, ckpt: Path, model: SegSupernet, optimizer: torch.optim.Optimizer,
+                 log: Callable[[str], None]) -> Tuple[int, int, List[Dict[str, Any]]]:
+    """Continue from a checkpoint whose ``X.state.pt`` is gone (e.g. the shipped, float16-stored weights copied
+    to ``[output] checkpoint``): the weights, epoch, step and history come from the sidecar; AdamW starts with
+    empty moments at the schedule's learning rate of that step, and the RNGs are reseeded from (seed, epoch).
+    Not bit-exact with an uninterrupted run (the optimizer moments are lost); logged as such.
+
+    Returns:
+        (epoch, step, history) of the checkpoint; the model holds its weights (float32).
+
+    Raises:
+        TrainSpecError: the sidecar has no training record, was written by another spec, or is complete.
+        CheckpointError: the weights do not load.
+    """
+    loaded, meta = load_checkpoint(ckpt, verify=False)
+    tr = meta.get("training") or {}
+    if "config" not in tr or "step" not in tr:
+        raise TrainSpecError(f"{ckpt}: no training record in its sidecar and no {state_path(ckpt).name}; "
+                             "fix: rerun without --resume to train from scratch")
+    saved, now = _config_fingerprint(tr["config"]), _config_fingerprint(cfg)
+    if saved != now:
+        diff = [f"[{s}] {k}" for s in now for k in set(now[s]) | set(saved.get(s, {}))
+                if now[s].get(k) != saved.get(s, {}).get(k)]
+        raise TrainSpecError(f"{ckpt}: written by another spec ({', '.join(diff)}); "
+                             "fix: restore the spec or rerun without --resume")
+    if tr.get("complete"):
+        raise TrainSpecError(f"{ckpt}: training is complete but {state_path(ckpt).name} is missing; nothing to resume")
+    model.load_state_dict(loaded.state_dict(), strict=True)
+    for g in optimizer.param_groups:
+        g.setdefault("initial_lr", g["lr"])
+    epoch, step = int(tr["epoch"]), int(tr["step"])
+    log(f"{state_path(ckpt).name} is missing: continuing {ckpt} from its weights at epoch {epoch}/{cfg.total_epochs} "
+        f"(step {step}) with a fresh AdamW state (not bit-exact with an uninterrupted run)")
+    return epoch, step, list(tr.get("history") or [])
+
+
 # --------------------------------------------------------------------------------------------
 # the loop
 # --------------------------------------------------------------------------------------------
@@ -676,7 +712,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
     Args:
         cfg: the spec.
         resume: continue from ``X.state.pt`` + ``X.safetensors`` at the last completed epoch (starts
-            from scratch when neither exists; returns the stored metrics when training is complete).
+            from scratch when neither exists; returns the stored metrics when training is complete). With
+            ``X.safetensors`` alone (state lost, or shipped weights copied there): a warm restart from its
+            sidecar's epoch with a fresh optimizer state (:func:`_warm_resume`).
         progress: tqdm progress bar (loss, canvases/s, lr, ETA) on stderr.
         log: one-line messages (default: ``tqdm.write`` to stderr when ``progress``, else silent).
         stop_after: stop once this many epochs of the run are complete (checkpoint + state written),
@@ -741,6 +779,16 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
         log(f"resuming {ckpt} at epoch {epoch}/{cfg.total_epochs} (step {step})")
         if epoch >= cfg.total_epochs and (meta.get("training") or {}).get("complete") and meta.get("metrics"):
             return {**meta["metrics"], "checkpoint": str(ckpt)}
+        if stop_after is not None and stop_after <= epoch < cfg.total_epochs:
+            log(f"already past epoch {stop_after}: nothing to do")
+            return {"complete": False, "epoch": epoch, "step": step, "checkpoint": str(ckpt)}
+    elif resume and ckpt.is_file():
+        epoch, step, history = _warm_resume(cfg, ckpt, model, optimizer, log)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, cfg), last_epoch=step - 1)
+        torch.manual_seed(t.seed * 1_000_003 + epoch)
+        rng = np.random.default_rng([t.seed, epoch])
+        train_seconds = float(sum(h.get("seconds", 0.0) for h in history))
+        canvases_seen = int(sum(h.get("canvases", 0) for h in history))
         if stop_after is not None and stop_after <= epoch < cfg.total_epochs:
             log(f"already past epoch {stop_after}: nothing to do")
             return {"complete": False, "epoch": epoch, "step": step, "checkpoint": str(ckpt)}

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from search.testing import TINY_ARCH, TINY_IMG, make_tiny_checkpoint, make_tiny_predictor  # noqa: F401
+from search.testing import TINY_ARCH, TINY_IMG, TINY_RATIOS, make_tiny_checkpoint, make_tiny_predictor  # noqa: F401
 
 
 def write_spec(folder: Path, checkpoint: Path, predictor: Path, *, name="tiny", n_trials=24, sampler="nsga2",
@@ -30,7 +30,7 @@ def write_spec(folder: Path, checkpoint: Path, predictor: Path, *, name="tiny", 
         batch_size = 4
 
         [space]
-        ratios = [0.0, 0.2, 0.4, 0.6]
+        ratios = {list(TINY_RATIOS)}
 
         [sampler]
         name = "{sampler}"
@@ -43,7 +43,7 @@ def write_spec(folder: Path, checkpoint: Path, predictor: Path, *, name="tiny", 
     return spec
 
 
-def median_budget(predictor: Path, ratios=(0.0, 0.2, 0.4, 0.6), q: float = 0.5) -> float:
+def median_budget(predictor: Path, ratios=TINY_RATIOS, q: float = 0.5) -> float:
     """A budget (ms) that about a fraction q of random configs meet, from the real predictor."""
     import numpy as np
 

@@ -199,6 +199,34 @@ def test_resume_is_bit_exact_with_the_new_loss_and_bf16(data_dir, tmp_path):
     assert [h["phase"] for h in hist] == ["dense", "adapt-reference"] and all(h["loss"] > 0 for h in hist)
 
 
+def test_resume_without_state_is_a_warm_restart_at_the_saved_epoch(data_dir, tmp_path):
+    """The state file lost (or shipped float16 weights copied to the checkpoint): --resume continues from the
+    sidecar's epoch and step with a fresh optimizer at the schedule's learning rate, and refuses another spec."""
+    kw = dict(dense_epochs=3, adapt_epochs=0, sampling="dense")
+    cfg = tiny_cfg(data_dir, tmp_path, **kw)
+    spe = cfg.steps_per_epoch
+    train(cfg, progress=False, stop_after=1)
+    ckpt = tmp_path / "ck.safetensors"
+    before, _ = load_checkpoint(ckpt)
+    state_path(ckpt).unlink()
+    changed = tiny_cfg(data_dir, tmp_path, **{**kw, "lr": 5e-2})
+    with pytest.raises(TrainSpecError, match=r"another spec.*\[train\] lr.*fix:"):
+        train(changed, resume=True, progress=False)
+    logs = []
+    part = train(cfg, resume=True, progress=False, stop_after=2, log=logs.append)
+    assert part["epoch"] == 2 and part["step"] == 2 * spe
+    assert any("fresh AdamW state" in m and "epoch 1/3" in m for m in logs)
+    meta = read_sidecar(ckpt)
+    hist = meta["training"]["history"]
+    assert [h["epoch"] for h in hist] == [1, 2]  # the first epoch's record kept, one epoch added
+    # the schedule went on from step spe (a restart from 0 would end the epoch at lr_at(spe))
+    assert hist[1]["lr_end"] == pytest.approx(lr_at(2 * spe, cfg), rel=1e-6) != lr_at(spe, cfg)
+    after, _ = load_checkpoint(ckpt)
+    assert any(not torch.equal(v, after.state_dict()[k]) for k, v in before.state_dict().items())
+    done = train(cfg, resume=True, progress=False)  # the state exists again: an ordinary resume to the end
+    assert done["train"]["epochs"] == 3 and read_sidecar(ckpt)["training"]["complete"]
+
+
 def test_model_init_from_another_image_size(data_dir, tmp_path):
     """[model] init: a dense checkpoint trained at one size is adapted at another (the weights are size-free)."""
     dense = TrainConfig(

@@ -14,6 +14,9 @@ float32) with their sidecars, re-measured on the stored weights:
 - ``training.shipped``: the command that reproduces the weights, their sha256, the compute they took
   (training seconds, canvases, threads, machine) from the training sidecars.
 
+``--dense experiments/fashion_mosaic/weights/dense.safetensors`` keeps the shipped dense model as it is (the
+supernet recipe adapts that file) and exports the supernet alone.
+
 ``weights/SHA256SUMS`` lists both files (``sha256sum -c`` format).
 """
 from __future__ import annotations
@@ -71,8 +74,16 @@ def main() -> int:
     report = {}
     sums = []
     commands = {}
+    keep_dense = a.dense.resolve() == (a.out / "dense.safetensors").resolve()
     for name, src in (("dense", a.dense), ("supernet", a.supernet)):
         meta = read_sidecar(src)
+        if name == "dense" and keep_dense:  # the shipped dense model stays as it is (the supernet recipe starts from it)
+            commands[name] = meta["training"]["shipped"]["command"]
+            sha = sha256_file(src)
+            sums.append(f"{sha}  {src.name}")
+            report[name] = {"file": str(src), "sha256": sha, "bytes": src.stat().st_size, "kept": True,
+                            "dense": meta["metrics"]["dense"], "check": meta["metrics"]["check"], "scene": None}
+            continue
         tr = meta.get("training") or {}
         hist = tr.get("history") or []
         compute = {"train_seconds": float(sum(h.get("seconds", 0.0) for h in hist)),
@@ -90,12 +101,14 @@ def main() -> int:
         if not tr.get("complete", True):  # a checkpoint part-way through the recipe: the epoch it stopped at
             command += f" --stop-after {tr['epoch']}"
         compute["epochs"] = f"{tr.get('epoch')}/{tr.get('epochs')}"
-        if name == "supernet":  # from the dense checkpoint shipped beside it: train that first
+        if name == "supernet" and not keep_dense:  # from a dense checkpoint trained beside it: train that first
             command = f"{commands['dense']} && {command}"
         commands[name] = command
         shipped = {"recipe": RECIPES[name], "command": command,
-                   "export": "python experiments/fashion_mosaic/ship_weights.py --dense runs/task/dense.safetensors "
-                             "--supernet runs/task/supernet.safetensors", "compute": compute}
+                   "export": f"python experiments/fashion_mosaic/ship_weights.py --dense {a.dense} --supernet {a.supernet}",
+                   "compute": compute}
+        if name == "supernet" and keep_dense:
+            shipped["init"] = {"file": "weights/dense.safetensors", "command": commands["dense"]}
         export_checkpoint(src, dst, storage_dtype="float16", extra={"shipped": shipped})
         scene = None
         if name == "supernet":
