@@ -41,7 +41,8 @@ def test_shipped_checkpoint_loads_as_float32_and_reproduces_its_recorded_miou(na
     assert all(p.dtype == torch.float32 for p in model.parameters())
     assert meta["storage_dtype"] == "float16"
     shipped = meta["training"]["shipped"]
-    assert shipped["command"].startswith("sparsesearch supernet train experiments/fashion_mosaic/task_")
+    # the last command of the chain trains this file's recipe (the supernet's starts from the dense model)
+    assert shipped["command"].split(" && ")[-1].startswith(f"sparsesearch supernet train {shipped['recipe']}")
     assert shipped["compute"]["train_seconds"] > 0 and shipped["compute"]["canvases"] > 0
     check = meta["metrics"]["check"]
     got = evaluate_config(model, None, length=check["canvases"], batch_size=8, spec=MosaicSpec(img_size=224),
@@ -59,3 +60,6 @@ def test_shipped_supernet_continues_the_shipped_dense_model_at_the_search_resolu
     assert sup["arch"] == dense["arch"]
     assert sup["img_size"] >= 448 and "scene" in sup["metrics"]
     assert sup["training"]["shipped"]["compute"]["dense_canvases"] == dense["training"]["shipped"]["compute"]["canvases"]
+    cmd = sup["training"]["shipped"]["command"]  # after training the dense model, or copying it as shipped
+    assert cmd.startswith(dense["training"]["shipped"]["command"] + " && ") or \
+        cmd.startswith("mkdir -p runs/task && cp experiments/fashion_mosaic/weights/dense.safetensors ")

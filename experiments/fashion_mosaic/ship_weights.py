@@ -14,8 +14,8 @@ float32) with their sidecars, re-measured on the stored weights:
 - ``training.shipped``: the command that reproduces the weights, their sha256, the compute they took
   (training seconds, canvases, threads, machine) from the training sidecars.
 
-``--dense experiments/fashion_mosaic/weights/dense.safetensors`` keeps the shipped dense model as it is (the
-supernet recipe adapts that file) and exports the supernet alone.
+``--dense experiments/fashion_mosaic/weights/dense.safetensors`` keeps the shipped dense model as it is and
+exports the supernet alone (adapted from a copy of that file in ``runs/task/``, as its command says).
 
 ``weights/SHA256SUMS`` lists both files (``sha256sum -c`` format).
 """
@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 OUT = Path(__file__).resolve().parent / "weights"
+OUT_REL = "experiments/fashion_mosaic/weights"
 RECIPES = {"dense": "experiments/fashion_mosaic/task_dense.toml",
            "supernet": "experiments/fashion_mosaic/task_supernet.toml"}
 CHECK_CANVASES = 16
@@ -101,8 +102,10 @@ def main() -> int:
         if not tr.get("complete", True):  # a checkpoint part-way through the recipe: the epoch it stopped at
             command += f" --stop-after {tr['epoch']}"
         compute["epochs"] = f"{tr.get('epoch')}/{tr.get('epochs')}"
-        if name == "supernet" and not keep_dense:  # from a dense checkpoint trained beside it: train that first
-            command = f"{commands['dense']} && {command}"
+        if name == "supernet":  # from the dense checkpoint shipped beside it: train that first, or copy it
+            first = (f"mkdir -p runs/task && cp {OUT_REL}/dense.safetensors {OUT_REL}/dense.json runs/task/"
+                     if keep_dense else commands["dense"])
+            command = f"{first} && {command}"
         commands[name] = command
         shipped = {"recipe": RECIPES[name], "command": command,
                    "export": f"python experiments/fashion_mosaic/ship_weights.py --dense {a.dense} --supernet {a.supernet}",
