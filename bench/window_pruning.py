@@ -12,7 +12,7 @@ depend on the weights, the window ranking does.
 
 Usage:
     python bench/window_pruning.py [--checkpoint X.safetensors] [--img-size 672] [--repeats 10]
-        [--device cpu|cuda] [--threads T] [--out bench/results/window_pruning.json] [--json]
+        [--device cpu|cuda] [--threads T] [--compare-paths] [--out bench/results/window_pruning.json] [--json]
 
 Writes JSON (per config: latency ms, dense ms, latency ratio sparse/dense, MACs ratio, and
 latency ratio / MACs ratio) and prints a table, then a one-line summary.
@@ -85,7 +85,11 @@ def main(argv=None) -> dict:
     p.add_argument("--configs", default=None, help="comma-separated subset of config names")
     p.add_argument("--out", default="bench/results/window_pruning.json")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
+    p.add_argument("--compare-paths", action="store_true",
+                   help="also time every config on the previous execution path (roll + partition of the whole map, "
+                        "supernet.sparse_swin.UNPADDED_PATH = 'partition'), interleaved with the default one")
     a = p.parse_args(argv)
+    from supernet import sparse_swin
     if a.threads:
         torch.set_num_threads(a.threads)
     bs = a.batch_size or (4 if a.device == "cuda" else 1)
@@ -119,21 +123,34 @@ def main(argv=None) -> dict:
         for name, cfg in cfgs.items():
             model.set_sparsity(cfg)
             fn(x)  # warm this config
-            d_t, s_t = [], []
+            d_t, s_t, p_t = [], [], []
             for _ in range(a.repeats):
                 model.set_sparsity(dense_cfg)
                 d_t.append(timed(fn, x, a.device))
                 model.set_sparsity(cfg)
                 s_t.append(timed(fn, x, a.device))
+                if a.compare_paths:
+                    sparse_swin.UNPADDED_PATH = "partition"
+                    try:
+                        p_t.append(timed(fn, x, a.device))
+                    finally:
+                        sparse_swin.UNPADDED_PATH = "gather"
             d, s = statistics.median(d_t), statistics.median(s_t)
             macs = count_macs(model, a.img_size, include_head=False, ratios=cfg)
             row = dict(config=name, ratios=cfg, dense_ms=round(d, 3), sparse_ms=round(s, 3),
                        latency_ratio=round(s / d, 4), macs=macs, macs_ratio=round(macs / dense_macs, 4),
                        latency_over_macs=round((s / d) / (macs / dense_macs), 4))
+            if p_t:  # the previous path, same rounds: its ratio to dense and the default path's speed-up over it
+                pm = statistics.median(p_t)
+                row.update(partition_ms=round(pm, 3), partition_latency_ratio=round(pm / d, 4),
+                           partition_latency_over_macs=round((pm / d) / (macs / dense_macs), 4),
+                           gather_speedup=round(pm / s, 4))
             results.append(row)
             if not a.json:
                 print(f"{name:12s} dense {d:9.1f} ms  sparse {s:9.1f} ms  latency ratio {s / d:.3f}  "
-                      f"MACs ratio {macs / dense_macs:.3f}  lat/MACs {row['latency_over_macs']:.3f}", flush=True)
+                      f"MACs ratio {macs / dense_macs:.3f}  lat/MACs {row['latency_over_macs']:.3f}"
+                      + (f"  (partition path: lat/MACs {row['partition_latency_over_macs']:.3f}, gather "
+                         f"{row['gather_speedup']:.3f}x faster)" if p_t else ""), flush=True)
     worst = max(r["latency_over_macs"] for r in results)
     by = {r["config"]: r for r in results}
     out = dict(
@@ -143,7 +160,9 @@ def main(argv=None) -> dict:
         results=results, worst_latency_over_macs=worst,
         summary=(f"window_pruning {a.device} {a.img_size}px b{bs}: worst latency/MACs ratio {worst:.3f}; "
                  + "; ".join(f"{k} {by[k]['latency_ratio']:.3f} (MACs {by[k]['macs_ratio']:.3f})"
-                             for k in ("uniform0.6", "cfg3") if k in by)),
+                             for k in ("uniform0.6", "cfg3") if k in by)
+                 + (f"; previous (partition) path worst {max(r['partition_latency_over_macs'] for r in results):.3f}"
+                    if a.compare_paths else "")),
     )
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=2))

@@ -186,6 +186,32 @@ def _valid_tokens(H: int, W: int, blk: nn.Module, device: torch.device) -> Optio
     return m
 
 
+_TOKEN_CACHE: Dict[Tuple, torch.Tensor] = {}
+#: How :func:`sparse_block_forward` runs a block whose map is a multiple of the window size: ``"gather"`` (kept
+#: windows' tokens gathered by index, one full-map copy) or ``"partition"`` (roll + partition the whole map, the
+#: path padded maps take). Bit-identical results; ``bench/window_pruning.py --compare-paths`` times both.
+UNPADDED_PATH = "gather"
+
+
+def _window_tokens(H: int, W: int, blk: nn.Module, device: torch.device) -> torch.Tensor:
+    """(nW, N) int64: for each window of the block's shifted partition, the flat (row-major) positions in the
+    unshifted (H, W) map of its tokens, in the token order of timm's partition. The cyclic shift is folded into
+    the indices (token (i, j) of the rolled map is ((i + s_h) mod H, (j + s_w) mod W) of the input), so kept
+    windows are gathered from, and written back to, the block's input without rolling or partitioning the
+    whole map. For maps that are a multiple of the window size (no padding)."""
+    key = (H, W, tuple(blk.window_size), tuple(blk.shift_size), str(device))
+    t = _TOKEN_CACHE.get(key)
+    if t is None:
+        wh, ww = blk.window_size
+        sh = blk.shift_size
+        rows = (torch.arange(H) + sh[0]) % H
+        cols = (torch.arange(W) + sh[1]) % W
+        flat = (rows[:, None] * W + cols[None, :]).reshape(1, H, W, 1)  # flat position of each rolled token
+        t = _partition(flat, (wh, ww)).reshape(-1, wh * ww).to(device)
+        _TOKEN_CACHE[key] = t
+    return t
+
+
 def sparse_block_forward(blk: nn.Module, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     """Run one timm ``SwinTransformerBlock`` on the kept windows only (SparseViT window-level execution).
 
@@ -201,6 +227,16 @@ def sparse_block_forward(blk: nn.Module, x: torch.Tensor, keep: torch.Tensor) ->
     Returns:
         (B, H, W, C) block output.
     """
+    H, W = x.shape[1:3]
+    Hp, Wp, _, _ = _window_geometry(blk, H, W)
+    if Hp == H and Wp == W and UNPADDED_PATH == "gather":
+        return _gather_block_forward(blk, x, keep)
+    return _partition_block_forward(blk, x, keep)
+
+
+def _partition_block_forward(blk: nn.Module, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """:func:`sparse_block_forward` on any map (padded ones too): roll, pad, partition the whole map, gather the
+    kept windows, compute, scatter, reverse, crop, roll back."""
     B, H, W, C = x.shape
     sh = blk.shift_size
     has_shift = any(sh)
@@ -236,6 +272,29 @@ def sparse_block_forward(blk: nn.Module, x: torch.Tensor, keep: torch.Tensor) ->
     if has_shift:
         out = torch.roll(out, shifts=sh, dims=(1, 2))
     return out.contiguous()
+
+
+def _gather_block_forward(blk: nn.Module, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """:func:`sparse_block_forward` for an unpadded map: the kept windows' tokens are gathered from the input by
+    index (:func:`_window_tokens`) and the block's outputs written back into a copy of it, one full-map copy in
+    all (the roll / partition / reverse / roll path makes four). Same arithmetic on the same tokens in the same
+    order, so the result equals that path bit for bit."""
+    B, H, W, C = x.shape
+    tokens = _window_tokens(H, W, blk, x.device)  # (nW, N)
+    nW, N = tokens.shape
+    idx = (tokens.index_select(0, keep.reshape(-1)).view(B, -1)
+           + (torch.arange(B, device=x.device) * (H * W)).unsqueeze(1)).reshape(-1)  # (B * k * N,)
+    flat_x = x.reshape(B * H * W, C)
+    shortcut = flat_x.index_select(0, idx).view(-1, N, C)  # (B * k, N, C)
+    mask = None
+    if any(blk.shift_size):
+        full_mask = blk.get_attn_mask(x) if getattr(blk, "dynamic_mask", False) else blk.attn_mask
+        mask = full_mask.index_select(0, keep.reshape(-1))  # (B * k, N, N): one mask per kept window
+    h = blk.attn(blk.norm1(shortcut), mask=mask)
+    y = shortcut + _drop_path(h, blk.drop_path1, B)
+    y = y + _drop_path(blk.mlp(blk.norm2(y)), blk.drop_path2, B)
+    out = flat_x.index_copy(0, idx, y.reshape(-1, C))  # out of place: a copy of x with the kept windows updated
+    return out.view(B, H, W, C)
 
 
 # --------------------------------------------------------------------------------------------

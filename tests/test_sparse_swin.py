@@ -189,6 +189,27 @@ def test_shifted_block_matches_slow_per_window_loop(size):
     assert (ref - out).abs().max().item() <= 1e-5
 
 
+@pytest.mark.parametrize("block", [0, 1], ids=["W-MSA", "SW-MSA"])
+def test_gather_path_equals_partition_path_bit_for_bit(block):
+    """Unpadded maps gather the kept windows' tokens by index (shift folded in) instead of rolling and
+    partitioning the whole map: the same arithmetic on the same tokens, so outputs and gradients are identical."""
+    from supernet.sparse_swin import _gather_block_forward, _partition_block_forward
+
+    s, blk, x = _block_and_input(size=112, block=block)
+    nw = s.num_windows(112)[0][block]
+    keep = torch.stack([torch.arange(nw)[torch.randperm(nw)[:7]] for _ in range(x.shape[0])])
+    with torch.no_grad():
+        assert torch.equal(_gather_block_forward(blk, x, keep), _partition_block_forward(blk, x, keep))
+        assert torch.equal(sparse_block_forward(blk, x, keep), _partition_block_forward(blk, x, keep))
+    grads = []
+    for fn in (_gather_block_forward, _partition_block_forward):
+        xi = x.clone().requires_grad_(True)
+        blk.zero_grad()
+        (fn(blk, xi, keep) ** 2).sum().backward()
+        grads.append((xi.grad, blk.attn.qkv.weight.grad.clone()))
+    assert torch.allclose(grads[0][0], grads[1][0], atol=1e-6) and torch.allclose(grads[0][1], grads[1][1], atol=1e-5)
+
+
 def test_ranking_uses_window_l2_of_token_importance():
     s, blk, x = _block_and_input(block=0)
     imp = x.abs().mean(-1)
