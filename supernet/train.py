@@ -612,6 +612,13 @@ def _config_fingerprint(cfg: TrainConfig | Dict[str, Any]) -> Dict[str, Any]:
     return d
 
 
+def _spec_diff(saved: Dict[str, Any], cfg: TrainConfig) -> str:
+    """``"[section] key, ..."`` where the fingerprint ``saved`` differs from ``cfg``'s ("" when they agree)."""
+    now = _config_fingerprint(cfg)
+    return ", ".join(f"[{s}] {k}" for s in now for k in sorted(set(now[s]) | set(saved.get(s, {})))
+                     if now[s].get(k) != saved.get(s, {}).get(k))
+
+
 def _save_state(path: Path, *, epoch: int, step: int, optimizer, scheduler, rng: np.random.Generator,
                 weights_sha256: str, cfg: TrainConfig, history: List[Dict[str, Any]]) -> None:
     state = {
@@ -660,11 +667,9 @@ def _warm_resume(cfg: TrainConfig, ckpt: Path, model: SegSupernet, optimizer: to
     if "config" not in tr or "step" not in tr:
         raise TrainSpecError(f"{ckpt}: no training record in its sidecar and no {state_path(ckpt).name}; "
                              "fix: rerun without --resume to train from scratch")
-    saved, now = _config_fingerprint(tr["config"]), _config_fingerprint(cfg)
-    if saved != now:
-        diff = [f"[{s}] {k}" for s in now for k in set(now[s]) | set(saved.get(s, {}))
-                if now[s].get(k) != saved.get(s, {}).get(k)]
-        raise TrainSpecError(f"{ckpt}: written by another spec ({', '.join(diff)}); "
+    diff = _spec_diff(_config_fingerprint(tr["config"]), cfg)
+    if diff:
+        raise TrainSpecError(f"{ckpt}: written by another spec ({diff}); "
                              "fix: restore the spec or rerun without --resume")
     if tr.get("complete"):
         raise TrainSpecError(f"{ckpt}: training is complete but {state_path(ckpt).name} is missing; nothing to resume")
@@ -759,12 +764,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
             raise CheckpointError(f"{spath} belongs to a different {ckpt.name} (sha256 "
                                   f"{state['weights_sha256'][:12]}... != {sha[:12]}...); "
                                   "fix: rerun without --resume to train from scratch")
-        saved = json.loads(state["config"])
-        now = _config_fingerprint(cfg)
-        if saved != now:
-            diff = [f"[{s}] {k}" for s in now for k in set(now[s]) | set(saved.get(s, {}))
-                    if now[s].get(k) != saved.get(s, {}).get(k)]
-            raise TrainSpecError(f"{ckpt}: the spec changed since this checkpoint was written ({', '.join(diff)}); "
+        diff = _spec_diff(json.loads(state["config"]), cfg)
+        if diff:
+            raise TrainSpecError(f"{ckpt}: the spec changed since this checkpoint was written ({diff}); "
                                  "fix: restore the spec or rerun without --resume")
         loaded, meta = load_checkpoint(ckpt, verify=False)
         model.load_state_dict(loaded.state_dict(), strict=True)
@@ -774,26 +776,22 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
         rng.bit_generator.state = json.loads(state["numpy_rng"])
         epoch, step = int(state["epoch"]), int(state["step"])
         history = json.loads(state["history"])
-        train_seconds = float(sum(h.get("seconds", 0.0) for h in history))
-        canvases_seen = int(sum(h.get("canvases", 0) for h in history))
         log(f"resuming {ckpt} at epoch {epoch}/{cfg.total_epochs} (step {step})")
         if epoch >= cfg.total_epochs and (meta.get("training") or {}).get("complete") and meta.get("metrics"):
             return {**meta["metrics"], "checkpoint": str(ckpt)}
-        if stop_after is not None and stop_after <= epoch < cfg.total_epochs:
-            log(f"already past epoch {stop_after}: nothing to do")
-            return {"complete": False, "epoch": epoch, "step": step, "checkpoint": str(ckpt)}
     elif resume and ckpt.is_file():
         epoch, step, history = _warm_resume(cfg, ckpt, model, optimizer, log)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, cfg), last_epoch=step - 1)
         torch.manual_seed(t.seed * 1_000_003 + epoch)
         rng = np.random.default_rng([t.seed, epoch])
+    elif resume:
+        log(f"nothing to resume at {ckpt}; training from scratch")
+    if history:  # resumed: the compute so far, and nothing to do when already past --stop-after
         train_seconds = float(sum(h.get("seconds", 0.0) for h in history))
         canvases_seen = int(sum(h.get("canvases", 0) for h in history))
         if stop_after is not None and stop_after <= epoch < cfg.total_epochs:
             log(f"already past epoch {stop_after}: nothing to do")
             return {"complete": False, "epoch": epoch, "step": step, "checkpoint": str(ckpt)}
-    elif resume:
-        log(f"nothing to resume at {ckpt}; training from scratch")
 
     lo = cfg.lowres
     n_full = t.dense_epochs + t.adapt_epochs

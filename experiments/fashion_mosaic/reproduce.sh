@@ -30,13 +30,15 @@ if want dense; then  # the shipped dense model: epoch 187 of the recipe's 220 (h
   $py experiments/fashion_mosaic/plot_training.py runs/task/dense.safetensors --out $R/task_dense_curve.png
 fi
 W=experiments/fashion_mosaic/weights
+# runs/task/dense: what the dense step trained, else a copy of the shipped dense model
+dense_or_shipped() { [ -f runs/task/dense.safetensors ] || { mkdir -p runs/task && cp $W/dense.safetensors $W/dense.json runs/task/; }; }
 if want continue; then  # not a default step: train the shipped dense model on towards the recipe's 220 epochs
   # (a warm restart from its epoch: the optimizer state is not shipped; see supernet.train._warm_resume)
-  [ -f runs/task/dense.safetensors ] || { mkdir -p runs/task && cp $W/dense.safetensors $W/dense.json runs/task/; }
+  dense_or_shipped
   $ss supernet train experiments/fashion_mosaic/task_dense.toml --resume
 fi
-if want supernet; then  # SparseViT adaptation of runs/task/dense (the step above, or a copy of the shipped model)
-  [ -f runs/task/dense.safetensors ] || { mkdir -p runs/task && cp $W/dense.safetensors $W/dense.json runs/task/; }
+if want supernet; then  # SparseViT adaptation of runs/task/dense
+  dense_or_shipped
   $ss supernet train experiments/fashion_mosaic/task_supernet.toml --resume
 fi
 if want ship; then  # the shipped dense model stays as it is when runs/task/dense is its unchanged copy

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 OUT = Path(__file__).resolve().parent / "weights"
-OUT_REL = "experiments/fashion_mosaic/weights"
+OUT_REL = OUT.relative_to(ROOT).as_posix()  # as the reproducing commands spell it
 RECIPES = {"dense": "experiments/fashion_mosaic/task_dense.toml",
            "supernet": "experiments/fashion_mosaic/task_supernet.toml"}
 CHECK_CANVASES = 16
