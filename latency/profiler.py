@@ -45,7 +45,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from supernet.sparse_swin import DEFAULT_RATIOS, SparseSwin, keep_count, rank_windows, sparse_block_forward
+from supernet.sparse_swin import (DEFAULT_RATIOS, SparseSwin, keep_count, rank_windows, sparse_block_forward,
+                                   token_importance)
 
 from .predictor import FORMAT_VERSION, Predictor, current_fingerprint, save  # noqa: F401 - save re-exported
 
@@ -157,8 +158,13 @@ def kept_window_counts(num_windows: int, ratios: Sequence[float]) -> List[int]:
 
 
 def random_configs(depths: Sequence[int], ratios: Sequence[float], n: int,
-                   rng: np.random.Generator, include_dense: bool = True) -> np.ndarray:
+                   rng: np.random.Generator, include_dense: bool = True, spread: bool = False) -> np.ndarray:
     """Random configs: every block draws a ratio from ``ratios``, then each stage is sorted.
+
+    Independent uniform draws put almost every config near the middle of the latency range (the mean of many
+    draws), while a latency budget drives a search to its sparse end. With ``spread=True`` each config first
+    draws a level t uniformly in [min, max] of ``ratios`` and every block then draws a ratio with probability
+    proportional to exp(-((r - t) / 0.15)^2 / 2): configs from dense to the sparsest, evenly over the range.
 
     Args:
         depths: blocks per stage.
@@ -166,12 +172,22 @@ def random_configs(depths: Sequence[int], ratios: Sequence[float], n: int,
         n: number of configs.
         rng: numpy Generator.
         include_dense: make the first config all zeros.
+        spread: draw configs evenly over the sparsity range (above) instead of independently per block.
 
     Returns:
         float64 array [n, sum(depths)] (flat form, stage by stage, non-decreasing in a stage).
     """
     r = np.asarray(sorted(float(v) for v in ratios), dtype=np.float64)
-    out = r[rng.integers(0, len(r), size=(n, int(sum(depths))))]
+    nb = int(sum(depths))
+    if spread and len(r) > 1:
+        t = rng.uniform(r[0], r[-1], size=(n, 1))
+        w = np.exp(-0.5 * ((r[None, :] - t) / 0.15) ** 2)
+        cdf = np.cumsum(w / w.sum(1, keepdims=True), axis=1)  # [n, len(r)]
+        u = rng.random((n, nb))
+        idx = (u[:, :, None] > cdf[:, None, :]).sum(-1).clip(0, len(r) - 1)
+        out = r[idx]
+    else:
+        out = r[rng.integers(0, len(r), size=(n, nb))]
     start = 0
     for d in depths:
         out[:, start:start + d] = np.sort(out[:, start:start + d], axis=1)
@@ -385,7 +401,7 @@ def _dense_trace(model: nn.Module, bb: SparseSwin, x: torch.Tensor):
     return emb, stage_in, block_in, stage_out
 
 
-def _scoring_fn(stage: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
+def _scoring_fn(stage: nn.Module, x: torch.Tensor, kind: str = "magnitude") -> Callable[[], Any]:
     """Window scoring of a stage as ``forward_stage`` runs it: importance + one ranking per shift.
 
     Counted whole (importance plus a ranking for every distinct shift of the stage) whenever a
@@ -398,7 +414,7 @@ def _scoring_fn(stage: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
     blks = list(reps.values())
 
     def run():
-        imp = x.detach().abs().mean(-1)
+        imp = token_importance(x.detach(), kind)
         for b in blks:
             rank_windows(imp, b)
     return run
@@ -528,7 +544,7 @@ def profile(model: nn.Module, img_size: Union[int, Tuple[int, int], None] = None
         for s, stage in enumerate(bb.layers):
             fixed_fns.append(lambda stage=stage, xi=stage_in[s]: stage.downsample(xi))
         for s, stage in enumerate(bb.layers):
-            fixed_fns.append(_scoring_fn(stage, block_in[s][0]))
+            fixed_fns.append(_scoring_fn(stage, block_in[s][0], bb.window_importance))
         if bb is model:
             last = stage_out[-1]
             fixed_fns.append(lambda: bb.forward_head(bb.norm(last)))

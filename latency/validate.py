@@ -41,7 +41,7 @@ __all__ = ["validate", "plot_validation", "cli_profile", "cli_validate"]
 
 def validate(predictor: Predictor, model: nn.Module, n: int = 200, seed: int = 0,
              plot: Union[str, os.PathLike, None] = None, progress: bool = True, *,
-             warmup: int = 3, repeats: int = 11, device: Optional[str] = None) -> Dict[str, Any]:
+             warmup: int = 3, repeats: int = 11, device: Optional[str] = None, spread: bool = False) -> Dict[str, Any]:
     """Measure ``n`` held-out random configs end to end and compare with the predictions.
 
     Measurements are drift-corrected (every config run between two dense runs, see
@@ -67,6 +67,8 @@ def validate(predictor: Predictor, model: nn.Module, n: int = 200, seed: int = 0
         repeats: timed forwards per config (median ratio kept; 11 measured here to bring the
             drift-corrected noise of one config to ~2 %).
         device: measuring device; default the profiled one.
+        spread: draw the configs evenly from dense to the sparsest (``random_configs(spread=True)``): the
+            sparse end a latency budget drives a search to, which independent draws per block rarely reach.
 
     Returns:
         dict: ``n``, ``within_10pct`` (share 0..1 of configs with |pred - meas| <= 10 % of meas),
@@ -99,11 +101,11 @@ def validate(predictor: Predictor, model: nn.Module, n: int = 200, seed: int = 0
     ratios = predictor.ratios or list(DEFAULT_RATIOS)
     rng = np.random.default_rng([int(seed), VALIDATION_STREAM])
     calib = {tuple(c) for c in (predictor.table.get("calibration", {}).get("configs") or [])}
-    cfgs = random_configs(bb.depths, ratios, int(n), rng, include_dense=False)
+    cfgs = random_configs(bb.depths, ratios, int(n), rng, include_dense=False, spread=spread)
     for i in range(len(cfgs)):  # redraw calibration points (held-out set)
         tries = 0
         while tuple(cfgs[i]) in calib and tries < 20:
-            cfgs[i] = random_configs(bb.depths, ratios, 1, rng, include_dense=False)[0]
+            cfgs[i] = random_configs(bb.depths, ratios, 1, rng, include_dense=False, spread=spread)[0]
             tries += 1
     x = _make_input(bs, hw, seed + 1, dev, dtype)
     with _session(model, threads):
@@ -119,6 +121,7 @@ def validate(predictor: Predictor, model: nn.Module, n: int = 200, seed: int = 0
     rel_err = (predicted / pred_dense - m.ratio) / m.ratio
     out: Dict[str, Any] = {
         "n": int(n),
+        "sampling": "spread" if spread else "independent",
         "within_10pct": float(np.mean(np.abs(err) <= 0.10)),
         "mape": float(np.mean(np.abs(err)) * 100.0),
         "spearman": rho,
@@ -327,7 +330,8 @@ def cli_validate(args: Any) -> int:
                       "fine if the architectures match", stacklevel=2)
     res = validate(pred, model, n=int(getattr(args, "n", 200) or 200), seed=int(getattr(args, "seed", 0) or 0),
                    plot=getattr(args, "plot", None), progress=bool(getattr(args, "progress", True)),
-                   repeats=int(getattr(args, "repeats", 11) or 11), device=getattr(args, "device", None))
+                   repeats=int(getattr(args, "repeats", 11) or 11), device=getattr(args, "device", None),
+                   spread=bool(getattr(args, "spread", False)))
     payload = {k: v for k, v in res.items() if k not in ("configs",)}
     human = (f"latency predictor {pred.source} on {res['n']} held-out configs: {res['within_10pct'] * 100:.1f}% within "
              f"+-10%, MAPE {res['mape']:.2f}%, Spearman {res['spearman']:.3f}, max error "

@@ -328,6 +328,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--n", type=_positive_int, default=200)
     r.add_argument("--seed", type=int, default=1)
     r.add_argument("--repeats", type=_positive_int, default=11, help="timed runs per config (median kept)")
+    r.add_argument("--spread", action="store_true",
+                   help="configs drawn evenly from dense to the sparsest (default: independent draws per block, "
+                        "which sit mid-range)")
     r.add_argument("--plot")
     r.add_argument("--json", action="store_true")
 

@@ -44,7 +44,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Dict, Iterable, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, Literal, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -268,6 +268,7 @@ class SidecarArch(BaseModel):
     input_size: Optional[int] = Field(None, ge=1)
     head_norm: bool = False
     head_first_stage: int = Field(0, ge=0)
+    window_importance: Literal["magnitude", "centred"] = "magnitude"
 
 
 class Sidecar(BaseModel):
@@ -364,7 +365,8 @@ def build_model(meta: Mapping[str, Any], img_size: Union[int, Tuple[int, int], N
         return SegSupernet.from_timm(arch["timm_name"], img_size=img, num_classes=num_classes,
                                      head_dim=int(arch.get("head_dim", 64)), input_size=inp,
                                      head_norm=bool(arch.get("head_norm", False)),
-                                     head_first_stage=int(arch.get("head_first_stage", 0)), **kwargs)
+                                     head_first_stage=int(arch.get("head_first_stage", 0)),
+                                     window_importance=str(arch.get("window_importance", "magnitude")), **kwargs)
     except Exception as e:  # noqa: BLE001 - timm raises RuntimeError / TypeError / AssertionError
         raise CheckpointError(
             f"checkpoint sidecar arch {arch['timm_name']!r} with {kwargs} cannot be built by timm "

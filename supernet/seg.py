@@ -119,16 +119,19 @@ class SegSupernet(nn.Module):
     @classmethod
     def from_timm(cls, name: str, img_size: Union[int, Tuple[int, int]] = 224, num_classes: int = 11,
                   head_dim: int = 64, input_size: Union[int, Tuple[int, int], None] = None,
-                  head_norm: bool = False, head_first_stage: int = 0, **timm_kwargs: Any) -> "SegSupernet":
+                  head_norm: bool = False, head_first_stage: int = 0, window_importance: str = "magnitude",
+                  **timm_kwargs: Any) -> "SegSupernet":
         """Build a timm Swin (``pretrained=False``, classifier removed) and the head around it.
 
         Args:
             img_size: size of the images the model takes.
             input_size: the backbone's input size when it differs from ``img_size`` (reduced input
                 resolution baseline); default ``img_size``.
+            window_importance: the backbone's window ranking criterion (``sparse_swin.WINDOW_IMPORTANCE``).
         """
         timm_kwargs.setdefault("num_classes", 0)
-        bb = SparseSwin.from_timm(name, img_size=input_size if input_size is not None else img_size, **timm_kwargs)
+        bb = SparseSwin.from_timm(name, img_size=input_size if input_size is not None else img_size,
+                                  window_importance=window_importance, **timm_kwargs)
         return cls(bb, num_classes, head_dim, img_size=img_size, head_norm=head_norm,
                    head_first_stage=head_first_stage)
 

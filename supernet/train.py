@@ -109,6 +109,8 @@ class ModelSection(BaseModel):
     be split into a dense file and adaptation files that share it.
     ``input_size``: the backbone's input size when it is below ``img_size``: the canvases are
     resized before the backbone and the logits upsampled back (the reduced-resolution baseline).
+    ``window_importance``: the window ranking's token importance, ``"magnitude"`` (SparseViT's) or ``"centred"``
+    (see ``supernet.sparse_swin.token_importance``); recorded in the sidecar, so the search ranks as trained.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -124,6 +126,7 @@ class ModelSection(BaseModel):
     input_size: Optional[int] = Field(None, ge=32, le=4096)
     head_norm: bool = False
     head_first_stage: int = Field(0, ge=0)
+    window_importance: Literal["magnitude", "centred"] = "magnitude"
     timm_weights: Optional[Path] = None
     init: Optional[Path] = None
 
@@ -477,7 +480,8 @@ def build_supernet(cfg: TrainConfig, dynamic_size: bool = False) -> SegSupernet:
     try:
         model = SegSupernet.from_timm(m.timm_name, img_size=m.img_size, num_classes=NUM_SEG_CLASSES,
                                       head_dim=m.head_dim, input_size=m.input_size, head_norm=m.head_norm,
-                                      head_first_stage=m.head_first_stage, **m.timm_kwargs(),
+                                      head_first_stage=m.head_first_stage, window_importance=m.window_importance,
+                                      **m.timm_kwargs(),
                                       **({"strict_img_size": False} if dynamic_size else {}))
     except Exception as e:  # noqa: BLE001 - timm raises RuntimeError / AssertionError / TypeError
         raise TrainSpecError(f"[model] {m.timm_name} with {m.timm_kwargs()} cannot be built by timm "
@@ -489,7 +493,8 @@ def build_supernet(cfg: TrainConfig, dynamic_size: bool = False) -> SegSupernet:
         # the weights do not depend on the image size (timm's masks and indices are derived buffers), so a
         # dense model trained at 224 px can be adapted at 448 px
         init, _ = load_checkpoint(m.init, img_size=m.img_size)
-        mine, theirs = arch_of(model, cfg), arch_of(init, cfg)
+        # the window ranking criterion is not a property of the weights: a dense model adapts under either
+        mine, theirs = ({k: v for k, v in arch_of(mm, cfg).items() if k != "window_importance"} for mm in (model, init))
         if mine != theirs:
             diff = {k: (theirs.get(k), mine.get(k)) for k in set(mine) | set(theirs) if mine.get(k) != theirs.get(k)}
             raise CheckpointError(f"[model] init {m.init} is another architecture ({diff}: "
@@ -518,6 +523,7 @@ def arch_of(model: SegSupernet, cfg: TrainConfig) -> Dict[str, Any]:
         **({"head_first_stage": int(model.decode.first_stage)} if model.decode.first_stage else {}),
         "num_classes": int(model.num_classes),
         **({"input_size": int(model.input_size[0])} if model.input_size is not None else {}),
+        **({"window_importance": bb.window_importance} if bb.window_importance != "magnitude" else {}),
     }
 
 

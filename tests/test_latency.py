@@ -378,6 +378,29 @@ def test_validate_and_plot(tiny_seg, tiny_table, tmp_path):
     assert not calib & {tuple(c) for c in r["configs"]}  # held out
 
 
+def test_spread_configs_cover_dense_to_sparsest_and_stay_valid():
+    """Independent draws per block sit mid-range; spread draws reach both ends (where a budget drives a search)."""
+    depths, ratios = (2, 2, 6, 2), [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
+    indep = random_configs(depths, ratios, 500, np.random.default_rng(0), include_dense=False)
+    spread = random_configs(depths, ratios, 500, np.random.default_rng(0), include_dense=False, spread=True)
+    assert np.array_equal(spread, random_configs(depths, ratios, 500, np.random.default_rng(0), include_dense=False,
+                                                 spread=True))  # seeded
+    assert set(np.unique(spread)) <= set(ratios)
+    start = 0
+    for d in depths:  # non-decreasing inside a stage
+        assert np.all(np.diff(spread[:, start:start + d], axis=1) >= 0)
+        start += d
+    lo, hi = np.percentile(spread.mean(1), [5, 95])
+    assert lo < 0.15 and hi > 0.65
+    lo_i, hi_i = np.percentile(indep.mean(1), [5, 95])
+    assert lo_i > 0.2 and hi_i < 0.6
+
+
+def test_validate_spread_sampling(tiny_seg, tiny_table):
+    r = validate(Predictor(tiny_table), tiny_seg, n=6, seed=3, progress=False, warmup=1, repeats=2, spread=True)
+    assert r["sampling"] == "spread" and r["n"] == 6 and len(r["configs"]) == 6
+
+
 def test_model_mismatch_raises(tiny_table):
     torch.manual_seed(0)
     other = SegSupernet.from_timm("swin_tiny_patch4_window7_224", img_size=64, embed_dim=16, depths=(2, 2, 4, 2),

@@ -237,6 +237,46 @@ def test_stage_reuses_scores_and_prefix(monkeypatch):
     assert torch.equal(keeps[1], rank_windows(imp, s.layers[0].blocks[1])[:, :8])
 
 
+def test_centred_importance_ignores_a_shared_offset_and_magnitude_does_not():
+    """Centred importance is mean |x - mean token|: adding one vector to every token of an image changes nothing."""
+    from supernet.sparse_swin import token_importance
+    x = torch.randn(2, 14, 14, 8)
+    offset = torch.randn(2, 1, 1, 8) * 5
+    assert torch.equal(token_importance(x, "magnitude"), x.abs().mean(-1))
+    assert torch.allclose(token_importance(x + offset, "centred"), token_importance(x, "centred"), atol=1e-5)
+    assert not torch.allclose(token_importance(x + offset, "magnitude"), token_importance(x, "magnitude"), atol=1e-2)
+    # a uniform background with large activations and one small, distinct item: centred ranks the item first
+    bg = torch.full((1, 14, 14, 8), 3.0)
+    bg[0, 7:14, 7:14] = torch.tensor([0.5, 2.0, 0.5, 2.0, 0.5, 2.0, 0.5, 2.0])  # window 3 of a 2x2 grid
+    _, s = _pair(SMALL, 112)
+    blk = s.layers[1].blocks[0]  # 14x14 map, window 7: 4 windows
+    assert rank_windows(token_importance(bg, "centred"), blk)[0, 0].item() == 3
+    assert rank_windows(token_importance(bg, "magnitude"), blk)[0, -1].item() == 3
+    with pytest.raises(ValueError, match="window importance"):
+        token_importance(x, "norm")
+    with pytest.raises(ValueError, match="window_importance"):
+        SparseSwin(timm.create_model("swin_tiny_patch4_window7_224", pretrained=False, img_size=112, **SMALL),
+                   window_importance="norm")
+
+
+def test_centred_model_keeps_the_windows_its_importance_ranks_first(monkeypatch):
+    import supernet.sparse_swin as ss
+    from supernet.sparse_swin import token_importance
+    torch.manual_seed(0)
+    s = SparseSwin.from_timm("swin_tiny_patch4_window7_224", img_size=112, window_importance="centred", **SMALL).eval()
+    s.set_sparsity([[0.5, 0.5], [0, 0], [0, 0], [0, 0]])
+    keeps = []
+    orig = ss.sparse_block_forward
+    monkeypatch.setattr(ss, "sparse_block_forward", lambda b, x, k: (keeps.append(k.clone()), orig(b, x, k))[1])
+    x = torch.randn(1, 3, 112, 112)
+    with torch.no_grad():
+        s(x)
+        emb = s.patch_embed(x)
+    for kept, blk in zip(keeps, s.layers[0].blocks):
+        assert torch.equal(kept, rank_windows(token_importance(emb, "centred"), blk)[:, :8])
+    assert not torch.equal(keeps[0], rank_windows(token_importance(emb, "magnitude"), s.layers[0].blocks[0])[:, :8])
+
+
 def test_k_zero_block_is_identity():
     _, s = _pair(SMALL, 112)
     x = torch.randn(1, 3, 112, 112)

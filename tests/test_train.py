@@ -291,8 +291,19 @@ def test_init_starts_from_a_checkpoint_and_refuses_another_architecture(data_dir
     for k, v in ref.state_dict().items():  # the adaptation starts exactly at the dense weights
         assert torch.equal(v, start.state_dict()[k]), k
     train(adapt, progress=False)
-    after, _ = load_checkpoint(tmp_path / "adapt" / "ck.safetensors")
+    after, meta = load_checkpoint(tmp_path / "adapt" / "ck.safetensors")
     assert any(not torch.equal(v, after.state_dict()[k]) for k, v in ref.state_dict().items())
+    assert ref.backbone.window_importance == after.backbone.window_importance == "magnitude"
+    assert "window_importance" not in meta["arch"]  # the paper's default stays implicit: old sidecars read alike
+    # the window ranking is not a property of the weights: a magnitude-trained dense model adapts under "centred",
+    # and the supernet's sidecar records it, so the search ranks windows as the adaptation did
+    d["model"]["window_importance"] = "centred"
+    d["output"]["checkpoint"] = str(tmp_path / "centred" / "ck.safetensors")
+    train(TrainConfig(**d), progress=False)
+    centred, meta = load_checkpoint(tmp_path / "centred" / "ck.safetensors")
+    assert meta["arch"]["window_importance"] == "centred" and centred.backbone.window_importance == "centred"
+    with pytest.raises(Exception, match="window_importance"):
+        TrainConfig(model={"window_importance": "norm"})
     d["model"]["embed_dim"] = 8
     d["model"]["num_heads"] = (1, 1, 1, 1)
     with pytest.raises(CheckpointError, match=r"init .*another architecture.*embed_dim.*fix:"):
