@@ -36,7 +36,7 @@ from .profiler import (
     save,
 )
 
-__all__ = ["validate", "plot_validation", "cli_profile", "cli_validate"]
+__all__ = ["validate", "plot_validation", "cli_profile", "cli_validate", "speed_drift_warning"]
 
 
 def validate(predictor: Predictor, model: nn.Module, n: int = 200, seed: int = 0,
@@ -133,6 +133,7 @@ def validate(predictor: Predictor, model: nn.Module, n: int = 200, seed: int = 0
         "dense_ms_measured": m.reference_ms,
         "dense_ms_predicted": pred_dense,
         "dense_ms_at_profiling": predictor.table.get("reference_ms"),
+        "speed_drift": float(m.reference_ms / pred_dense - 1.0),
         "measured_ms": [float(v) for v in measured],
         "predicted_ms": [float(v) for v in predicted],
         "measured_ratio": [float(v) for v in m.ratio],
@@ -248,6 +249,34 @@ def busy_machine_warning(calibration: Dict[str, Any], dense_ms: float, tolerance
             "the machine was probably busy while profiling; fix: profile again with nothing else running")
 
 
+#: Relative change of the dense model's measured latency since profiling above which the absolute errors of a
+#: validation or a measured front say more about the machine than about the predictor.
+SPEED_DRIFT_TOLERANCE = 0.05
+
+
+def speed_drift_warning(dense_ms_measured: float, dense_ms_predicted: float,
+                        tolerance: float = SPEED_DRIFT_TOLERANCE) -> Optional[str]:
+    """A note when the machine runs at another speed than when the predictor was profiled, or ``None``.
+
+    A predictor prices configs in the ms of the profiling session. On a shared machine the same dense forward
+    measured 61.7 ms while profiling and 68.6-69.8 ms ten minutes later (RESULTS.md R2): every absolute error
+    then carries that +11-13 %, while the errors relative to the dense model (what a ``budget_fraction``
+    decides on) stay within a few %.
+
+    Args:
+        dense_ms_measured: the dense model's latency measured now (ms).
+        dense_ms_predicted: the predictor's dense latency (ms).
+        tolerance: allowed relative drift (ratio 0..1).
+    """
+    drift = float(dense_ms_measured) / max(float(dense_ms_predicted), 1e-9) - 1.0
+    if abs(drift) <= tolerance:
+        return None
+    return (f"this machine runs {abs(drift) * 100:.0f} % {'slower' if drift > 0 else 'faster'} than when the predictor "
+            f"was profiled (dense {dense_ms_measured:.2f} ms now, {dense_ms_predicted:.2f} ms predicted): the absolute "
+            "errors carry that drift, the errors relative to dense do not; fix: read the relative figures, or profile "
+            "again on a quiet machine")
+
+
 def cli_profile(args: Any) -> int:
     """``sparsesearch latency profile``: profile a checkpoint and write the predictor JSON.
 
@@ -339,5 +368,8 @@ def cli_validate(args: Any) -> int:
              f"{res['relative_within_10pct'] * 100:.1f}% within +-10%, MAPE {res['relative_mape']:.2f}%; dense "
              f"{res['dense_ms_measured']:.2f} ms now, {res['dense_ms_predicted']:.2f} ms predicted"
              + (f"; plot {res['plot']}" if res["plot"] else ""))
+    drift = speed_drift_warning(res["dense_ms_measured"], res["dense_ms_predicted"])
+    if drift:
+        human += f"\nnote: {drift}"
     _emit(args, payload, human)
     return 0

@@ -164,6 +164,11 @@ def cmd_measure(a: argparse.Namespace) -> int:
                          f"{r['error_pct']:>6.1f}%  {'YES' if r['over_budget'] else ''}")
         if m["over_budget"]:
             lines.append(f"members over the budget ({m['budget_ms']:.2f} ms) when measured: {m['over_budget']}")
+        from latency.validate import speed_drift_warning
+
+        drift = speed_drift_warning(m["dense_ms_measured"], m["dense_ms_predicted"])
+        if drift:
+            lines.append(f"note: {drift}")
         lines.append(f"written: {a.exp_dir}/measured.json and the measured_latency_ms column of {a.exp_dir}/front.parquet")
     _emit(m, a.json, "\n".join(lines))
     return 0

@@ -36,7 +36,8 @@ def measure_front(exp_dir, *, repeats: int = 11, warmup: int = 3, progress: bool
 
     Returns:
         ``{"n", "within_10pct", "relative_within_10pct", "mape", "over_budget": [trial numbers],
-        "budget_ms", "dense_ms_measured", "members": [{trial_number, predicted_latency_ms,
+        "budget_ms", "dense_ms_measured", "dense_ms_predicted", "speed_drift" (measured / predicted dense - 1),
+        "members": [{trial_number, predicted_latency_ms,
         measured_latency_ms, error_pct, over_budget}], "seconds"}``.
 
     Raises:
@@ -98,7 +99,7 @@ def measure_front(exp_dir, *, repeats: int = 11, warmup: int = 3, progress: bool
         out.update(within_10pct=float(np.mean(np.abs(err) <= 0.10)),
                    relative_within_10pct=float(np.mean(np.abs(rel_err) <= 0.10)),
                    mape=float(np.mean(np.abs(err)) * 100.0), dense_ms_measured=float(m.reference_ms),
-                   dense_ms_predicted=pred_dense,
+                   dense_ms_predicted=pred_dense, speed_drift=float(m.reference_ms / pred_dense - 1.0),
                    over_budget=[rec["trial_number"] for rec in members if rec["over_budget"]])
         atomic_write_json(exp_dir / MEASURED_FILE, {
             "configs": records, "fingerprint": current_fingerprint(dev, threads, pred.batch_size,

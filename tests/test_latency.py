@@ -373,6 +373,7 @@ def test_validate_and_plot(tiny_seg, tiny_table, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert 0.0 <= r["relative_within_10pct"] <= 1.0 and r["relative_mape"] >= 0
     assert r["dense_ms_at_profiling"] == tiny_table["reference_ms"] > 0 and r["dense_ms_measured"] > 0
+    assert r["speed_drift"] == pytest.approx(r["dense_ms_measured"] / r["dense_ms_predicted"] - 1.0)
     assert len(r["measured_ratio"]) == 8
     calib = {tuple(c) for c in tiny_table["calibration"]["configs"]}
     assert not calib & {tuple(c) for c in r["configs"]}  # held out
@@ -471,6 +472,17 @@ def test_calibration_fit():
     assert how == "offset" and a == 1.0 and b == pytest.approx(np.median([20.0, 17.0, 16.0, 10.0]))
     a, b, how = _fit_calibration(np.array([5.0, 5.0]), np.array([6.0, 7.0]))  # no spread
     assert how == "offset" and b == pytest.approx(1.5)
+
+
+def test_speed_drift_warning_names_the_direction_and_stays_quiet_within_tolerance():
+    from latency.validate import speed_drift_warning
+
+    # the 448 px validation of RESULTS.md R2: profiled at 62.55 ms, measured 68.56 ms ten minutes later
+    msg = speed_drift_warning(68.56, 62.55)
+    assert msg and "10 % slower" in msg and "relative" in msg
+    assert "faster" in speed_drift_warning(50.0, 62.55)
+    assert speed_drift_warning(63.5, 62.55) is None  # +1.5 %: noise, not drift
+    assert speed_drift_warning(63.5, 62.55, tolerance=0.01) is not None
 
 
 def test_busy_machine_warning_flags_a_calibration_far_from_identity():

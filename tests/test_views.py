@@ -164,6 +164,7 @@ def test_measure_writes_measured_latency_of_the_front(searched, tmp_path):
     m = json.loads(r.stdout)
     assert m["n"] == len(searched["summary"]["front"]) > 0
     assert 0.0 <= m["within_10pct"] <= 1.0 and all(x["measured_latency_ms"] > 0 for x in m["members"])
+    assert m["speed_drift"] == pytest.approx(m["dense_ms_measured"] / m["dense_ms_predicted"] - 1.0)
     ft = pd.read_parquet(exp / "front.parquet")
     measured = ft.loc[ft["is_pareto"], "measured_latency_ms"]
     assert measured.notna().all() and (measured > 0).all()
