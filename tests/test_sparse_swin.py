@@ -219,18 +219,23 @@ def test_ranking_uses_window_l2_of_token_importance():
     assert torch.all(ranked[:, :-1] >= ranked[:, 1:])
 
 
-def test_stage_reuses_scores_and_prefix(monkeypatch):
-    """Later blocks of a stage keep a prefix of the first pruned block's ranking (reference)."""
+def _kept_windows(monkeypatch, s, x):
+    """Run ``s`` on ``x`` and return the kept-window indices of every sparse block run, and the patch embedding."""
     import supernet.sparse_swin as ss
-    _, s = _pair(SMALL, 112)
-    s.set_sparsity([[0.25, 0.5], [0, 0], [0, 0], [0, 0]])
     keeps = []
     orig = ss.sparse_block_forward
     monkeypatch.setattr(ss, "sparse_block_forward", lambda b, x, k: (keeps.append(k.clone()), orig(b, x, k))[1])
-    x = torch.randn(1, 3, 112, 112)
     with torch.no_grad():
         s(x)
         emb = s.patch_embed(x)
+    return keeps, emb
+
+
+def test_stage_reuses_scores_and_prefix(monkeypatch):
+    """Later blocks of a stage keep a prefix of the first pruned block's ranking (reference)."""
+    _, s = _pair(SMALL, 112)
+    s.set_sparsity([[0.25, 0.5], [0, 0], [0, 0], [0, 0]])
+    keeps, emb = _kept_windows(monkeypatch, s, torch.randn(1, 3, 112, 112))
     assert [k.shape[1] for k in keeps] == [12, 8]
     imp = emb.abs().mean(-1)  # scored once, on the stage input
     assert torch.equal(keeps[0], rank_windows(imp, s.layers[0].blocks[0])[:, :12])
@@ -260,18 +265,11 @@ def test_centred_importance_ignores_a_shared_offset_and_magnitude_does_not():
 
 
 def test_centred_model_keeps_the_windows_its_importance_ranks_first(monkeypatch):
-    import supernet.sparse_swin as ss
     from supernet.sparse_swin import token_importance
     torch.manual_seed(0)
     s = SparseSwin.from_timm("swin_tiny_patch4_window7_224", img_size=112, window_importance="centred", **SMALL).eval()
     s.set_sparsity([[0.5, 0.5], [0, 0], [0, 0], [0, 0]])
-    keeps = []
-    orig = ss.sparse_block_forward
-    monkeypatch.setattr(ss, "sparse_block_forward", lambda b, x, k: (keeps.append(k.clone()), orig(b, x, k))[1])
-    x = torch.randn(1, 3, 112, 112)
-    with torch.no_grad():
-        s(x)
-        emb = s.patch_embed(x)
+    keeps, emb = _kept_windows(monkeypatch, s, torch.randn(1, 3, 112, 112))
     for kept, blk in zip(keeps, s.layers[0].blocks):
         assert torch.equal(kept, rank_windows(token_importance(emb, "centred"), blk)[:, :8])
     assert not torch.equal(keeps[0], rank_windows(token_importance(emb, "magnitude"), s.layers[0].blocks[0])[:, :8])
