@@ -42,7 +42,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -362,24 +362,45 @@ class _Search:
                 candidates.append((key, params, float(metrics[self.metric]), self.policy.predict(config)))
         enq = 0
         if enqueue and candidates:
-            from optuna.trial import TrialState, create_trial
-
             uniq = {c[0]: c for c in candidates}
             cand = list(uniq.values())
             maximize = self.policy.directions[0] == "maximize"
             ranks = nondomination_ranks(np.asarray([[c[2], c[3]] for c in cand]), ["max" if maximize else "min", "min"])
             order = sorted(range(len(cand)), key=lambda i: (ranks[i], -cand[i][2] if maximize else cand[i][2]))
-            # waiting trials with fixed parameters, stamped with generation 0 of a GA sampler so they form (part
-            # of) its first population: an enqueue_trial would skip the sampler, and with it the generation stamp
-            base = getattr(self.sampler, "base", self.sampler)
-            gen_key = base._get_generation_key() if hasattr(type(base), "_get_generation_key") else None
-            for i in order[: max(self.population or 0, 2)]:
-                attrs = {"fixed_params": cand[i][1]}
-                if gen_key:
-                    attrs[gen_key] = 0
-                self.study.add_trial(create_trial(state=TrialState.WAITING, system_attrs=attrs))
-                enq += 1
+            enq = self._enqueue_first_generation([cand[i][1] for i in order[: max(self.population or 0, 2)]])
         return {"reused_evaluations": seeded, "seeded_trials": enq}
+
+    def _enqueue_first_generation(self, params_list: Sequence[Mapping[str, Any]]) -> int:
+        """Add waiting trials with fixed parameters, stamped with generation 0 of a GA sampler so that they form
+        (part of) its first population (an ``enqueue_trial`` would skip the sampler, and with it the generation
+        stamp). Returns the number added."""
+        from optuna.trial import TrialState, create_trial
+
+        base = getattr(self.sampler, "base", self.sampler)
+        gen_key = base._get_generation_key() if hasattr(type(base), "_get_generation_key") else None
+        for params in params_list:
+            attrs = {"fixed_params": dict(params)}
+            if gen_key:
+                attrs[gen_key] = 0
+            self.study.add_trial(create_trial(state=TrialState.WAITING, system_attrs=attrs))
+        return len(params_list)
+
+    def seed_uniform(self) -> int:
+        """Seed the first generation with the feasible uniform-sparsity configs (SparseViT's baseline: one ratio on
+        every block of stages 0 .. n-2, the last stage dense; :meth:`search.space.SearchSpace.uniform_config`),
+        one per distinct computation, at most half the population. A fresh search then starts from the baseline
+        it has to beat instead of finding it by chance (``[sampler] seed_uniform``). Returns the number added."""
+        dists = self.space.distributions()
+        levels = sorted({float(c) for grp in self.space.stage_groups() for n in grp for c in dists[n].choices if c > 0})
+        picked: Dict[str, Dict[str, Any]] = {}
+        for r in levels:
+            params = self.space.uniform_params(r)
+            config = self.policy.decode(params)
+            if self.policy.feasible(config):
+                picked.setdefault(self.policy.key(config), params)
+        cap = max((self.population or 0) // 2, 1)
+        chosen = list(picked.values())[:cap]  # the least sparse feasible levels: nearest the budget
+        return self._enqueue_first_generation(chosen)
 
     # ---- hypervolume (2 objectives: metric, latency) ------------------------------------------
     def _track_front(self, metrics: Dict[str, float], p: _Pending) -> None:
@@ -707,6 +728,8 @@ def _execute(spec, exp_dir: Path, *, n_trials: int, is_resume: bool, address: Op
         else:  # the fork's own log holds what it reused; the parent's other evaluations are simply not reused
             log(f"note: {parent} (the experiment this one was forked from) is gone; resuming without reusing its "
                 "other evaluations")
+    elif spec.sampler.seed_uniform and search.n_trials_done == 0 and not repeated:
+        search.seed_uniform()
     if frozen.get("budget_ms") != search.budget or frozen.get("dense_predicted_ms") != search.dense_ms:
         frozen.update(budget_ms=search.budget, dense_predicted_ms=search.dense_ms)
         atomic_write_json(ej, frozen)

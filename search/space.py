@@ -441,6 +441,23 @@ class SearchSpace:
         weights = {m: 0.0 for m in self.weight_ratios} if self.weight_ratios else None
         return Config(ratios, weights)
 
+    def uniform_params(self, r: float) -> dict[str, float]:
+        """Gene values of :meth:`uniform_config` ``(r)`` in this space: on stages 0 .. n-2 each block gene takes
+        the largest choice <= ``r`` (in a canonical space, the representative of ``r``'s kept-window count: the
+        same computation), the last stage and the weight genes their smallest choice.
+
+        Raises:
+            ValueError: ``r`` outside [0, 1).
+        """
+        if not 0.0 <= r < 1.0:
+            raise ValueError(f"uniform ratio {r} outside 0 <= r < 1")
+        last = len(self.depths) - 1
+        out: dict[str, float] = {}
+        for g in self._genes:
+            below = [c for c in g.choices if c <= r + 1e-9]
+            out[g.name] = max(below) if (g.module is None and g.stage < last and below) else min(g.choices)
+        return out
+
     def _config_from_flat(self, flat: Sequence[float],
                           weights: Mapping[str, float] | None) -> Config:
         nested, i = [], 0

@@ -391,12 +391,18 @@ class SamplerSection(_Section):
     the budget, and new computations where it can (:mod:`search.samplers._feasible`); ``false`` restores the
     old gate (over-budget proposals become ``rejected`` trials that count toward ``n_trials``), kept for
     comparisons (``bench/search_efficiency.py``).
+
+    ``seed_uniform`` (default true): a fresh search's first trials are the feasible uniform-sparsity configs
+    (one ratio on stages 0 .. n-2, the paper's baseline; at most half a population, those nearest the budget),
+    so the front starts at the baseline it has to beat. Not applied to forks (seeded from their parent) or
+    resumes.
     """
 
     model_config = ConfigDict(extra="allow", strict=True)
 
     name: str = "nsga2"
     feasible_only: bool = True
+    seed_uniform: bool = True
 
     @field_validator("name")
     @classmethod

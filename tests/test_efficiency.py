@@ -52,6 +52,22 @@ def test_canonical_choices_are_the_smallest_ratio_of_each_kept_count():
     assert SearchSpace([2, 2, 6, 2]).size() == 120_285 and s.size() == 5_670
 
 
+def test_uniform_params_are_the_same_computation_as_uniform_sparsity_in_any_space():
+    nws = [[64, 64], [16, 16], [4] * 6, [1, 1]]
+    flat_nw = [n for r in nws for n in r]
+    for space in (SearchSpace([2, 2, 6, 2]), SearchSpace([2, 2, 6, 2], num_windows=nws)):
+        for r in (0.0, 0.3, 0.5, 0.7, 0.8):
+            cfg = space.decode(space.uniform_params(r))
+            want = space.uniform_config(r)  # r on stages 0-2, the last stage dense
+            assert [keep_count(n, x) for n, x in zip(flat_nw, cfg.flat)] == \
+                [keep_count(n, x) for n, x in zip(flat_nw, want.flat)]
+            assert space.encode(cfg) == space.uniform_params(r)  # valid gene values of this space
+    canon = SearchSpace([2, 2, 6, 2], num_windows=nws)
+    assert canon.uniform_params(0.7)["s2_p0"] == 0.6  # the representative of k = 1 of 4 windows
+    with pytest.raises(ValueError, match="uniform ratio"):
+        canon.uniform_params(1.0)
+
+
 # ---- stage-prefix cache -------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_seg():

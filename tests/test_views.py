@@ -129,6 +129,30 @@ def test_journal_matches_the_parquet_log_and_is_rebuilt_when_broken(searched, tm
     assert all((exp / "trials" / n).read_bytes() == b for n, b in before.items())
 
 
+def test_fresh_search_starts_from_the_feasible_uniform_configs(searched):
+    """``[sampler] seed_uniform`` (default): the first trials are the feasible uniform-sparsity configs nearest the
+    budget, one per computation, at most half the population, stamped as NSGA-II's generation 0."""
+    from search.policy import SearchPolicy
+    from search.space import Config
+    from search.spec import load_spec
+    from search.trial_log import final_trials, load_trials
+
+    pol = SearchPolicy.from_spec(load_spec(searched["spec"]))
+    dists = pol.space.distributions()
+    levels = sorted({c for grp in pol.space.stage_groups() for n in grp for c in dists[n].choices if c > 0})
+    want = []
+    for r in levels:
+        cfg = pol.decode(pol.space.uniform_params(r))
+        if pol.feasible(cfg) and pol.key(cfg) not in want:
+            want.append(pol.key(cfg))
+    want = want[:4]  # population 8
+    assert want  # a 0.9 budget admits some uniform sparsity
+    df = final_trials(load_trials(searched["exp"])).sort_values("trial_number")
+    first = [pol.key(Config(json.loads(c))) for c in df["config"].iloc[:len(want)]]
+    assert first == want
+    assert all(json.loads(a).get("NSGAIISampler:generation") == 0 for a in df["sampler_attrs"].iloc[:len(want)])
+
+
 def test_fork_reuses_and_never_re_evaluates(searched, tmp_path):
     from search.trial_log import final_trials, load_trials
 
