@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import threading
 import warnings
 from collections.abc import Callable, Sequence
 from types import ModuleType
@@ -155,6 +156,41 @@ def make_sampler(
         warnings.filterwarnings("ignore", message=".*constraints_func.*", category=FutureWarning)
         warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
         sampler = mod.build(opts, space=space, seed=seed, constraints_func=constraints_func)
+    _make_picklable(sampler)
     if feasible is not None:
         sampler = FeasibleSampler(sampler, space.distributions(), feasible, is_new, repair, max_draws)
     return sampler
+
+
+class _PicklableLock:
+    """A ``threading.Lock`` that pickles as a new, unlocked lock (what Optuna's JournalStorage does by hand)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> bool:
+        return self._lock.__enter__()
+
+    def __exit__(self, *exc: Any) -> None:
+        self._lock.__exit__(*exc)
+
+    def acquire(self, *args: Any, **kwargs: Any) -> bool:
+        return self._lock.acquire(*args, **kwargs)
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def locked(self) -> bool:
+        return self._lock.locked()
+
+    def __reduce__(self):
+        return (_PicklableLock, ())
+
+
+def _make_picklable(sampler: BaseSampler) -> None:
+    """Optuna 5.1's GA samplers (NSGA-II / III: ``optuna/samplers/_ga/_base.py``) hold a ``threading.Lock``, which
+    cannot be pickled, and Ray Tune's ``Tuner`` pickles its searcher with the sampler in it (``search.tune``). The
+    lock is swapped for one that pickles as a fresh lock; the sampler's behaviour is unchanged."""
+    lock = getattr(sampler, "_thread_lock", None)
+    if lock is not None and not isinstance(lock, _PicklableLock):
+        sampler._thread_lock = _PicklableLock()
