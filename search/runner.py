@@ -389,7 +389,8 @@ class _Search:
         """Seed the first generation with the feasible uniform-sparsity configs (SparseViT's baseline: one ratio on
         every block of stages 0 .. n-2, the last stage dense; :meth:`search.space.SearchSpace.uniform_config`),
         one per distinct computation, at most half the population. A fresh search then starts from the baseline
-        it has to beat instead of finding it by chance (``[sampler] seed_uniform``). Returns the number added."""
+        it has to beat instead of finding it by chance (``[sampler] seed_uniform``); in a fork, beside the parent's
+        seeds (a config already seeded is not added twice). Returns the number added."""
         dists = self.space.distributions()
         levels = sorted({float(c) for grp in self.space.stage_groups() for n in grp for c in dists[n].choices if c > 0})
         picked: Dict[str, Dict[str, Any]] = {}
@@ -399,7 +400,12 @@ class _Search:
             if self.policy.feasible(config):
                 picked.setdefault(self.policy.key(config), params)
         cap = max((self.population or 0) // 2, 1)
-        chosen = list(picked.values())[:cap]  # the least sparse feasible levels: nearest the budget
+        from optuna.trial import TrialState
+
+        waiting = {self.policy.key(self.policy.decode(t.system_attrs["fixed_params"]))
+                   for t in self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+                   if "fixed_params" in t.system_attrs}
+        chosen = [p for k, p in picked.items() if k not in waiting][:cap]  # the least sparse: nearest the budget
         return self._enqueue_first_generation(chosen)
 
     # ---- hypervolume (2 objectives: metric, latency) ------------------------------------------
@@ -728,8 +734,8 @@ def _execute(spec, exp_dir: Path, *, n_trials: int, is_resume: bool, address: Op
         else:  # the fork's own log holds what it reused; the parent's other evaluations are simply not reused
             log(f"note: {parent} (the experiment this one was forked from) is gone; resuming without reusing its "
                 "other evaluations")
-    elif spec.sampler.seed_uniform and search.n_trials_done == 0 and not repeated:
-        search.seed_uniform()
+    if spec.sampler.seed_uniform and search.n_trials_done == 0 and not repeated:
+        search.seed_uniform()  # a fork's first generation: the parent's front under the new budget + the baseline
     if frozen.get("budget_ms") != search.budget or frozen.get("dense_predicted_ms") != search.dense_ms:
         frozen.update(budget_ms=search.budget, dense_predicted_ms=search.dense_ms)
         atomic_write_json(ej, frozen)

@@ -394,8 +394,8 @@ class SamplerSection(_Section):
 
     ``seed_uniform`` (default true): a fresh search's first trials are the feasible uniform-sparsity configs
     (one ratio on stages 0 .. n-2, the paper's baseline; at most half a population, those nearest the budget),
-    so the front starts at the baseline it has to beat. Not applied to forks (seeded from their parent) or
-    resumes.
+    so the front starts at the baseline it has to beat; a fork gets them beside its parent's front. Not applied
+    to resumes.
     """
 
     model_config = ConfigDict(extra="allow", strict=True)

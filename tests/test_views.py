@@ -179,6 +179,17 @@ def test_fork_reuses_and_never_re_evaluates(searched, tmp_path):
     seeded = [a for a in first if a.get("NSGAIISampler:generation") == 0]
     assert len(seeded) >= s["fork"]["seeded_trials"]
     assert json.loads((out / "experiment.json").read_text())["forked_from"] == str(searched["exp"].resolve())
+    # beside the parent's front, the fork's first generation holds the feasible uniform configs (seed_uniform)
+    dists = pol.space.distributions()
+    levels = sorted({c for grp in pol.space.stage_groups() for n in grp for c in dists[n].choices if c > 0})
+    uniform = []
+    for r in levels:
+        cfg = pol.decode(pol.space.uniform_params(r))
+        if pol.feasible(cfg) and pol.key(cfg) not in uniform:
+            uniform.append(pol.key(cfg))
+    gen0 = {pol.key(Config(json.loads(c))) for c, a in zip(new["config"], first)
+            if a.get("NSGAIISampler:generation") == 0}
+    assert uniform and set(uniform[:4]) <= gen0  # population 8: at most 4 uniform seeds
 
 
 def test_measure_writes_measured_latency_of_the_front(searched, tmp_path):
