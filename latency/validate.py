@@ -36,7 +36,7 @@ from .profiler import (
     save,
 )
 
-__all__ = ["validate", "plot_validation", "cli_profile", "cli_validate", "speed_drift_warning"]
+__all__ = ["validate", "plot_validation", "cli_profile", "cli_validate", "speed_drift", "speed_drift_warning"]
 
 
 def validate(predictor: Predictor, model: nn.Module, n: int = 200, seed: int = 0,
@@ -133,7 +133,7 @@ def validate(predictor: Predictor, model: nn.Module, n: int = 200, seed: int = 0
         "dense_ms_measured": m.reference_ms,
         "dense_ms_predicted": pred_dense,
         "dense_ms_at_profiling": predictor.table.get("reference_ms"),
-        "speed_drift": float(m.reference_ms / pred_dense - 1.0),
+        "speed_drift": speed_drift(m.reference_ms, pred_dense),
         "measured_ms": [float(v) for v in measured],
         "predicted_ms": [float(v) for v in predicted],
         "measured_ratio": [float(v) for v in m.ratio],
@@ -254,6 +254,12 @@ def busy_machine_warning(calibration: Dict[str, Any], dense_ms: float, tolerance
 SPEED_DRIFT_TOLERANCE = 0.05
 
 
+def speed_drift(dense_ms_measured: float, dense_ms_predicted: float) -> float:
+    """Relative change of the machine's speed since profiling: dense measured now / dense predicted - 1 (ratio;
+    > 0: slower now)."""
+    return float(dense_ms_measured) / max(float(dense_ms_predicted), 1e-9) - 1.0
+
+
 def speed_drift_warning(dense_ms_measured: float, dense_ms_predicted: float,
                         tolerance: float = SPEED_DRIFT_TOLERANCE) -> Optional[str]:
     """A note when the machine runs at another speed than when the predictor was profiled, or ``None``.
@@ -268,7 +274,7 @@ def speed_drift_warning(dense_ms_measured: float, dense_ms_predicted: float,
         dense_ms_predicted: the predictor's dense latency (ms).
         tolerance: allowed relative drift (ratio 0..1).
     """
-    drift = float(dense_ms_measured) / max(float(dense_ms_predicted), 1e-9) - 1.0
+    drift = speed_drift(dense_ms_measured, dense_ms_predicted)
     if abs(drift) <= tolerance:
         return None
     return (f"this machine runs {abs(drift) * 100:.0f} % {'slower' if drift > 0 else 'faster'} than when the predictor "

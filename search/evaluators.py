@@ -146,6 +146,13 @@ def mosaic_fields(meta: Optional[Dict[str, Any]], img_size: Any = None,
     return out
 
 
+def mosaic_spec(meta: Optional[Dict[str, Any]], img_size: Any = None, mosaic: Optional[Dict[str, Any]] = None):
+    """:func:`mosaic_fields` as a :class:`supernet.data.MosaicSpec` (keys it does not take dropped)."""
+    from supernet.data import MosaicSpec
+
+    return MosaicSpec(**{k: v for k, v in mosaic_fields(meta, img_size, mosaic).items() if k in MosaicSpec.model_fields})
+
+
 def build_evaluator(name: str, *, subset_size: int, batch_size: int, split: str,
                     kwargs: Optional[Dict[str, Any]] = None, meta: Optional[Dict[str, Any]] = None,
                     img_size: Any = None, mosaic: Optional[Dict[str, Any]] = None, prefix_cache_bytes: int = 0,

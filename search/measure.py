@@ -47,6 +47,7 @@ def measure_front(exp_dir, *, repeats: int = 11, warmup: int = 3, progress: bool
     import torch
 
     from latency.predictor import current_fingerprint
+    from latency.validate import speed_drift
     from latency.profiler import _make_input, _session, measure_configs_drift
     from supernet.checkpoint import load_checkpoint
 
@@ -99,7 +100,7 @@ def measure_front(exp_dir, *, repeats: int = 11, warmup: int = 3, progress: bool
         out.update(within_10pct=float(np.mean(np.abs(err) <= 0.10)),
                    relative_within_10pct=float(np.mean(np.abs(rel_err) <= 0.10)),
                    mape=float(np.mean(np.abs(err)) * 100.0), dense_ms_measured=float(m.reference_ms),
-                   dense_ms_predicted=pred_dense, speed_drift=float(m.reference_ms / pred_dense - 1.0),
+                   dense_ms_predicted=pred_dense, speed_drift=speed_drift(m.reference_ms, pred_dense),
                    over_budget=[rec["trial_number"] for rec in members if rec["over_budget"]])
         atomic_write_json(exp_dir / MEASURED_FILE, {
             "configs": records, "fingerprint": current_fingerprint(dev, threads, pred.batch_size,

@@ -196,6 +196,20 @@ class SearchPolicy:
         """Every gene at its largest ratio (the fastest config of the space)."""
         return self.space.decode({name: max(d.choices) for name, d in self.space.distributions().items()})
 
+    def uniform_seeds(self) -> Dict[str, Dict[str, Any]]:
+        """The feasible uniform-sparsity configs of the space (SparseViT's baseline: one ratio on every block of
+        stages 0 .. n-2, :meth:`search.space.SearchSpace.uniform_params`), one per distinct computation, least
+        sparse first: ``{computation key: gene values}``."""
+        dists = self.space.distributions()
+        levels = sorted({float(c) for grp in self.space.stage_groups() for n in grp for c in dists[n].choices if c > 0})
+        out: Dict[str, Dict[str, Any]] = {}
+        for r in levels:
+            params = self.space.uniform_params(r)
+            config = self.decode(params)
+            if self.feasible(config):
+                out.setdefault(self.key(config), params)
+        return out
+
     def check_budget(self) -> None:
         """Raises :class:`BudgetError` when even the sparsest config is over the budget, :class:`InputError` when
         the predictor prices a config of the space at <= 0 ms (a calibration that no budget can be compared with)."""

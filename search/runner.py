@@ -391,21 +391,13 @@ class _Search:
         one per distinct computation, at most half the population. A fresh search then starts from the baseline
         it has to beat instead of finding it by chance (``[sampler] seed_uniform``); in a fork, beside the parent's
         seeds (a config already seeded is not added twice). Returns the number added."""
-        dists = self.space.distributions()
-        levels = sorted({float(c) for grp in self.space.stage_groups() for n in grp for c in dists[n].choices if c > 0})
-        picked: Dict[str, Dict[str, Any]] = {}
-        for r in levels:
-            params = self.space.uniform_params(r)
-            config = self.policy.decode(params)
-            if self.policy.feasible(config):
-                picked.setdefault(self.policy.key(config), params)
-        cap = max((self.population or 0) // 2, 1)
         from optuna.trial import TrialState
 
         waiting = {self.policy.key(self.policy.decode(t.system_attrs["fixed_params"]))
                    for t in self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
                    if "fixed_params" in t.system_attrs}
-        chosen = [p for k, p in picked.items() if k not in waiting][:cap]  # the least sparse: nearest the budget
+        cap = max((self.population or 0) // 2, 1)  # the least sparse: nearest the budget
+        chosen = [p for k, p in self.policy.uniform_seeds().items() if k not in waiting][:cap]
         return self._enqueue_first_generation(chosen)
 
     # ---- hypervolume (2 objectives: metric, latency) ------------------------------------------

@@ -138,14 +138,7 @@ def test_fresh_search_starts_from_the_feasible_uniform_configs(searched):
     from search.trial_log import final_trials, load_trials
 
     pol = SearchPolicy.from_spec(load_spec(searched["spec"]))
-    dists = pol.space.distributions()
-    levels = sorted({c for grp in pol.space.stage_groups() for n in grp for c in dists[n].choices if c > 0})
-    want = []
-    for r in levels:
-        cfg = pol.decode(pol.space.uniform_params(r))
-        if pol.feasible(cfg) and pol.key(cfg) not in want:
-            want.append(pol.key(cfg))
-    want = want[:4]  # population 8
+    want = list(pol.uniform_seeds())[:4]  # population 8
     assert want  # a 0.9 budget admits some uniform sparsity
     df = final_trials(load_trials(searched["exp"])).sort_values("trial_number")
     first = [pol.key(Config(json.loads(c))) for c in df["config"].iloc[:len(want)]]
@@ -180,13 +173,7 @@ def test_fork_reuses_and_never_re_evaluates(searched, tmp_path):
     assert len(seeded) >= s["fork"]["seeded_trials"]
     assert json.loads((out / "experiment.json").read_text())["forked_from"] == str(searched["exp"].resolve())
     # beside the parent's front, the fork's first generation holds the feasible uniform configs (seed_uniform)
-    dists = pol.space.distributions()
-    levels = sorted({c for grp in pol.space.stage_groups() for n in grp for c in dists[n].choices if c > 0})
-    uniform = []
-    for r in levels:
-        cfg = pol.decode(pol.space.uniform_params(r))
-        if pol.feasible(cfg) and pol.key(cfg) not in uniform:
-            uniform.append(pol.key(cfg))
+    uniform = list(pol.uniform_seeds())
     gen0 = {pol.key(Config(json.loads(c))) for c, a in zip(new["config"], first)
             if a.get("NSGAIISampler:generation") == 0}
     assert uniform and set(uniform[:4]) <= gen0  # population 8: at most 4 uniform seeds

@@ -170,7 +170,6 @@ def main(argv=None) -> Dict[str, Any]:
     from search.runner import load_frozen_spec
     from search.trial_log import final_trials, load_trials
     from supernet.checkpoint import load_checkpoint
-    from supernet.data import MosaicSpec
     from supernet.evaluate import evaluate_config, uniform_config
     from supernet.macs import count_macs
 
@@ -180,10 +179,9 @@ def main(argv=None) -> Dict[str, Any]:
     frozen, sspec = load_frozen_spec(Path(a.exp))
     img = int(frozen["search_img_size"][0])
     model, meta = load_checkpoint(a.checkpoint, img_size=img)
-    from search.evaluators import mosaic_fields
+    from search.evaluators import mosaic_spec
 
-    spec = MosaicSpec(**{k: v for k, v in mosaic_fields(meta, img, dict(sspec.evaluator.mosaic)).items()
-                         if k in MosaicSpec.model_fields})
+    spec = mosaic_spec(meta, img, dict(sspec.evaluator.mosaic))
     depths = list(model.depths)
     metric = frozen["spec"]["objectives"]["metric"]
     fin = final_trials(load_trials(a.exp))

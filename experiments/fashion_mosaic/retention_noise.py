@@ -36,10 +36,9 @@ def main(argv=None) -> dict:
     import numpy as np
     import torch
 
-    from search.evaluators import mosaic_fields
+    from search.evaluators import mosaic_spec
     from search.runner import load_frozen_spec
     from supernet.checkpoint import load_checkpoint
-    from supernet.data import MosaicSpec
     from supernet.evaluate import evaluate_config
     from supernet.fileio import atomic_write_json
 
@@ -47,8 +46,7 @@ def main(argv=None) -> dict:
     frozen, sspec = load_frozen_spec(Path(a.exp))
     img = int(frozen["search_img_size"][0])
     model, meta = load_checkpoint(a.checkpoint, img_size=img)
-    spec = MosaicSpec(**{k: v for k, v in mosaic_fields(meta, img, dict(sspec.evaluator.mosaic)).items()
-                         if k in MosaicSpec.model_fields})
+    spec = mosaic_spec(meta, img, dict(sspec.evaluator.mosaic))
     config = json.loads(a.config)
     runs = []
     for seed in a.seeds:
