@@ -40,7 +40,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 __all__ = ["SparseSwin", "validate_sparsity", "keep_count", "SparsityConfig", "DEFAULT_RATIOS", "WINDOW_IMPORTANCE",
-           "token_importance"]
+           "token_importance", "StageRanking"]
 
 SparsityConfig = List[List[float]]
 
@@ -175,7 +175,7 @@ def token_importance(x: torch.Tensor, kind: str = "magnitude") -> torch.Tensor:
     if kind == "magnitude":
         return x.abs().mean(-1)
     if kind == "centred":
-        return (x - x.mean((1, 2), keepdim=True)).abs().mean(-1)
+        return (x - x.mean((1, 2), keepdim=True)).abs_().mean(-1)
     raise ValueError(f"window importance must be one of {WINDOW_IMPORTANCE}, got {kind!r}")
 
 
@@ -249,7 +249,47 @@ def _window_tokens(H: int, W: int, blk: nn.Module, device: torch.device) -> torc
     return t
 
 
-def sparse_block_forward(blk: nn.Module, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+class StageRanking:
+    """One window ranking of a stage (:func:`rank_windows`) and what the gather path derives from it, computed
+    once for every block of the stage that shares it (same shift, so the same window grid): the token positions
+    of the ranked windows, and the ranked shifted-window masks. Ratios are non-decreasing in a stage, so each
+    later block keeps a prefix of the ranking, and its indices and masks are a prefix (a view for batch 1) of
+    the first block's.
+
+    Args:
+        order: (B, nW) int64 window indices, most important first.
+    """
+
+    __slots__ = ("order", "_index", "_masks")
+
+    def __init__(self, order: torch.Tensor):
+        self.order = order
+        self._index: Optional[torch.Tensor] = None
+        self._masks: Optional[torch.Tensor] = None
+
+    def token_index(self, blk: nn.Module, H: int, W: int, k: int) -> torch.Tensor:
+        """(B * k * N,) int64 flat positions in the (B * H * W) input of the top-k windows' tokens (timm's token
+        order, cyclic shift folded in; :func:`_window_tokens`)."""
+        if self._index is None:
+            B, nW = self.order.shape
+            tokens = _window_tokens(H, W, blk, self.order.device)  # (nW, N)
+            idx = tokens.index_select(0, self.order.reshape(-1)).view(B, -1)
+            if B > 1:
+                idx = idx + (torch.arange(B, device=idx.device) * (H * W)).unsqueeze(1)
+            self._index = idx  # (B, nW * N)
+        return self._index[:, :k * blk.window_area].reshape(-1)
+
+    def masks(self, full_mask: torch.Tensor, k: int) -> torch.Tensor:
+        """(B * k, N, N) shifted-window attention masks of the top-k windows, from the block's (nW, N, N) mask."""
+        if self._masks is None or self._masks.shape[1] < k:
+            B = self.order.shape[0]
+            self._masks = full_mask.index_select(0, self.order[:, :k].reshape(-1)).view(B, k, *full_mask.shape[1:])
+        m = self._masks[:, :k]
+        return m.reshape(-1, *m.shape[2:])
+
+
+def sparse_block_forward(blk: nn.Module, x: torch.Tensor, keep: torch.Tensor, *, inplace: bool = False,
+                         ranking: Optional[StageRanking] = None) -> torch.Tensor:
     """Run one timm ``SwinTransformerBlock`` on the kept windows only (SparseViT window-level execution).
 
     For the kept windows: LN1 -> (S)W-MSA with the gathered shift mask -> residual -> LN2 -> MLP ->
@@ -260,14 +300,17 @@ def sparse_block_forward(blk: nn.Module, x: torch.Tensor, keep: torch.Tensor) ->
         blk: timm ``SwinTransformerBlock`` (weights are used as they are).
         x: (B, H, W, C) block input.
         keep: (B, k) int64 indices of the kept windows of each image (0 < k < nW).
+        inplace: the kept windows' outputs may be written into ``x`` itself (the caller owns it and no longer
+            needs it; only without autograd): saves the copy of the whole map a pruned block otherwise makes.
+        ranking: the stage's ranking ``keep`` is a prefix of, whose token indices and masks are reused.
 
     Returns:
-        (B, H, W, C) block output.
+        (B, H, W, C) block output (``x`` itself when written in place).
     """
     H, W = x.shape[1:3]
     Hp, Wp, _, _ = _window_geometry(blk, H, W)
     if Hp == H and Wp == W and UNPADDED_PATH == "gather":
-        return _gather_block_forward(blk, x, keep)
+        return _gather_block_forward(blk, x, keep, inplace=inplace, ranking=ranking)
     return _partition_block_forward(blk, x, keep)
 
 
@@ -311,25 +354,34 @@ def _partition_block_forward(blk: nn.Module, x: torch.Tensor, keep: torch.Tensor
     return out.contiguous()
 
 
-def _gather_block_forward(blk: nn.Module, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+def _gather_block_forward(blk: nn.Module, x: torch.Tensor, keep: torch.Tensor, inplace: bool = False,
+                          ranking: Optional[StageRanking] = None) -> torch.Tensor:
     """:func:`sparse_block_forward` for an unpadded map: the kept windows' tokens are gathered from the input by
     index (:func:`_window_tokens`) and the block's outputs written back into a copy of it, one full-map copy in
-    all (the roll / partition / reverse / roll path makes four). Same arithmetic on the same tokens in the same
-    order, so the result equals that path bit for bit."""
+    all (the roll / partition / reverse / roll path makes four), none with ``inplace``. Same arithmetic on the
+    same tokens in the same order, so the result equals that path bit for bit."""
     B, H, W, C = x.shape
-    tokens = _window_tokens(H, W, blk, x.device)  # (nW, N)
-    nW, N = tokens.shape
-    idx = (tokens.index_select(0, keep.reshape(-1)).view(B, -1)
-           + (torch.arange(B, device=x.device) * (H * W)).unsqueeze(1)).reshape(-1)  # (B * k * N,)
+    N = blk.window_area
+    if ranking is not None:
+        idx = ranking.token_index(blk, H, W, keep.shape[1])
+    else:
+        tokens = _window_tokens(H, W, blk, x.device)  # (nW, N)
+        idx = (tokens.index_select(0, keep.reshape(-1)).view(B, -1)
+               + (torch.arange(B, device=x.device) * (H * W)).unsqueeze(1)).reshape(-1)  # (B * k * N,)
     flat_x = x.reshape(B * H * W, C)
     shortcut = flat_x.index_select(0, idx).view(-1, N, C)  # (B * k, N, C)
     mask = None
     if any(blk.shift_size):
         full_mask = blk.get_attn_mask(x) if getattr(blk, "dynamic_mask", False) else blk.attn_mask
-        mask = full_mask.index_select(0, keep.reshape(-1))  # (B * k, N, N): one mask per kept window
+        if ranking is not None:
+            mask = ranking.masks(full_mask, keep.shape[1])
+        else:
+            mask = full_mask.index_select(0, keep.reshape(-1))  # (B * k, N, N): one mask per kept window
     h = blk.attn(blk.norm1(shortcut), mask=mask)
     y = shortcut + _drop_path(h, blk.drop_path1, B)
     y = y + _drop_path(blk.mlp(blk.norm2(y)), blk.drop_path2, B)
+    if inplace and not (torch.is_grad_enabled() and (y.requires_grad or x.requires_grad)):
+        return flat_x.index_copy_(0, idx, y.reshape(-1, C)).view(B, H, W, C)
     out = flat_x.index_copy(0, idx, y.reshape(-1, C))  # out of place: a copy of x with the kept windows updated
     return out.view(B, H, W, C)
 
@@ -474,25 +526,31 @@ class SparseSwin(nn.Module):
         stage = self.layers[i]
         ratios = self._sparsity[i] if ratios is None else ratios
         x = stage.downsample(x)
+        # x is this stage's own tensor once a block (or PatchMerging) has produced it: a pruned block may then
+        # write its kept windows back in place instead of copying the map (the stage input may be held elsewhere)
+        owned = not isinstance(stage.downsample, nn.Identity)
         importance: Optional[torch.Tensor] = None
-        rankings: Dict[Tuple[int, int], torch.Tensor] = {}
+        rankings: Dict[Tuple[int, int], StageRanking] = {}
         for blk, r in zip(stage.blocks, ratios):
             if r <= 0.0:
                 x = blk(x)
+                owned = True
                 continue
             if importance is None:  # once per stage, at the first pruned block (reference)
                 importance = token_importance(x.detach(), self.window_importance)
             key = tuple(blk.shift_size)
-            if key not in rankings:
-                rankings[key] = rank_windows(importance, blk)
-            order = rankings[key]
+            ranking = rankings.get(key)
+            if ranking is None:
+                ranking = rankings[key] = StageRanking(rank_windows(importance, blk))
+            order = ranking.order
             k = keep_count(order.shape[1], r)
             if k == 0:
                 continue  # every window pruned: the block is the identity
             if k == order.shape[1]:
                 x = blk(x)
             else:
-                x = sparse_block_forward(blk, x, order[:, :k])
+                x = sparse_block_forward(blk, x, order[:, :k], inplace=owned, ranking=ranking)
+            owned = True
         return x
 
     def forward_stages(self, x: torch.Tensor) -> List[torch.Tensor]:

@@ -84,9 +84,9 @@ def _count_kept_windows(s, x, monkeypatch):
     seen = []
     orig = ss.sparse_block_forward
 
-    def spy(blk, x_, keep):
+    def spy(blk, x_, keep, **kw):
         seen.append((id(blk), keep.shape[1], keep.shape[0]))
-        return orig(blk, x_, keep)
+        return orig(blk, x_, keep, **kw)
     monkeypatch.setattr(ss, "sparse_block_forward", spy)
     with torch.no_grad():
         s(x)
@@ -224,7 +224,7 @@ def _kept_windows(monkeypatch, s, x):
     import supernet.sparse_swin as ss
     keeps = []
     orig = ss.sparse_block_forward
-    monkeypatch.setattr(ss, "sparse_block_forward", lambda b, x, k: (keeps.append(k.clone()), orig(b, x, k))[1])
+    monkeypatch.setattr(ss, "sparse_block_forward", lambda b, x, k, **kw: (keeps.append(k.clone()), orig(b, x, k, **kw))[1])
     with torch.no_grad():
         s(x)
         emb = s.patch_embed(x)
@@ -340,3 +340,61 @@ def test_macs_swin_t_dense_and_sparse():
     per_window = n * (4 * dim * dim + 2 * dim * hidden) + 2 * n * n * dim
     assert dense - count_macs(s, 224) == 2 * 32 * per_window
     assert count_macs(s, 224, ratios=[[0] * d for d in s.depths]) == dense
+
+
+def _stage_blockwise(s, i, x):
+    """Stage ``i`` block by block through the public, out-of-place ``sparse_block_forward`` (no shared ranking)."""
+    from supernet.sparse_swin import token_importance
+    stage = s.layers[i]
+    x = stage.downsample(x)
+    imp = None
+    for blk, r in zip(stage.blocks, s.sparsity[i]):
+        if r <= 0:
+            x = blk(x)
+            continue
+        imp = token_importance(x, s.window_importance) if imp is None else imp
+        order = rank_windows(imp, blk)
+        k = keep_count(order.shape[1], r)
+        if 0 < k < order.shape[1]:
+            x = sparse_block_forward(blk, x, order[:, :k])
+        elif k == order.shape[1]:
+            x = blk(x)
+    return x
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_stage_forward_in_place_and_shared_ranking_equal_the_blockwise_forward(batch):
+    """forward_stage writes pruned blocks back in place (after the stage's first tensor of its own) and reuses one
+    ranking's token indices and masks across the blocks sharing it: bit-identical to block-by-block out-of-place
+    calls, and the stage's input is never written (stage 0's input is the caller's)."""
+    torch.manual_seed(3)
+    kw = dict(embed_dim=16, depths=(2, 6, 2), num_heads=(1, 2, 4))
+    s = SparseSwin.from_timm("swin_tiny_patch4_window7_224", img_size=224, **kw).eval()
+    s.set_sparsity([[0.3, 0.5], [0.2, 0.2, 0.4, 0.4, 0.5, 0.6], [0, 0]])  # stage 1: 3 blocks per shift share
+    x = torch.randn(batch, 3, 224, 224)
+    with torch.no_grad():
+        emb = s.patch_embed(x)
+        before = emb.clone()
+        got = [s.forward_stage(0, emb)]
+        assert torch.equal(emb, before)  # stage 0 (no PatchMerging): its input is not written
+        h1_in = got[0].clone()
+        got.append(s.forward_stage(1, got[0]))
+        assert torch.equal(got[0], h1_in)
+        ref0 = _stage_blockwise(s, 0, before)
+        ref1 = _stage_blockwise(s, 1, ref0)
+    assert torch.equal(got[0], ref0) and torch.equal(got[1], ref1)
+
+
+def test_in_place_write_back_is_skipped_under_autograd():
+    from supernet.sparse_swin import StageRanking, _gather_block_forward
+    s, blk, x = _block_and_input(block=1)
+    nw = s.num_windows(112)[0][1]
+    order = torch.stack([torch.randperm(nw) for _ in range(x.shape[0])])
+    xi = x.clone().requires_grad_(True)
+    out = _gather_block_forward(blk, xi, order[:, :5], inplace=True, ranking=StageRanking(order))
+    assert out.data_ptr() != xi.data_ptr()  # autograd needs the input: out of place
+    with torch.no_grad():
+        xc = x.clone()
+        ref = _gather_block_forward(blk, x, order[:, :5])
+        out2 = _gather_block_forward(blk, xc, order[:, :5], inplace=True, ranking=StageRanking(order))
+    assert out2.data_ptr() == xc.data_ptr() and torch.equal(out2, ref) and torch.equal(out.detach(), ref)
