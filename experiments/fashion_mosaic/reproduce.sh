@@ -37,13 +37,16 @@ if want continue; then  # not a default step: train the shipped dense model on t
   dense_or_shipped
   $ss supernet train experiments/fashion_mosaic/task_dense.toml --resume
 fi
-if want supernet; then  # SparseViT adaptation of runs/task/dense
+if want supernet; then  # SparseViT adaptation of runs/task/dense: 24 epochs, then 24 more (task_supernet_long.toml)
   dense_or_shipped
   $ss supernet train experiments/fashion_mosaic/task_supernet.toml --resume
+  [ -f runs/task/supernet24.safetensors ] || { cp runs/task/supernet.safetensors runs/task/supernet24.safetensors
+                                               cp runs/task/supernet.json runs/task/supernet24.json; }
+  $ss supernet train experiments/fashion_mosaic/task_supernet_long.toml --resume
 fi
 if want ship; then  # the shipped dense model stays as it is when runs/task/dense is its unchanged copy
   d=runs/task/dense.safetensors; cmp -s $d $W/dense.safetensors && d=$W/dense.safetensors
-  $py experiments/fashion_mosaic/ship_weights.py --dense $d --supernet runs/task/supernet.safetensors
+  $py experiments/fashion_mosaic/ship_weights.py --dense $d --supernet runs/task/supernet48.safetensors
 fi
 want main && bash scripts/main.sh
 if want validate; then  # section R2: the predictor at the search resolution

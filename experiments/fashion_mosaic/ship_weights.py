@@ -34,7 +34,10 @@ sys.path.insert(0, str(ROOT))
 OUT = Path(__file__).resolve().parent / "weights"
 OUT_REL = OUT.relative_to(ROOT).as_posix()  # as the reproducing commands spell it
 RECIPES = {"dense": "experiments/fashion_mosaic/task_dense.toml",
-           "supernet": "experiments/fashion_mosaic/task_supernet.toml"}
+           "supernet": "experiments/fashion_mosaic/task_supernet.toml",
+           "supernet_long": "experiments/fashion_mosaic/task_supernet_long.toml"}
+#: task_supernet_long.toml continues task_supernet.toml's output from this file
+LONG_INIT = "supernet24.safetensors"
 CHECK_CANVASES = 16
 
 
@@ -92,22 +95,34 @@ def main() -> int:
                    "threads": (tr.get("config") or {}).get("train", {}).get("threads"),
                    "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
                    "source_sha256": meta["weights_sha256"], "exported": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        init = ((tr.get("config") or {}).get("model") or {}).get("init") or ""
+        long = name == "supernet" and Path(init).name == LONG_INIT
+        if long:  # task_supernet_long.toml: its compute includes the first adaptation run's (the init's sidecar)
+            first_meta = read_sidecar(Path(init))
+            fh = (first_meta.get("training") or {}).get("history") or []
+            compute["first_adapt_train_seconds"] = float(sum(h.get("seconds", 0.0) for h in fh))
+            compute["first_adapt_canvases"] = int(sum(h.get("canvases", 0) for h in fh))
         if name == "supernet":  # the supernet continues the dense model: its compute includes the dense run's
             dense_meta = read_sidecar(a.dense)
             dh = (dense_meta.get("training") or {}).get("history") or []
             compute["dense_train_seconds"] = float(sum(h.get("seconds", 0.0) for h in dh))
             compute["dense_canvases"] = int(sum(h.get("canvases", 0) for h in dh))
         dst = a.out / f"{name}.safetensors"
-        command = f"sparsesearch supernet train {RECIPES[name]} --resume"
+        recipe = RECIPES["supernet_long" if long else name]
+        command = f"sparsesearch supernet train {recipe} --resume"
         if not tr.get("complete", True):  # a checkpoint part-way through the recipe: the epoch it stopped at
             command += f" --stop-after {tr['epoch']}"
         compute["epochs"] = f"{tr.get('epoch')}/{tr.get('epochs')}"
         if name == "supernet":  # from the dense checkpoint shipped beside it: train that first, or copy it
             first = (f"mkdir -p runs/task && cp {OUT_REL}/dense.safetensors {OUT_REL}/dense.json runs/task/"
                      if keep_dense else commands["dense"])
+            if long:  # adapt 24 epochs, keep that as the continuation's init, adapt 24 more
+                command = (f"sparsesearch supernet train {RECIPES['supernet']} --resume && "
+                           f"cp runs/task/supernet.safetensors runs/task/{LONG_INIT} && "
+                           f"cp runs/task/supernet.json runs/task/{LONG_INIT.replace('.safetensors', '.json')} && {command}")
             command = f"{first} && {command}"
         commands[name] = command
-        shipped = {"recipe": RECIPES[name], "command": command,
+        shipped = {"recipe": recipe, "command": command,
                    "export": f"python experiments/fashion_mosaic/ship_weights.py --dense {a.dense} --supernet {a.supernet}",
                    "compute": compute}
         if name == "supernet" and keep_dense:
