@@ -2,9 +2,10 @@
 
 Swin-T backbone (patch embedding + 4 stages, no head) at 672 x 672, batch 1 on CPU (batch 4 on a
 GPU), dense against the SparseViT reference configs cfg1/cfg2/cfg3 and uniform 0.2/0.4/0.6/0.8 on
-stages 0-2. Dense and sparse runs are interleaved (dense, cfg, dense, cfg, ...) so that drift of a
-shared machine hits both; each config reports the median of ``--repeats`` runs and its own dense
-median from the same rounds.
+stages 0-2. Dense and sparse runs are paired and interleaved (dense, cfg | cfg, dense | dense, cfg, ...) so
+that drift of a shared machine hits both; each config's latency ratio is the median over ``--repeats``
+rounds of that round's sparse / dense time (paired: a shared CPU drifts by 10 % within seconds, which a ratio
+of two medians taken seconds apart carries), beside the medians of both times.
 
 With ``--checkpoint X.safetensors`` the backbone is that supernet's (e.g. the shipped task model at the
 search resolution, ``--img-size 448``) instead of a randomly initialised Swin-T; the timings do not
@@ -78,7 +79,7 @@ def main(argv=None) -> dict:
     p.add_argument("--checkpoint", default=None, help="time this supernet's backbone (default: random Swin-T)")
     p.add_argument("--img-size", type=int, default=672)
     p.add_argument("--batch-size", type=int, default=None, help="default 1 on CPU, 4 on CUDA")
-    p.add_argument("--repeats", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=20)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None)
@@ -124,30 +125,38 @@ def main(argv=None) -> dict:
             model.set_sparsity(cfg)
             fn(x)  # warm this config
             d_t, s_t, p_t = [], [], []
-            for _ in range(a.repeats):
-                model.set_sparsity(dense_cfg)
-                d_t.append(timed(fn, x, a.device))
-                model.set_sparsity(cfg)
-                s_t.append(timed(fn, x, a.device))
+            for rep in range(a.repeats):
+                # each round times dense and sparse back to back, in alternating order, so the machine's drift
+                # (10 % within seconds on a shared CPU) hits both members of a pair alike
+                for first in ((True, False) if rep % 2 == 0 else (False, True)):
+                    if first:
+                        model.set_sparsity(dense_cfg)
+                        d_t.append(timed(fn, x, a.device))
+                    else:
+                        model.set_sparsity(cfg)
+                        s_t.append(timed(fn, x, a.device))
                 if a.compare_paths:
+                    model.set_sparsity(cfg)
                     sparse_swin.UNPADDED_PATH = "partition"
                     try:
                         p_t.append(timed(fn, x, a.device))
                     finally:
                         sparse_swin.UNPADDED_PATH = "gather"
             d, s = statistics.median(d_t), statistics.median(s_t)
+            ratio = statistics.median(si / di for si, di in zip(s_t, d_t))  # paired: each round's sparse / dense
             macs = count_macs(model, a.img_size, include_head=False, ratios=cfg)
             row = dict(config=name, ratios=cfg, dense_ms=round(d, 3), sparse_ms=round(s, 3),
-                       latency_ratio=round(s / d, 4), macs=macs, macs_ratio=round(macs / dense_macs, 4),
-                       latency_over_macs=round((s / d) / (macs / dense_macs), 4))
+                       latency_ratio=round(ratio, 4), ratio_of_medians=round(s / d, 4), macs=macs,
+                       macs_ratio=round(macs / dense_macs, 4), latency_over_macs=round(ratio / (macs / dense_macs), 4))
             if p_t:  # the previous path, same rounds: its ratio to dense and the default path's speed-up over it
                 pm = statistics.median(p_t)
-                row.update(partition_ms=round(pm, 3), partition_latency_ratio=round(pm / d, 4),
-                           partition_latency_over_macs=round((pm / d) / (macs / dense_macs), 4),
-                           gather_speedup=round(pm / s, 4))
+                pr = statistics.median(pi / di for pi, di in zip(p_t, d_t))
+                row.update(partition_ms=round(pm, 3), partition_latency_ratio=round(pr, 4),
+                           partition_latency_over_macs=round(pr / (macs / dense_macs), 4),
+                           gather_speedup=round(statistics.median(pi / si for pi, si in zip(p_t, s_t)), 4))
             results.append(row)
             if not a.json:
-                print(f"{name:12s} dense {d:9.1f} ms  sparse {s:9.1f} ms  latency ratio {s / d:.3f}  "
+                print(f"{name:12s} dense {d:9.1f} ms  sparse {s:9.1f} ms  latency ratio {ratio:.3f}  "
                       f"MACs ratio {macs / dense_macs:.3f}  lat/MACs {row['latency_over_macs']:.3f}"
                       + (f"  (partition path: lat/MACs {row['partition_latency_over_macs']:.3f}, gather "
                          f"{row['gather_speedup']:.3f}x faster)" if p_t else ""), flush=True)
