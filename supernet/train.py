@@ -619,8 +619,16 @@ def _config_fingerprint(cfg: TrainConfig | Dict[str, Any]) -> Dict[str, Any]:
 
 
 def _spec_diff(saved: Dict[str, Any], cfg: TrainConfig) -> str:
-    """``"[section] key, ..."`` where the fingerprint ``saved`` differs from ``cfg``'s ("" when they agree)."""
+    """``"[section] key, ..."`` where the fingerprint ``saved`` differs from ``cfg``'s ("" when they agree).
+
+    ``saved`` is read as a spec first, so a key added to the spec after the checkpoint was written compares as
+    its default (the shipped dense model's sidecar predates ``[model] window_importance``); a fingerprint that is
+    no longer a valid spec (a key since removed) is compared as it is, and differs."""
     now = _config_fingerprint(cfg)
+    try:
+        saved = _config_fingerprint(TrainConfig.model_validate(saved))
+    except (ValidationError, ValueError, TypeError):
+        pass
     return ", ".join(f"[{s}] {k}" for s in now for k in sorted(set(now[s]) | set(saved.get(s, {})))
                      if now[s].get(k) != saved.get(s, {}).get(k))
 
