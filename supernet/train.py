@@ -627,7 +627,7 @@ def _spec_diff(saved: Dict[str, Any], cfg: TrainConfig) -> str:
     now = _config_fingerprint(cfg)
     try:
         saved = _config_fingerprint(TrainConfig.model_validate(saved))
-    except (ValidationError, ValueError, TypeError):
+    except ValidationError:
         pass
     return ", ".join(f"[{s}] {k}" for s in now for k in sorted(set(now[s]) | set(saved.get(s, {})))
                      if now[s].get(k) != saved.get(s, {}).get(k))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from supernet.checkpoint import CheckpointError, load_checkpoint, read_sidecar, sidecar_path
+from supernet.checkpoint import CheckpointError, atomic_write_json, load_checkpoint, read_sidecar, sidecar_path
 from supernet.data import FashionMosaic, MosaicSpec
 from supernet.evaluate import evaluate_config, reference_table, uniform_config
 from supernet.seg import SegSupernet
@@ -214,9 +214,9 @@ def test_resume_without_state_is_a_warm_restart_at_the_saved_epoch(data_dir, tmp
         train(changed, resume=True, progress=False)
     # a sidecar written before a spec key existed (the shipped dense model's has no [model] window_importance)
     # reads that key as its default: the same spec, so it resumes
-    side = json.loads(sidecar_path(ckpt).read_text())
+    side = read_sidecar(ckpt)
     assert side["training"]["config"]["model"].pop("window_importance") == "magnitude"
-    sidecar_path(ckpt).write_text(json.dumps(side))
+    atomic_write_json(sidecar_path(ckpt), side)
     logs = []
     part = train(cfg, resume=True, progress=False, stop_after=2, log=logs.append)
     assert part["epoch"] == 2 and part["step"] == 2 * spe
