@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-BEFORE = {"sampler": {"feasible_only": False, "seed_uniform": False}, "space": {"canonical": False},
+BEFORE = {"sampler": {"feasible_only": False, "seed_uniform": False, "seed_sparsest": False}, "space": {"canonical": False},
           "evaluator": {"fidelity": False}, "workers": {"prefix_cache_mb": 0}}
 
 

@@ -391,14 +391,30 @@ class _Search:
         one per distinct computation, at most half the population. A fresh search then starts from the baseline
         it has to beat instead of finding it by chance (``[sampler] seed_uniform``); in a fork, beside the parent's
         seeds (a config already seeded is not added twice). Returns the number added."""
-        from optuna.trial import TrialState
-
-        waiting = {self.policy.key(self.policy.decode(t.system_attrs["fixed_params"]))
-                   for t in self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
-                   if "fixed_params" in t.system_attrs}
+        waiting = self._waiting_keys()
         cap = max((self.population or 0) // 2, 1)  # the least sparse: nearest the budget
         chosen = [p for k, p in self.policy.uniform_seeds().items() if k not in waiting][:cap]
         return self._enqueue_first_generation(chosen)
+
+    def _waiting_keys(self) -> set:
+        from optuna.trial import TrialState
+
+        return {self.policy.key(self.policy.decode(t.system_attrs["fixed_params"]))
+                for t in self.study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+                if "fixed_params" in t.system_attrs}
+
+    def seed_sparsest(self) -> int:
+        """Seed the first generation with the sparsest config of the space (every gene at its largest ratio: the
+        fastest computation, :meth:`search.policy.SearchPolicy.sparsest_config`) when it is within the budget and
+        not seeded already. It anchors the front's fast end at once, as the sandwich rule trains the smallest
+        child every step (SparseViT Sec. 3.2): with the reference point at the budget, the hypervolume is mostly
+        the latency range the front spans, which a GA otherwise reaches generation by generation
+        (``[sampler] seed_sparsest``; RESULTS.md R3). Returns the number added (0 or 1)."""
+        params = {name: max(d.choices) for name, d in self.policy.space.distributions().items()}
+        config = self.policy.decode(params)
+        if not self.policy.feasible(config) or self.policy.key(config) in self._waiting_keys():
+            return 0
+        return self._enqueue_first_generation([params])
 
     # ---- hypervolume (2 objectives: metric, latency) ------------------------------------------
     def _track_front(self, metrics: Dict[str, float], p: _Pending) -> None:
@@ -728,6 +744,8 @@ def _execute(spec, exp_dir: Path, *, n_trials: int, is_resume: bool, address: Op
                 "other evaluations")
     if spec.sampler.seed_uniform and search.n_trials_done == 0 and not repeated:
         search.seed_uniform()  # a fork's first generation: the parent's front under the new budget + the baseline
+    if spec.sampler.seed_sparsest and search.n_trials_done == 0 and not repeated:
+        search.seed_sparsest()  # ... + the front's fast end
     if frozen.get("budget_ms") != search.budget or frozen.get("dense_predicted_ms") != search.dense_ms:
         frozen.update(budget_ms=search.budget, dense_predicted_ms=search.dense_ms)
         atomic_write_json(ej, frozen)

@@ -396,6 +396,10 @@ class SamplerSection(_Section):
     (one ratio on stages 0 .. n-2, the paper's baseline; at most half a population, those nearest the budget),
     so the front starts at the baseline it has to beat; a fork gets them beside its parent's front. Not applied
     to resumes.
+
+    ``seed_sparsest`` (default true): beside them, the sparsest config of the space (every gene at its largest
+    ratio, the fastest computation) when it is within the budget, so the front spans its whole latency range
+    from the first generation on. Not applied to resumes.
     """
 
     model_config = ConfigDict(extra="allow", strict=True)
@@ -403,6 +407,7 @@ class SamplerSection(_Section):
     name: str = "nsga2"
     feasible_only: bool = True
     seed_uniform: bool = True
+    seed_sparsest: bool = True
 
     @field_validator("name")
     @classmethod

@@ -161,3 +161,27 @@ def test_baselines_experiment_script(experiment, tmp_path):
         assert t["front"] is None or t["front_ms"] <= t["budget_ms"]
     assert "vs reduced resolution" in (tmp_path / "baselines.md").read_text()
     assert (tmp_path / "baselines.png").stat().st_size > 1000
+
+
+def test_retention_noise_script(experiment, tmp_path):
+    """experiments/fashion_mosaic/retention_noise.py: paired retention of several configs on disjoint canvas sets
+    and, with --latency, each config's drift-corrected latency / dense from the same run."""
+    sys.path.insert(0, ROOT)
+    from experiments.fashion_mosaic import retention_noise
+
+    d, spec, summary = experiment
+    dense, sparse = "[[0, 0], [0, 0], [0, 0], [0, 0]]", "[[0.8, 0.8], [0.8, 0.8], [0.8, 0.8], [0, 0]]"
+    out = retention_noise.main(["--checkpoint", str(d / "tiny.safetensors"), "--exp", str(d / "exp_tiny"),
+                                "--config", dense, "--config", sparse, "--seeds", "1", "2", "--length", "4",
+                                "--threads", "1", "--latency", "--repeats", "3", "--out", str(tmp_path / "r.json"),
+                                "--json"])
+    a, b = out["configs"]
+    assert [r["seed"] for r in a["runs"]] == [1, 2] and a["length"] == 4
+    assert all(r["retention"] == 1.0 for r in a["runs"])  # the dense config is the reference itself
+    assert a["runs"][0]["dense_miou"] != a["runs"][1]["dense_miou"]  # another seed: other canvases
+    assert [r["dense_miou"] for r in b["runs"]] == [r["dense_miou"] for r in a["runs"]]  # paired on the same sets
+    assert a["latency_ratio"] == pytest.approx(1.0, abs=0.25) and b["measured_ms"] > 0
+    assert json.loads((tmp_path / "r.json").read_text()) == out
+    one = retention_noise.main(["--checkpoint", str(d / "tiny.safetensors"), "--exp", str(d / "exp_tiny"),
+                                "--config", sparse, "--seeds", "1", "--length", "4", "--threads", "1", "--json"])
+    assert one["runs"][0]["config_miou"] == b["runs"][0]["config_miou"] and "latency_ratio" not in one

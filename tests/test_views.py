@@ -144,6 +144,11 @@ def test_fresh_search_starts_from_the_feasible_uniform_configs(searched):
     first = [pol.key(Config(json.loads(c))) for c in df["config"].iloc[:len(want)]]
     assert first == want
     assert all(json.loads(a).get("NSGAIISampler:generation") == 0 for a in df["sampler_attrs"].iloc[:len(want)])
+    # ``[sampler] seed_sparsest`` (default): right after them, the sparsest config of the space (the front's fast end)
+    sparsest = pol.key(pol.sparsest_config())
+    assert pol.feasible(pol.sparsest_config()) and sparsest not in want
+    assert pol.key(Config(json.loads(df["config"].iloc[len(want)]))) == sparsest
+    assert json.loads(df["sampler_attrs"].iloc[len(want)]).get("NSGAIISampler:generation") == 0
 
 
 def test_fork_reuses_and_never_re_evaluates(searched, tmp_path):

@@ -1,14 +1,21 @@
-"""Evaluation noise of a retention claim: one config and the dense model on several disjoint canvas sets, paired.
+"""Evaluation noise of a retention claim: configs and the dense model on several disjoint canvas sets, paired.
 
 A front member's retention (its mIoU / the dense model's, on the same canvases) is measured on one set of
 validation canvases; this script repeats the paired measurement on ``--seeds`` other sets of ``--length``
 canvases at the search's resolution and scene layout, and reports each set's retention, their mean and standard
-deviation, and the dense mIoU's spread across sets. Used for the 99 % target of RESULTS.md R2.
+deviation, and the dense mIoU's spread across sets. With ``--latency`` it also measures every config's
+end-to-end latency in the same run, drift-corrected against the dense supernet as the profiler does
+(:func:`latency.profiler.measure_drift`, batch 1, ``--threads``), so "retention R at latency L of dense" comes
+from one command. Used for the 99 % target of RESULTS.md R2.
 
 Usage:
     python experiments/fashion_mosaic/retention_noise.py --exp runs/main/search \
         --checkpoint runs/main/supernet.safetensors --config '[[.8,.8],[.6,.6],[.2,.2,.4,.4,.4,.4],[.3,.3]]' \
-        [--seeds 1001 2002 3003 4004] [--length 256] [--threads 2] [--out results/retention_noise.json] [--json]
+        [--config ANOTHER ...] [--seeds 1001 2002 3003 4004] [--length 256] [--threads 2] [--latency] \
+        [--repeats 11] [--out results/retention_noise.json] [--json]
+
+One ``--config`` writes the recorded layout (``config``, ``runs``, ``retention_mean``, ...); several write
+``{"configs": [that layout per config], ...}``.
 """
 from __future__ import annotations
 
@@ -25,10 +32,13 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--exp", required=True, help="the search's experiment directory (resolution, scene layout)")
     p.add_argument("--checkpoint", required=True, help="the supernet X.safetensors")
-    p.add_argument("--config", required=True, help="per-stage ratios as JSON, e.g. [[.8,.8],[.6,.6],[.2]*6,[.3,.3]]")
+    p.add_argument("--config", required=True, action="append",
+                   help="per-stage ratios as JSON, e.g. [[.8,.8],[.6,.6],[.2,.2,.2,.2,.2,.2],[.3,.3]] (repeatable)")
     p.add_argument("--seeds", type=int, nargs="+", default=[1001, 2002, 3003, 4004])
     p.add_argument("--length", type=int, default=256)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--latency", action="store_true", help="also measure each config's latency / dense, drift-corrected")
+    p.add_argument("--repeats", type=int, default=11, help="timed runs per config with --latency")
     p.add_argument("--out", default=None)
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
@@ -47,28 +57,48 @@ def main(argv=None) -> dict:
     img = int(frozen["search_img_size"][0])
     model, meta = load_checkpoint(a.checkpoint, img_size=img)
     spec = mosaic_spec(meta, img, dict(sspec.evaluator.mosaic))
-    config = json.loads(a.config)
-    runs = []
+    configs = [json.loads(c) for c in a.config]
+    dense_runs = {}
+    per = [[] for _ in configs]
     for seed in a.seeds:
-        d = evaluate_config(model, None, length=a.length, batch_size=8, spec=spec, seed=seed)["miou"]
-        s = evaluate_config(model, config, length=a.length, batch_size=8, spec=spec, seed=seed)["miou"]
-        runs.append({"seed": seed, "dense_miou": d, "config_miou": s, "retention": s / d})
-        if not a.json:
-            print(f"seed {seed}: dense {d:.4f}  config {s:.4f}  retention {s / d:.4f}", flush=True)
-    r = np.array([x["retention"] for x in runs])
-    dm = np.array([x["dense_miou"] for x in runs])
-    out = {"config": config, "img_size": img, "length": a.length, "runs": runs,
-           "retention_mean": float(r.mean()), "retention_std": float(r.std(ddof=1)) if len(r) > 1 else 0.0,
-           "dense_miou_std": float(dm.std(ddof=1)) if len(dm) > 1 else 0.0}
+        d = dense_runs[seed] = evaluate_config(model, None, length=a.length, batch_size=8, spec=spec, seed=seed)["miou"]
+        for i, config in enumerate(configs):
+            s = evaluate_config(model, config, length=a.length, batch_size=8, spec=spec, seed=seed)["miou"]
+            per[i].append({"seed": seed, "dense_miou": d, "config_miou": s, "retention": s / d})
+            if not a.json:
+                print(f"seed {seed}: dense {d:.4f}  config {i} {s:.4f}  retention {s / d:.4f}", flush=True)
+    dm = np.array(list(dense_runs.values()))
+    results = []
+    for config, runs in zip(configs, per):
+        r = np.array([x["retention"] for x in runs])
+        results.append({"config": config, "img_size": img, "length": a.length, "runs": runs,
+                        "retention_mean": float(r.mean()), "retention_std": float(r.std(ddof=1)) if len(r) > 1 else 0.0,
+                        "dense_miou_std": float(dm.std(ddof=1)) if len(dm) > 1 else 0.0})
+    if a.latency:
+        from latency.profiler import _make_input, measure_drift
+
+        x = _make_input(1, (img, img), 0, torch.device("cpu"), torch.float32)
+        dense_cfg = [[0.0] * d for d in model.depths]
+        model.eval()
+        with torch.inference_mode():
+            meas = measure_drift([((lambda c=c: model.set_sparsity(c)), (lambda: model(x))) for c in configs],
+                                 (lambda: model.set_sparsity(dense_cfg), lambda: model(x)), warmup=3,
+                                 repeats=a.repeats, progress=not a.json, desc="latency")
+        for res, ms, ratio in zip(results, meas.ms, meas.ratio):
+            res.update(measured_ms=float(ms), latency_ratio=float(ratio), threads=a.threads, repeats=a.repeats)
+    out = results[0] if len(results) == 1 else {"configs": results, "img_size": img, "length": a.length,
+                                                 "seeds": list(a.seeds)}
     if a.out:
         atomic_write_json(Path(a.out), out)
     if a.json:
         print(json.dumps(out))
     else:
-        print(f"retention {out['retention_mean']:.4f} +- {out['retention_std']:.4f} (std over {len(r)} sets of "
-              f"{a.length} canvases); dense mIoU std across sets {out['dense_miou_std']:.4f}")
+        for i, res in enumerate(results):
+            lat = f", latency {res['latency_ratio']:.3f} of dense" if "latency_ratio" in res else ""
+            print(f"config {i} {json.dumps(res['config'])}: retention {res['retention_mean']:.4f} +- "
+                  f"{res['retention_std']:.4f} (std over {len(a.seeds)} sets of {a.length} canvases){lat}; "
+                  f"dense mIoU std across sets {res['dense_miou_std']:.4f}")
     return out
-
 
 if __name__ == "__main__":
     main()
