@@ -161,6 +161,10 @@ class DataSection(MosaicSpec):
             evaluator's default).
         fresh_canvases: each epoch draws new canvases (indices ``epoch * train_length + i``) instead
             of reshuffling the same ones.
+        val_min_items / val_max_items: items per validation canvas when the validation layout differs from the
+            training one (a recipe that trains on denser canvases than the task it is scored on: the task
+            recipes train on 2-10 items and validate on the default task's 1-8); ``None`` = the training
+            layout's. Validation only: not part of what a resume compares.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -168,11 +172,29 @@ class DataSection(MosaicSpec):
     train_length: int = Field(2048, ge=1)
     val_length: int = Field(256, ge=1)
     val_seed: int = Field(DEFAULT_VAL_SEED, ge=0)
+    val_min_items: Optional[int] = Field(None, ge=1, le=256)
+    val_max_items: Optional[int] = Field(None, ge=1, le=256)
     fresh_canvases: bool = True
 
     def mosaic(self) -> MosaicSpec:
-        """The :class:`MosaicSpec` part."""
+        """The :class:`MosaicSpec` part (the training canvases' layout)."""
         return MosaicSpec(**{k: getattr(self, k) for k in MosaicSpec.model_fields})
+
+    @model_validator(mode="after")
+    def _val_items(self) -> "DataSection":
+        lo, hi = self._val_range()
+        if lo > hi:
+            raise ValueError(f"validation items: min {lo} > max {hi}: set val_min_items <= val_max_items")
+        return self
+
+    def _val_range(self) -> Tuple[int, int]:
+        return (self.min_items if self.val_min_items is None else self.val_min_items,
+                self.max_items if self.val_max_items is None else self.val_max_items)
+
+    def val_mosaic(self) -> MosaicSpec:
+        """The validation canvases' layout: :meth:`mosaic` with ``val_min_items`` / ``val_max_items`` where set."""
+        lo, hi = self._val_range()
+        return self.mosaic().model_copy(update={"min_items": lo, "max_items": hi})
 
 
 class TrainSection(BaseModel):
@@ -612,6 +634,8 @@ def _config_fingerprint(cfg: TrainConfig | Dict[str, Any]) -> Dict[str, Any]:
     d = json.loads(json.dumps(cfg)) if isinstance(cfg, dict) else cfg.model_dump(mode="json")
     d["train"].pop("threads", None)
     d["data"].pop("data_dir", None)
+    d["data"].pop("val_min_items", None)  # validation layout: scores, never trains
+    d["data"].pop("val_max_items", None)
     d.pop("output", None)
     d["model"].pop("timm_weights", None)
     d["model"].pop("init", None)
@@ -860,7 +884,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
                                      "seconds": seconds, "canvases": n_img, "canvases_per_s": n_img / max(seconds, 1e-9)}
             if t.val_each_epoch:
                 entry["val_dense"] = evaluate_config(model, None, length=t.val_each_epoch_length or cfg.data.val_length,
-                                                     batch_size=t.eval_batch_size, spec=cfg.data.mosaic(),
+                                                     batch_size=t.eval_batch_size, spec=cfg.data.val_mosaic(),
                                                      seed=cfg.data.val_seed)
             history.append(entry)
             train_seconds += seconds
@@ -886,7 +910,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
     t0 = time.perf_counter()
     model.set_sparsity([[0.0] * d for d in depths])
     table = reference_table(model, t.eval_ratios, length=cfg.data.val_length, batch_size=t.eval_batch_size,
-                            spec=cfg.data.mosaic(), seed=cfg.data.val_seed)
+                            spec=cfg.data.val_mosaic(), seed=cfg.data.val_seed)
     metrics = dict(table)
     metrics["train"] = {"seconds": train_seconds, "eval_seconds": time.perf_counter() - t0, "steps": step,
                         "epochs": epoch, "canvases": canvases_seen,

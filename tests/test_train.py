@@ -270,6 +270,39 @@ def test_resume_refuses_a_changed_spec_or_foreign_state(data_dir, tmp_path):
         train(cfg, resume=True, progress=False)
 
 
+def test_validation_layout_is_its_own_and_not_part_of_a_resume(data_dir, tmp_path):
+    """``[data] val_min_items / val_max_items``: the task recipes train on 2-10 items and are scored on the default
+    task's 1-8; the per-epoch check and the final table use that layout; a resume does not compare it."""
+    from pydantic import ValidationError
+
+    from supernet.train import DataSection, _spec_diff
+
+    d = DataSection(min_items=2, max_items=10, val_min_items=1, val_max_items=8)
+    assert (d.mosaic().min_items, d.mosaic().max_items) == (2, 10)
+    assert (d.val_mosaic().min_items, d.val_mosaic().max_items) == (1, 8)
+    assert d.val_mosaic().model_dump(exclude={"min_items", "max_items"}) == d.mosaic().model_dump(
+        exclude={"min_items", "max_items"})
+    assert DataSection(min_items=2, max_items=10).val_mosaic() == DataSection(min_items=2, max_items=10).mosaic()
+    assert DataSection(max_items=10, val_min_items=9).val_mosaic().max_items == 10
+    with pytest.raises(ValidationError, match="val_min_items <= val_max_items"):
+        DataSection(max_items=8, val_min_items=9)
+    for name in ("task_dense.toml", "task_quick.toml", "task_full.toml"):
+        cfg = load_train_spec(REPO / "experiments" / "fashion_mosaic" / name)
+        assert (cfg.data.val_mosaic().min_items, cfg.data.val_mosaic().max_items) == (1, 8)
+    base = tiny_cfg(data_dir, tmp_path, dense_epochs=1, adapt_epochs=0, val_each_epoch=True)
+    other = base.model_copy(update={"data": base.data.model_copy(update={"val_min_items": 3, "val_max_items": 3})})
+    assert _spec_diff(json.loads(base.model_dump_json()), other) == ""
+    train(other, progress=False)
+    meta = read_sidecar(tmp_path / "ck.safetensors")
+    spec3 = other.data.val_mosaic()
+    assert spec3.min_items == spec3.max_items == 3
+    model, _ = load_checkpoint(tmp_path / "ck.safetensors")
+    again = evaluate_config(model, None, length=4, batch_size=4, spec=spec3, seed=12345)
+    assert again["miou"] == pytest.approx(meta["metrics"]["dense"]["miou"])  # scored on the 3-item layout
+    train_layout = evaluate_config(model, None, length=4, batch_size=4, spec=other.data.mosaic(), seed=12345)
+    assert train_layout["miou"] != pytest.approx(meta["metrics"]["dense"]["miou"])
+
+
 def test_reference_table_restores_sparsity(data_dir):
     torch.manual_seed(0)
     model = SegSupernet.from_timm("swin_tiny_patch4_window7_224", img_size=64, head_dim=16, embed_dim=16,
