@@ -185,3 +185,26 @@ def test_retention_noise_script(experiment, tmp_path):
     one = retention_noise.main(["--checkpoint", str(d / "tiny.safetensors"), "--exp", str(d / "exp_tiny"),
                                 "--config", sparse, "--seeds", "1", "--length", "4", "--threads", "1", "--json"])
     assert one["runs"][0]["config_miou"] == b["runs"][0]["config_miou"] and "latency_ratio" not in one
+
+
+def test_rescore_script(experiment, tmp_path):
+    """experiments/fashion_mosaic/rescore.py: checkpoints scored densely, paired, on named canvas layouts."""
+    sys.path.insert(0, ROOT)
+    from experiments.fashion_mosaic import rescore
+    from supernet.checkpoint import load_checkpoint
+    from supernet.data import MosaicSpec
+    from supernet.evaluate import DEFAULT_VAL_SEED, evaluate_config
+
+    d, spec, summary = experiment
+    ck = str(d / "tiny.safetensors")
+    out = rescore.main([f"a={ck}", f"b={ck}", "--layout", "few=112:1:2", "--layout", "many=112:6:8", "--length", "4",
+                        "--threads", "1", "--out", str(tmp_path / "r.json"), "--json"])
+    a, b = out["checkpoints"]["a"], out["checkpoints"]["b"]
+    assert a["few"] == b["few"] and a["many"] == b["many"]  # same weights, same canvases
+    assert a["few"] != a["many"]  # another layout: other canvases
+    model, meta = load_checkpoint(ck, img_size=112)
+    base = MosaicSpec.from_dataset(meta.get("dataset"), 112)
+    want = evaluate_config(model, None, length=4, batch_size=16, seed=DEFAULT_VAL_SEED,
+                           spec=base.model_copy(update={"min_items": 6, "max_items": 8}))
+    assert a["many"]["miou"] == pytest.approx(want["miou"])
+    assert json.loads((tmp_path / "r.json").read_text()) == out
