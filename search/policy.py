@@ -192,9 +192,13 @@ class SearchPolicy:
                     raise InputError(f"predictor {src} was profiled for {key} {a} but the checkpoint "
                                      f"{self.spec.supernet.checkpoint} has {b}; {fix}")
 
+    def sparsest_params(self) -> Dict[str, Any]:
+        """Gene values of :meth:`sparsest_config`: every gene at its largest choice."""
+        return {name: max(d.choices) for name, d in self.space.distributions().items()}
+
     def sparsest_config(self):
         """Every gene at its largest ratio (the fastest config of the space)."""
-        return self.space.decode({name: max(d.choices) for name, d in self.space.distributions().items()})
+        return self.space.decode(self.sparsest_params())
 
     def uniform_seeds(self) -> Dict[str, Dict[str, Any]]:
         """The feasible uniform-sparsity configs of the space (SparseViT's baseline: one ratio on every block of

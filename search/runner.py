@@ -410,7 +410,7 @@ class _Search:
         child every step (SparseViT Sec. 3.2): with the reference point at the budget, the hypervolume is mostly
         the latency range the front spans, which a GA otherwise reaches generation by generation
         (``[sampler] seed_sparsest``; RESULTS.md R3). Returns the number added (0 or 1)."""
-        params = {name: max(d.choices) for name, d in self.policy.space.distributions().items()}
+        params = self.policy.sparsest_params()
         config = self.policy.decode(params)
         if not self.policy.feasible(config) or self.policy.key(config) in self._waiting_keys():
             return 0
