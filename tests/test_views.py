@@ -213,3 +213,63 @@ def test_joint_pareto_of_two_experiments_names_each_point(searched, tmp_path):
     j = json.loads(r.stdout)
     assert set(j["experiment"]) == {"views", "fork2"}
     assert {f["experiment"] for f in j["front"]} <= {"views", "fork2"} and j["front"]
+
+
+def test_kill9_with_every_efficiency_feature_on_then_resume(tiny, tmp_path):
+    """kill -9 of the driver mid-search with feasible proposals, the canonical space, the seeded first generation,
+    multi-fidelity and the prefix cache all on (the built-in evaluator), then ``resume``: every trial recorded
+    before the kill is kept unchanged, the search ends at n_trials, no computation is evaluated twice, nothing is
+    rejected and no partially evaluated config reaches the front."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import tempfile
+    import time
+
+    from conftest import ROOT, cli_env, kill_session, session_pids
+    from search.policy import SearchPolicy
+    from search.space import Config
+    from search.spec import load_spec
+    from search.trial_log import final_trials, load_trials
+
+    _, ck, pr = tiny
+    spec = _mosaic_spec(tmp_path, ck, pr, name="k9", n_trials=32)
+    exp = tmp_path / "exp_k9"
+    raytmp = tempfile.mkdtemp(prefix="ssk", dir="/tmp")  # short: Ray's unix socket paths must fit
+    env = cli_env(RAY_TMPDIR=raytmp)
+    try:
+        p = subprocess.Popen([sys.executable, "-m", "search.cli", "run", str(spec), "--no-progress"], cwd=ROOT,
+                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.time() + 300
+        before = None
+        while time.time() < deadline and p.poll() is None:
+            if (exp / "trials").exists():
+                df = final_trials(load_trials(exp))
+                if len(df) >= 10:
+                    before = df
+                    break
+            time.sleep(0.2)
+        assert p.poll() is None and before is not None, "the search ended or stalled before the kill"
+        os.killpg(p.pid, signal.SIGKILL)
+        p.wait()
+        kill_session(p.pid)
+        assert session_pids(p.pid) == []
+        seen = final_trials(load_trials(exp))  # what the kill left recorded (>= the snapshot above)
+        assert len(seen) < 32
+        out = json.loads(run_cli("resume", str(exp), "--json", "--no-progress", env=env, check=True).stdout)
+    finally:
+        shutil.rmtree(raytmp, ignore_errors=True)
+    df = final_trials(load_trials(exp))
+    assert sorted(df["trial_number"]) == list(range(32)) and out["n_trials"] == 32
+    assert out["counts"]["rejected"] == 0
+    cols = ["trial_number", "status", "config_hash", "miou", "canvases"]
+    kept = df.set_index("trial_number").loc[seen["trial_number"], cols[1:]].reset_index()
+    pd.testing.assert_frame_equal(kept, seen[cols].reset_index(drop=True), check_dtype=False)
+    assert (seen["status"] == "partial").any() or (df["status"] == "partial").any()
+    pol = SearchPolicy.from_spec(load_spec(spec))
+    ev = df[df["status"].isin(["complete", "partial"]) & df["eval_seconds"].notna()]
+    keys = [pol.key(Config(json.loads(c))) for c in ev["config"]]
+    assert len(keys) == len(set(keys))  # across the kill, no computation evaluated twice
+    front = {r["trial_number"] for r in out["front"]}
+    assert front and not front & set(df.loc[df["status"] == "partial", "trial_number"])
