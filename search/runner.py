@@ -734,17 +734,17 @@ def _execute(spec, exp_dir: Path, *, n_trials: int, is_resume: bool, address: Op
     frozen = read_json(ej, "experiment file", "fix: restore it (or start a new experiment)", ResumeError)
     _read_reference(exp_dir)  # a broken file is reported now, before Ray starts
     fork_info = None
+    first = search.n_trials_done == 0 and not repeated  # the first generation is still to be drawn
     if frozen.get("forked_from"):
         parent = Path(frozen["forked_from"])
-        first = search.n_trials_done == 0 and not repeated
         if first or (parent / "experiment.json").is_file():
             fork_info = search.seed_from(parent, enqueue=first)
         else:  # the fork's own log holds what it reused; the parent's other evaluations are simply not reused
             log(f"note: {parent} (the experiment this one was forked from) is gone; resuming without reusing its "
                 "other evaluations")
-    if spec.sampler.seed_uniform and search.n_trials_done == 0 and not repeated:
+    if first and spec.sampler.seed_uniform:
         search.seed_uniform()  # a fork's first generation: the parent's front under the new budget + the baseline
-    if spec.sampler.seed_sparsest and search.n_trials_done == 0 and not repeated:
+    if first and spec.sampler.seed_sparsest:
         search.seed_sparsest()  # ... + the front's fast end
     if frozen.get("budget_ms") != search.budget or frozen.get("dense_predicted_ms") != search.dense_ms:
         frozen.update(budget_ms=search.budget, dense_predicted_ms=search.dense_ms)

@@ -38,8 +38,8 @@ def main(argv=None) -> dict:
 
     import torch
 
-    from supernet.checkpoint import load_checkpoint
     from search.evaluators import mosaic_spec
+    from supernet.checkpoint import load_checkpoint
     from supernet.evaluate import DEFAULT_VAL_SEED, evaluate_config
     from supernet.fileio import atomic_write_json
 
@@ -54,8 +54,9 @@ def main(argv=None) -> dict:
     for item in a.checkpoints:
         name, _, path = item.partition("=")
         row = {"file": path}
+        models = {size: load_checkpoint(path, img_size=size) for size in {v[0] for v in layouts.values()}}
         for lay, (size, lo, hi) in layouts.items():
-            model, meta = load_checkpoint(path, img_size=size)
+            model, meta = models[size]  # one load per canvas size, not per layout
             spec = mosaic_spec(meta, size, {"min_items": lo, "max_items": hi})
             r = evaluate_config(model, None, length=a.length, batch_size=8 if size > 224 else 16, spec=spec,
                                 seed=DEFAULT_VAL_SEED)

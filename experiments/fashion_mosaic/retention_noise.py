@@ -100,5 +100,6 @@ def main(argv=None) -> dict:
                   f"dense mIoU std across sets {res['dense_miou_std']:.4f}")
     return out
 
+
 if __name__ == "__main__":
     main()
