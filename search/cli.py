@@ -209,6 +209,23 @@ def cmd_supernet_train(a: argparse.Namespace) -> int:
     return cli_train(a)
 
 
+def cmd_supernet_export(a: argparse.Namespace) -> int:
+    from supernet.checkpoint import export_checkpoint, read_sidecar
+    from supernet.fileio import sha256_file
+
+    from .errors import UserError
+
+    src, dst = Path(a.src), Path(a.dst)
+    if src.resolve() == dst.resolve():
+        raise UserError(f"supernet export: {dst} is the source itself; fix: name another destination file")
+    read_sidecar(src)  # a missing or unreadable source: one error line naming it
+    out = export_checkpoint(src, dst, storage_dtype=a.storage_dtype)
+    info = {"src": str(src), "dst": str(out), "storage_dtype": a.storage_dtype, "bytes": out.stat().st_size,
+            "sha256": sha256_file(out)}
+    _emit(info, a.json, f"{out} ({a.storage_dtype} storage, {info['bytes']:,} bytes, sha256 {info['sha256'][:12]}...)")
+    return 0
+
+
 def cmd_latency_profile(a: argparse.Namespace) -> int:
     from latency import cli_profile
 
@@ -313,6 +330,13 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", action="store_true", help="continue from the last epoch checkpoint")
     r.add_argument("--stop-after", type=_positive_int, metavar="EPOCH",
                    help="stop once this epoch of the run is complete (checkpoint written; continue with --resume)")
+    r.add_argument("--json", action="store_true")
+
+    r = add("export", cmd_supernet_export, "re-save a checkpoint for shipping (float16 storage: half the bytes; "
+                                           "loading gives float32), its sidecar kept", snsub)
+    r.add_argument("src", help="checkpoint X.safetensors (X.json beside it)")
+    r.add_argument("dst", help="new checkpoint Y.safetensors (Y.json written beside it)")
+    r.add_argument("--storage-dtype", choices=("float16", "bfloat16", "float32"), default="float16")
     r.add_argument("--json", action="store_true")
 
     lt = add("latency", None, "profile device latency and validate the predictor")

@@ -141,6 +141,25 @@ def _check_arch(arch: Any, where: str) -> Dict[str, Any]:
     return dict(arch)
 
 
+def _canonical_metadata(data: bytes, metadata: Mapping[str, str]) -> bytes:
+    """``data`` (a serialised safetensors file) with its ``__metadata__`` keys in sorted order.
+
+    safetensors writes the metadata from a hash map, so its key order (and the file's sha256) changes from one
+    save to the next; the shipped weights' recorded sha256 must be reproducible by their command. The sorted
+    form has the same length as any other order, so the header length and the tensor offsets stay as they are."""
+    import itertools
+
+    n = int.from_bytes(data[:8], "little")
+    header = data[8:8 + n]
+    want = json.dumps(dict(sorted(metadata.items())), separators=(",", ":")).encode()
+    for perm in itertools.permutations(metadata.items()):
+        got = json.dumps(dict(perm), separators=(",", ":")).encode()
+        key = b'"__metadata__":' + got
+        if key in header:
+            return data[:8] + header.replace(key, b'"__metadata__":' + want, 1) + data[8 + n:]
+    return data  # an unforeseen serialisation: left as written
+
+
 def save_checkpoint(model: SegSupernet, path: _PathLike, *, arch: Dict[str, Any],
                     img_size: Union[int, Tuple[int, int]], num_classes: int,
                     search_space: Optional[Dict[str, Any]] = None, dataset: Optional[Dict[str, Any]] = None,
@@ -186,7 +205,8 @@ def save_checkpoint(model: SegSupernet, path: _PathLike, *, arch: Dict[str, Any]
     state = {k: (v.detach().to("cpu").to(cast) if cast is not None and v.is_floating_point() else v.detach().to("cpu"))
              .contiguous().clone() for k, v in model.state_dict().items()}
     fmt = {"format": "pt", "sparsesearch_format": str(FORMAT_VERSION)}
-    p = atomic_write(p, lambda tmp: safetensors.torch.save_file(state, tmp, metadata=fmt))
+    data = _canonical_metadata(safetensors.torch.save(state, metadata=fmt), fmt)
+    p = atomic_write_bytes(p, data)
     meta = {
         "format_version": FORMAT_VERSION,
         "arch": arch,

@@ -212,3 +212,36 @@ def test_timm_state_dict_refuses_pickles_and_mismatches(tmp_path):
         load_timm_state_dict(tiny_model(), st)
     with pytest.raises(CheckpointError, match="not found"):
         load_timm_state_dict(tiny_model(), tmp_path / "absent.safetensors")
+
+
+def test_export_command_stores_float16_loads_float32_and_refuses_overwriting_its_source(saved, capsys):
+    """`sparsesearch supernet export`: the shipping format (float16 storage, sidecar kept, loading gives float32
+    values rounded to float16); exporting twice gives the same bytes; the source itself as destination, or a
+    missing source, is one error line (exit 2) and the source is untouched."""
+    from search.cli import main
+
+    model, path = saved
+    before = path.read_bytes()
+    dst = path.with_name("half.safetensors")
+    assert main(["supernet", "export", str(path), str(dst), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["sha256"] == sha256_file(dst) and info["storage_dtype"] == "float16"
+    assert dst.stat().st_size < 0.6 * path.stat().st_size
+    meta = read_sidecar(dst)
+    assert meta["storage_dtype"] == "float16" and meta["training"] == {"epoch": 1} and meta["arch"] == ARCH
+    half, _ = load_checkpoint(dst)
+    for k, v in half.state_dict().items():
+        want = model.state_dict()[k]
+        assert v.dtype == want.dtype
+        if want.is_floating_point():
+            assert torch.equal(v, want.half().float()), k
+    again = path.with_name("again.safetensors")
+    for _ in range(3):  # float16 -> float32 -> float16 is exact, and the file's bytes (its sha256) reproducible
+        assert main(["supernet", "export", str(dst), str(again)]) == 0
+        assert again.read_bytes() == dst.read_bytes()
+    for args in (["supernet", "export", str(path), str(path)],
+                 ["supernet", "export", str(path.with_name("none.safetensors")), str(dst)]):
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("sparsesearch: error:") and "fix:" in err[0]
+    assert path.read_bytes() == before
