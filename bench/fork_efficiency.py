@@ -30,7 +30,7 @@ def hv_by_evaluation(exp: Path, budget: float, metric: str):
     """[(evaluations so far, hypervolume)] in end-time order, a point per row (reused rows cost no evaluation)."""
     from search_efficiency import hv_walk  # bench/ is on sys.path when a bench runs
 
-    return [(0, 0.0)] + [(n, hv) for n, _, hv, *_ in hv_walk(exp, budget, metric)]
+    return [(0, 0.0)] + [(r.evaluations, r.hypervolume) for r in hv_walk(exp, budget, metric)]
 
 
 def main(argv=None) -> dict:

@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import List, NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -51,9 +52,17 @@ def _variant(spec, out: Path, seed: int, n_trials: int, before: bool):
     return ExperimentSpec.model_validate(data)
 
 
-def hv_walk(exp: Path, budget: float, metric: str, threads: int = 1):
-    """One walk of a trial log in end-time order: after each row, ``(evaluations so far, eval CPU-seconds so far,
-    hypervolume, whether the row ran an evaluation, best metric so far)``. Hypervolume of the complete / cached rows under ``budget``
+class WalkRow(NamedTuple):
+    """The state of a trial log's walk after one row (:func:`hv_walk`)."""
+    evaluations: int  # evaluations so far
+    cpu_seconds: float  # evaluation CPU-seconds so far
+    hypervolume: float
+    ran: bool  # the row ran an evaluation (a cached row did not)
+    best: float  # best metric within the budget so far
+
+
+def hv_walk(exp: Path, budget: float, metric: str, threads: int = 1) -> List[WalkRow]:
+    """One walk of a trial log in end-time order: a :class:`WalkRow` after each row. Hypervolume of the complete / cached rows under ``budget``
     (``metric`` max, predicted ms min, reference (0, budget)); CPU-seconds = eval_seconds x ``threads``; a cached
     row (eval_seconds NaN) costs nothing but may raise the hypervolume."""
     import numpy as np
@@ -71,7 +80,7 @@ def hv_walk(exp: Path, budget: float, metric: str, threads: int = 1):
         if ran:
             n, t = n + 1, t + float(r.eval_seconds) * threads
         hv = float(hypervolume(np.asarray(pts), [0.0, budget], ["max", "min"])) if pts else 0.0
-        rows.append((n, t, hv, ran, max((p[0] for p in pts), default=0.0)))
+        rows.append(WalkRow(n, t, hv, ran, max((p[0] for p in pts), default=0.0)))
     return rows
 
 
@@ -81,8 +90,9 @@ def curve(exp: Path, threads: int):
     is the front's other end, the most accurate config the budget admits (on the search's canvases)."""
     frozen = json.loads((exp / "experiment.json").read_text())
     rows = hv_walk(exp, frozen["budget_ms"], frozen["spec"]["objectives"]["metric"], threads)
-    ran = [r for r in rows if r[3]]
-    return [0.0] + [r[1] for r in ran], [0.0] + [r[2] for r in ran], [0.0] + [r[4] for r in ran]
+    ran = [r for r in rows if r.ran]
+    return ([0.0] + [r.cpu_seconds for r in ran], [0.0] + [r.hypervolume for r in ran],
+            [0.0] + [r.best for r in ran])
 
 
 def repeated_computations(exp: Path, policy) -> int:

@@ -823,7 +823,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
         torch.manual_seed(t.seed * 1_000_003 + epoch)
         rng = np.random.default_rng([t.seed, epoch])
     elif resume:
-        log(f"nothing to resume at {ckpt}; training from scratch")
+        start = f"from [model] init {cfg.model.init}" if cfg.model.init else "from scratch"
+        log(f"nothing to resume at {ckpt}; training {start}")
     if history:  # resumed: the compute so far, and nothing to do when already past --stop-after
         train_seconds = float(sum(h.get("seconds", 0.0) for h in history))
         canvases_seen = int(sum(h.get("canvases", 0) for h in history))
