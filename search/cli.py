@@ -210,14 +210,18 @@ def cmd_supernet_train(a: argparse.Namespace) -> int:
 
 
 def cmd_supernet_export(a: argparse.Namespace) -> int:
-    from supernet.checkpoint import export_checkpoint, read_sidecar
+    from supernet.checkpoint import export_checkpoint, read_sidecar, sidecar_path, weights_path
     from supernet.fileio import sha256_file
 
     from .errors import UserError
 
-    src, dst = Path(a.src), Path(a.dst)
-    if src.resolve() == dst.resolve():
-        raise UserError(f"supernet export: {dst} is the source itself; fix: name another destination file")
+    src, dst = weights_path(a.src), Path(a.dst)
+    if dst.suffix != ".safetensors" or dst.is_dir():
+        raise UserError(f"supernet export: {dst} is not a .safetensors file name; fix: name the new checkpoint "
+                        "Y.safetensors (Y.json is written beside it)")
+    if {dst.resolve(), sidecar_path(dst).resolve()} & {src.resolve(), sidecar_path(src).resolve()}:
+        raise UserError(f"supernet export: {dst} would overwrite the source checkpoint {src}; fix: name another "
+                        "destination file")
     read_sidecar(src)  # a missing or unreadable source: one error line naming it
     out = export_checkpoint(src, dst, storage_dtype=a.storage_dtype)
     info = {"src": str(src), "dst": str(out), "storage_dtype": a.storage_dtype, "bytes": out.stat().st_size,

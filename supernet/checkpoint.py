@@ -51,7 +51,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import fileio
-from .fileio import atomic_write, atomic_write_bytes, sha256_bytes, to_json_safe
+from .fileio import atomic_write_bytes, sha256_bytes, to_json_safe
 from .seg import SegSupernet
 
 __all__ = [

@@ -240,6 +240,9 @@ def test_export_command_stores_float16_loads_float32_and_refuses_overwriting_its
         assert main(["supernet", "export", str(dst), str(again)]) == 0
         assert again.read_bytes() == dst.read_bytes()
     for args in (["supernet", "export", str(path), str(path)],
+                 ["supernet", "export", str(path.with_suffix(".json")), str(path)],  # the sidecar names the source
+                 ["supernet", "export", str(path), str(path.with_suffix(""))],  # would write the source's X.json
+                 ["supernet", "export", str(path), str(path.parent)],
                  ["supernet", "export", str(path.with_name("none.safetensors")), str(dst)]):
         assert main(args) == 2
         err = capsys.readouterr().err.strip().splitlines()
