@@ -61,7 +61,54 @@ def test_shipped_supernet_continues_the_shipped_dense_model_at_the_search_resolu
     assert {k: v for k, v in sup["arch"].items() if k != "window_importance"} == dense["arch"]
     assert sup["arch"].get("window_importance", "magnitude") in ("magnitude", "centred")
     assert sup["img_size"] >= 448 and "scene" in sup["metrics"]
-    assert sup["training"]["shipped"]["compute"]["dense_canvases"] == dense["training"]["shipped"]["compute"]["canvases"]
+    dc = dense["training"]["shipped"]["compute"]  # everything the dense model took from scratch
+    sc = sup["training"]["shipped"]["compute"]
+    assert sc["dense_canvases"] == dc.get("total_canvases", dc["canvases"])
+    assert sc["total_canvases"] == sc["dense_canvases"] + sc.get("first_adapt_canvases", 0) + sc["canvases"]
     cmd = sup["training"]["shipped"]["command"]  # after training the dense model, or copying it as shipped
     assert cmd.startswith(dense["training"]["shipped"]["command"] + " && ") or \
         cmd.startswith("mkdir -p runs/task && cp experiments/fashion_mosaic/weights/dense.safetensors ")
+
+
+def _chain_reads_what_it_wrote(command: str) -> list:
+    """Walk a shipped command (steps joined by ' && '): every file a step reads under runs/ was written by an
+    earlier step (a recipe's [model] init by a training run, an export or a copy). Returns the recipes trained."""
+    import os
+
+    from supernet.train import load_train_spec
+
+    def rel(p) -> str:
+        return os.path.relpath(p, ROOT)
+
+    written, trained = set(), []
+    for step in command.split(" && "):
+        tok = step.split()
+        if tok[:3] == ["sparsesearch", "supernet", "train"]:
+            cfg = load_train_spec(ROOT / tok[3])
+            if cfg.model.init:
+                assert rel(cfg.model.init) in written, f"{tok[3]} starts from {rel(cfg.model.init)}, not written before"
+            out = rel(cfg.output.checkpoint)
+            written |= {out, out[:-len(".safetensors")] + ".json"}  # a checkpoint is both files
+            trained.append(tok[3])
+        elif tok[:3] == ["sparsesearch", "supernet", "export"]:
+            assert tok[3] in written, step
+            written |= {tok[4], tok[4][:-len(".safetensors")] + ".json"}
+        elif tok[0] == "cp":
+            *srcs, dst = tok[1:]
+            for src in srcs:  # a file under runs/ must come from an earlier step; others are in the repository
+                assert src in written or (not src.startswith("runs/") and (ROOT / src).is_file()), step
+                written.add(dst + os.path.basename(src) if dst.endswith("/") else dst)
+        else:
+            assert tok[:2] == ["mkdir", "-p"], f"unexpected step {step!r}"
+    return trained
+
+
+def test_shipped_commands_are_chains_whose_every_step_reads_what_an_earlier_step_wrote():
+    """The reproducing commands run as written: no step starts from a file nothing before it made (a recipe's
+    [model] init renamed, or a copy missing, breaks this), and each ends by training its own recipe."""
+    from supernet.checkpoint import read_sidecar
+
+    for name in NAMES:
+        shipped = read_sidecar(WEIGHTS / f"{name}.safetensors")["training"]["shipped"]
+        trained = _chain_reads_what_it_wrote(shipped["command"])
+        assert trained and trained[-1] == shipped["recipe"]

@@ -6,7 +6,7 @@
 #   bash experiments/fashion_mosaic/reproduce.sh [STEP ...]     (default: every step)
 #
 # Steps: diagnose speed dense supernet ship main validate window efficiency baselines fork samplers dimap
-#        quick full width (and, not by default, continue: the shipped dense model trained on with --resume)
+#        quick full width (and, not by default, continue: task_dense.toml on to its last epoch)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_USAGE_STATS_ENABLED=0
@@ -25,28 +25,40 @@ if want diagnose; then  # section R0: controlled probes, one lever each, 3072 ca
   $py experiments/fashion_mosaic/diagnose.py --linear-probe runs/diag/base_s0.pt runs/diag/itemw_s0.pt
 fi
 want speed && $py bench/train_speed.py
-if want dense; then  # the shipped dense model: epoch 187 of the recipe's 220 (hours; resumable; drop --stop-after to go on)
-  $ss supernet train experiments/fashion_mosaic/task_dense.toml --resume --stop-after 187
-  $py experiments/fashion_mosaic/plot_training.py runs/task/dense.safetensors --out $R/task_dense_curve.png
-fi
 W=experiments/fashion_mosaic/weights
-# runs/task/dense: what the dense step trained, else a copy of the shipped dense model
-dense_or_shipped() { [ -f runs/task/dense.safetensors ] || { mkdir -p runs/task && cp $W/dense.safetensors $W/dense.json runs/task/; }; }
-if want continue; then  # not a default step: train the shipped dense model on towards the recipe's 220 epochs
-  # (a warm restart from its epoch: the optimizer state is not shipped; see supernet.train._warm_resume)
-  dense_or_shipped
+if want dense; then  # the shipped dense model: epoch 187 of task_dense.toml's 220, exported (float16), then a second
+  # cosine cycle from it (task_dense_cycle2.toml, 48 epochs): hours; each run resumable. A copy of the shipped model
+  # in runs/task/dense_c2 (what the supernet step makes when this step has not run) stands in: delete it to train.
+  if ! cmp -s runs/task/dense_c2.safetensors $W/dense.safetensors; then
+    $ss supernet train experiments/fashion_mosaic/task_dense.toml --resume --stop-after 187
+    [ -f runs/task/dense187.safetensors ] || $ss supernet export runs/task/dense.safetensors runs/task/dense187.safetensors
+    $ss supernet train experiments/fashion_mosaic/task_dense_cycle2.toml --resume
+    $py experiments/fashion_mosaic/plot_training.py runs/task/dense.safetensors --out $R/task_dense_curve.png  # first run
+  fi
+fi
+if want continue; then  # not a default step: task_dense.toml on from epoch 187 to its 220 (R1's epoch-220 row),
+  # after exporting epoch 187 for the cycle-2 run
+  $ss supernet train experiments/fashion_mosaic/task_dense.toml --resume --stop-after 187
+  [ -f runs/task/dense187.safetensors ] || $ss supernet export runs/task/dense.safetensors runs/task/dense187.safetensors
   $ss supernet train experiments/fashion_mosaic/task_dense.toml --resume
 fi
-if want supernet; then  # SparseViT adaptation of runs/task/dense: 24 epochs, then 24 more (task_supernet_long.toml)
+# runs/task/dense_c2: what the dense step trained, else a copy of the shipped dense model
+dense_or_shipped() { [ -f runs/task/dense_c2.safetensors ] || { mkdir -p runs/task && cp $W/dense.safetensors runs/task/dense_c2.safetensors && cp $W/dense.json runs/task/dense_c2.json; }; }
+if want supernet; then  # SparseViT adaptation of runs/task/dense_c2: 24 epochs, then 24 more (task_supernet_long.toml)
   dense_or_shipped
   $ss supernet train experiments/fashion_mosaic/task_supernet.toml --resume
   [ -f runs/task/supernet24.safetensors ] || { cp runs/task/supernet.safetensors runs/task/supernet24.safetensors
                                                cp runs/task/supernet.json runs/task/supernet24.json; }
   $ss supernet train experiments/fashion_mosaic/task_supernet_long.toml --resume
 fi
-if want ship; then  # the shipped dense model stays as it is when runs/task/dense is its unchanged copy
-  d=runs/task/dense.safetensors; cmp -s $d $W/dense.safetensors && d=$W/dense.safetensors
-  $py experiments/fashion_mosaic/ship_weights.py --dense $d --supernet runs/task/supernet48.safetensors
+if want ship; then  # the shipped dense model stays as it is when runs/task/dense_c2 is its unchanged copy
+  d=runs/task/dense_c2.safetensors
+  if cmp -s $d $W/dense.safetensors; then
+    $py experiments/fashion_mosaic/ship_weights.py --dense $W/dense.safetensors --supernet runs/task/supernet48.safetensors
+  else
+    $py experiments/fashion_mosaic/ship_weights.py --dense $d --supernet runs/task/supernet48.safetensors \
+        --dense-recipe experiments/fashion_mosaic/task_dense_cycle2.toml
+  fi
 fi
 want main && bash scripts/main.sh
 if want validate; then  # section R2: the predictor at the search resolution

@@ -1,7 +1,7 @@
 """Export the trained task model and its SparseViT supernet as the project's shipped weights.
 
-    python experiments/fashion_mosaic/ship_weights.py \
-        --dense runs/task/dense.safetensors --supernet runs/task/supernet.safetensors
+    python experiments/fashion_mosaic/ship_weights.py --dense runs/task/dense_c2.safetensors \
+        --dense-recipe experiments/fashion_mosaic/task_dense_cycle2.toml --supernet runs/task/supernet48.safetensors
 
 writes ``experiments/fashion_mosaic/weights/{dense,supernet}.safetensors`` (float16 storage; loading gives
 float32) with their sidecars, re-measured on the stored weights:
@@ -17,12 +17,21 @@ float32) with their sidecars, re-measured on the stored weights:
 ``--dense experiments/fashion_mosaic/weights/dense.safetensors`` keeps the shipped dense model as it is and
 exports the supernet alone (adapted from a copy of that file in ``runs/task/``, as its command says).
 
+A dense model trained in two runs (``task_dense.toml`` stopped at an epoch and exported, then a recipe whose
+``[model] init`` is that export, such as ``task_dense_cycle2.toml``) ships as the whole chain: ``--dense-recipe``
+names the second recipe, the first run's epoch and compute come from the export's sidecar. ``compute`` holds
+this run's ``train_seconds`` / ``canvases``, the earlier runs' (``first_*``, ``first_adapt_*``, ``dense_*``) and
+``total_train_seconds`` / ``total_canvases``: everything from scratch. Every sidecar and recipe is checked (the run
+was made by the recipe it is shipped under; the supernet was adapted from this dense model, where its starting
+file is still there) before anything is written; a mismatch is one ``sparsesearch: error:`` line, exit 2.
+
 ``weights/SHA256SUMS`` lists both files (``sha256sum -c`` format).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import sys
 import time
@@ -39,6 +48,62 @@ RECIPES = {"dense": "experiments/fashion_mosaic/task_dense.toml",
 #: task_supernet_long.toml continues task_supernet.toml's output from this file
 LONG_INIT = "supernet24.safetensors"
 CHECK_CANVASES = 16
+
+
+class ShipError(Exception):
+    """A shipping input that does not fit (a recipe, a sidecar, a path): one error line, exit 2, nothing written."""
+
+
+def rel(path: Path | str) -> str:
+    """``path`` as the reproducing commands spell it: relative to the repository root (symlinks kept)."""
+    r = os.path.relpath(os.path.abspath(path), ROOT)
+    if r.startswith(".."):
+        raise ShipError(f"{path} is outside the repository; fix: keep the training files under runs/")
+    return Path(r).as_posix()
+
+
+def history_compute(meta: dict) -> tuple[float, int]:
+    """(training seconds, canvases) summed over a sidecar's per-epoch history."""
+    hist = (meta.get("training") or {}).get("history") or []
+    return float(sum(h.get("seconds", 0.0) for h in hist)), int(sum(h.get("canvases", 0) for h in hist))
+
+
+def recipe_paths(recipe: str) -> tuple[str | None, str]:
+    """A recipe's ``[model] init`` and ``[output] checkpoint``, relative to the repository root."""
+    from supernet.train import load_train_spec
+
+    cfg = load_train_spec(ROOT / recipe)
+    return (rel(cfg.model.init) if cfg.model.init else None), rel(cfg.output.checkpoint)
+
+
+def check_trained_by(meta: dict, recipe: str, what: str) -> dict:
+    """The sidecar's ``training`` dict, after checking its run was made by ``recipe`` (same fingerprint as a
+    ``--resume`` compares: paths, threads and the validation layout may differ).
+
+    Raises:
+        ShipError: another recipe made it (the keys that differ are named)."""
+    from supernet.train import _spec_diff, load_train_spec
+
+    tr = meta.get("training") or {}
+    if not tr.get("config"):
+        raise ShipError(f"{what} records no training config; fix: ship a checkpoint written by sparsesearch supernet train")
+    diff = _spec_diff(tr["config"], load_train_spec(ROOT / recipe))
+    if diff:
+        raise ShipError(f"{what} was not trained by {recipe} ({diff} differ); fix: pass the recipe that made it")
+    return tr
+
+
+def train_command(recipe: str, training: dict) -> str:
+    """The command that trains ``recipe`` to the epoch a sidecar's ``training`` stopped at."""
+    command = f"sparsesearch supernet train {recipe} --resume"
+    if not training.get("complete", True):  # a checkpoint part-way through the recipe: the epoch it stopped at
+        command += f" --stop-after {training['epoch']}"
+    return command
+
+
+def json_of(path: str) -> str:
+    """``X.safetensors`` -> ``X.json`` (a path as the commands spell it)."""
+    return path[:-len(".safetensors")] + ".json"
 
 
 def measure(path: Path, scene_size: int | None, length: int, threads: int) -> dict:
@@ -62,79 +127,128 @@ def measure(path: Path, scene_size: int | None, length: int, threads: int) -> di
     return out
 
 
-def main() -> int:
+def plan(a: argparse.Namespace) -> dict:
+    """What each shipped file will record (command, compute, recipe), checked before anything is written.
+
+    Raises:
+        ShipError, CheckpointError, TrainSpecError: a sidecar, recipe or path that does not fit."""
+    from supernet.checkpoint import read_sidecar
+    from supernet.fileio import sha256_file
+
+    stamp = {"machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+             "exported": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    keep_dense = a.dense.resolve() == (a.out / "dense.safetensors").resolve()
+    dense_meta, sup_meta = read_sidecar(a.dense), read_sidecar(a.supernet)
+    export = f"python experiments/fashion_mosaic/ship_weights.py --dense {a.dense} --supernet {a.supernet}"
+    if a.dense_recipe != RECIPES["dense"]:
+        export += f" --dense-recipe {a.dense_recipe}"
+    out = {}
+    if keep_dense:  # the shipped dense model stays as it is (the supernet recipe starts from a copy of it)
+        shipped = dense_meta["training"]["shipped"]
+        c = shipped["compute"]
+        dense_total = (float(c.get("total_train_seconds", c["train_seconds"])), int(c.get("total_canvases", c["canvases"])))
+        dense_command = shipped["command"]
+    else:
+        tr = check_trained_by(dense_meta, a.dense_recipe, str(a.dense))
+        seconds, canvases = history_compute(dense_meta)
+        compute = {"train_seconds": seconds, "canvases": canvases, "epochs": f"{tr.get('epoch')}/{tr.get('epochs')}",
+                   "threads": tr["config"].get("train", {}).get("threads"),
+                   "source_sha256": dense_meta["weights_sha256"], **stamp}
+        dense_command = train_command(a.dense_recipe, tr)
+        shipped = {"recipe": a.dense_recipe}
+        init, _ = recipe_paths(a.dense_recipe)
+        if init is not None:  # a second run continuing task_dense.toml's run, exported at the epoch it stopped
+            init_meta = read_sidecar(ROOT / init)
+            itr = check_trained_by(init_meta, RECIPES["dense"], init)
+            compute["first_train_seconds"], compute["first_canvases"] = history_compute(init_meta)
+            compute["first_epochs"] = f"{itr.get('epoch')}/{itr.get('epochs')}"
+            _, first_out = recipe_paths(RECIPES["dense"])
+            dense_command = (f"{train_command(RECIPES['dense'], itr)} && sparsesearch supernet export {first_out} {init} "
+                             f"&& {dense_command}")
+            shipped["init"] = {"file": init, "sha256": sha256_file(ROOT / init)}
+        compute["total_train_seconds"] = compute["train_seconds"] + compute.get("first_train_seconds", 0.0)
+        compute["total_canvases"] = compute["canvases"] + compute.get("first_canvases", 0)
+        dense_total = (compute["total_train_seconds"], compute["total_canvases"])
+        out["dense"] = {**shipped, "command": dense_command, "export": export, "compute": compute}
+
+    tr = sup_meta.get("training") or {}
+    init = ((tr.get("config") or {}).get("model") or {}).get("init") or ""
+    long = Path(init).name == LONG_INIT
+    recipe = RECIPES["supernet_long" if long else "supernet"]
+    tr = check_trained_by(sup_meta, recipe, str(a.supernet))
+    seconds, canvases = history_compute(sup_meta)
+    compute = {"train_seconds": seconds, "canvases": canvases, "epochs": f"{tr.get('epoch')}/{tr.get('epochs')}",
+               "threads": tr["config"].get("train", {}).get("threads"), "source_sha256": sup_meta["weights_sha256"],
+               **stamp}
+    adapt_meta = sup_meta
+    if long:  # task_supernet_long.toml: its compute includes the first adaptation run's (the init's sidecar)
+        adapt_meta = read_sidecar(Path(init))
+        check_trained_by(adapt_meta, RECIPES["supernet"], init)
+        compute["first_adapt_train_seconds"], compute["first_adapt_canvases"] = history_compute(adapt_meta)
+    # lineage: the first adaptation run started from the dense model being shipped (when its file is still there)
+    dense_file = ((adapt_meta["training"].get("config") or {}).get("model") or {}).get("init")
+    want = sha256_file(a.dense)
+    if dense_file and Path(dense_file).is_file() and sha256_file(dense_file) != want:
+        raise ShipError(f"{a.supernet} was adapted from {dense_file}, which is not {a.dense} (sha256 differs); "
+                        "fix: pass the dense model the supernet was adapted from")
+    compute["dense_train_seconds"], compute["dense_canvases"] = dense_total
+    compute["total_train_seconds"] = dense_total[0] + compute.get("first_adapt_train_seconds", 0.0) + seconds
+    compute["total_canvases"] = dense_total[1] + compute.get("first_adapt_canvases", 0) + canvases
+    sup_init, _ = recipe_paths(RECIPES["supernet"])
+    if keep_dense:  # from a copy of the dense checkpoint shipped beside it
+        first = f"mkdir -p runs/task && cp {OUT_REL}/dense.safetensors {sup_init} && cp {OUT_REL}/dense.json {json_of(sup_init)}"
+    else:  # after training the dense model
+        first = dense_command
+        _, dense_out = recipe_paths(a.dense_recipe)
+        if dense_out != sup_init:  # the supernet recipe reads the dense recipe's output under another name
+            first += f" && cp {dense_out} {sup_init} && cp {json_of(dense_out)} {json_of(sup_init)}"
+    command = train_command(recipe, tr)
+    if long:  # adapt 24 epochs, keep that as the continuation's init, adapt 24 more
+        command = (f"sparsesearch supernet train {RECIPES['supernet']} --resume && "
+                   f"cp runs/task/supernet.safetensors runs/task/{LONG_INIT} && "
+                   f"cp runs/task/supernet.json runs/task/{json_of(LONG_INIT)} && {command}")
+    out["supernet"] = {"recipe": recipe, "command": f"{first} && {command}", "export": export, "compute": compute,
+                       "init": {"file": f"{OUT_REL}/dense.safetensors" if keep_dense else rel(a.dense), "sha256": want,
+                                "command": dense_command}}
+    return out
+
+
+def main(argv=None) -> int:
     from supernet.checkpoint import export_checkpoint, read_sidecar
     from supernet.fileio import atomic_write_text, sha256_file
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--dense", type=Path, required=True)
     ap.add_argument("--supernet", type=Path, required=True)
+    ap.add_argument("--dense-recipe", default=RECIPES["dense"],
+                    help="the recipe that trained --dense (default: task_dense.toml); one whose [model] init is "
+                         "task_dense.toml's exported checkpoint (task_dense_cycle2.toml) ships the two-run chain")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--length", type=int, default=256, help="val canvases of the recorded metrics")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", action="store_true")
-    a = ap.parse_args()
+    a = ap.parse_args(argv)
+    shipped = plan(a)  # every check before the first write
     a.out.mkdir(parents=True, exist_ok=True)
-    report = {}
-    sums = []
-    commands = {}
-    keep_dense = a.dense.resolve() == (a.out / "dense.safetensors").resolve()
+    report, sums = {}, []
     for name, src in (("dense", a.dense), ("supernet", a.supernet)):
-        meta = read_sidecar(src)
-        if name == "dense" and keep_dense:  # the shipped dense model stays as it is (the supernet recipe starts from it)
-            commands[name] = meta["training"]["shipped"]["command"]
+        if name not in shipped:  # the kept dense model
+            meta = read_sidecar(src)
             sha = sha256_file(src)
             sums.append(f"{sha}  {src.name}")
             report[name] = {"file": str(src), "sha256": sha, "bytes": src.stat().st_size, "kept": True,
                             "dense": meta["metrics"]["dense"], "check": meta["metrics"]["check"], "scene": None}
             continue
-        tr = meta.get("training") or {}
-        hist = tr.get("history") or []
-        compute = {"train_seconds": float(sum(h.get("seconds", 0.0) for h in hist)),
-                   "canvases": int(sum(h.get("canvases", 0) for h in hist)),
-                   "threads": (tr.get("config") or {}).get("train", {}).get("threads"),
-                   "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-                   "source_sha256": meta["weights_sha256"], "exported": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-        init = ((tr.get("config") or {}).get("model") or {}).get("init") or ""
-        long = name == "supernet" and Path(init).name == LONG_INIT
-        if long:  # task_supernet_long.toml: its compute includes the first adaptation run's (the init's sidecar)
-            first_meta = read_sidecar(Path(init))
-            fh = (first_meta.get("training") or {}).get("history") or []
-            compute["first_adapt_train_seconds"] = float(sum(h.get("seconds", 0.0) for h in fh))
-            compute["first_adapt_canvases"] = int(sum(h.get("canvases", 0) for h in fh))
-        if name == "supernet":  # the supernet continues the dense model: its compute includes the dense run's
-            dense_meta = read_sidecar(a.dense)
-            dh = (dense_meta.get("training") or {}).get("history") or []
-            compute["dense_train_seconds"] = float(sum(h.get("seconds", 0.0) for h in dh))
-            compute["dense_canvases"] = int(sum(h.get("canvases", 0) for h in dh))
+        meta = read_sidecar(src)
         dst = a.out / f"{name}.safetensors"
-        recipe = RECIPES["supernet_long" if long else name]
-        command = f"sparsesearch supernet train {recipe} --resume"
-        if not tr.get("complete", True):  # a checkpoint part-way through the recipe: the epoch it stopped at
-            command += f" --stop-after {tr['epoch']}"
-        compute["epochs"] = f"{tr.get('epoch')}/{tr.get('epochs')}"
-        if name == "supernet":  # from the dense checkpoint shipped beside it: train that first, or copy it
-            first = (f"mkdir -p runs/task && cp {OUT_REL}/dense.safetensors {OUT_REL}/dense.json runs/task/"
-                     if keep_dense else commands["dense"])
-            if long:  # adapt 24 epochs, keep that as the continuation's init, adapt 24 more
-                command = (f"sparsesearch supernet train {RECIPES['supernet']} --resume && "
-                           f"cp runs/task/supernet.safetensors runs/task/{LONG_INIT} && "
-                           f"cp runs/task/supernet.json runs/task/{LONG_INIT.replace('.safetensors', '.json')} && {command}")
-            command = f"{first} && {command}"
-        commands[name] = command
-        shipped = {"recipe": recipe, "command": command,
-                   "export": f"python experiments/fashion_mosaic/ship_weights.py --dense {a.dense} --supernet {a.supernet}",
-                   "compute": compute}
-        if name == "supernet" and keep_dense:
-            shipped["init"] = {"file": "weights/dense.safetensors", "command": commands["dense"]}
-        export_checkpoint(src, dst, storage_dtype="float16", extra={"shipped": shipped})
+        export_checkpoint(src, dst, storage_dtype="float16", extra={"shipped": shipped[name]})
         scene = None
         if name == "supernet":
             ds = meta.get("dataset") or {}
             scene = int(ds.get("img_size") or meta.get("img_size"))
         metrics = measure(dst, scene, a.length, a.threads)
         metrics["train_source"] = meta.get("metrics")
-        export_checkpoint(src, dst, storage_dtype="float16", metrics=metrics, extra={"shipped": shipped})
+        export_checkpoint(src, dst, storage_dtype="float16", metrics=metrics, extra={"shipped": shipped[name]})
         sha = sha256_file(dst)
         sums.append(f"{sha}  {dst.name}")
         report[name] = {"file": str(dst), "sha256": sha, "bytes": dst.stat().st_size,
@@ -144,5 +258,17 @@ def main() -> int:
     return 0
 
 
+def cli(argv=None) -> int:
+    """:func:`main` with one ``sparsesearch: error:`` line and exit 2 for inputs that do not fit."""
+    from supernet.checkpoint import CheckpointError
+    from supernet.train import TrainSpecError
+
+    try:
+        return main(argv)
+    except (ShipError, CheckpointError, TrainSpecError) as e:
+        print(f"sparsesearch: error: {e}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(cli())
