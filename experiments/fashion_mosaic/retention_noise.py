@@ -28,6 +28,21 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 
+def parse_config(text: str, parser: argparse.ArgumentParser) -> list:
+    """A ``--config`` value: per-stage ratio lists as JSON or a Python literal (``[[.8,.8],...]``, as the usage
+    spells it); anything else is an argparse error (one line, exit 2)."""
+    import ast
+
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        try:
+            return ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            parser.error(f"--config {text!r} is not a list of per-stage ratio lists, e.g. [[.8,.8],[.6,.6],[.5]*6,[.3,.3]] "
+                         "written out: [[0.8,0.8],[0.6,0.6],[0.5,0.5,0.5,0.5,0.5,0.5],[0.3,0.3]]")
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--exp", required=True, help="the search's experiment directory (resolution, scene layout)")
@@ -57,7 +72,7 @@ def main(argv=None) -> dict:
     img = int(frozen["search_img_size"][0])
     model, meta = load_checkpoint(a.checkpoint, img_size=img)
     spec = mosaic_spec(meta, img, dict(sspec.evaluator.mosaic))
-    configs = [json.loads(c) for c in a.config]
+    configs = [parse_config(c, p) for c in a.config]
     dense_runs = {}
     per = [[] for _ in configs]
     for seed in a.seeds:
