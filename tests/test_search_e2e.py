@@ -182,9 +182,14 @@ def test_retention_noise_script(experiment, tmp_path):
     assert [r["dense_miou"] for r in b["runs"]] == [r["dense_miou"] for r in a["runs"]]  # paired on the same sets
     assert a["latency_ratio"] == pytest.approx(1.0, abs=0.25) and b["measured_ms"] > 0
     assert json.loads((tmp_path / "r.json").read_text()) == out
+    literal = "[[.8, .8], [.8, .8], [.8, .8], [0, 0]]"  # the usage's Python-literal form, not JSON
     one = retention_noise.main(["--checkpoint", str(d / "tiny.safetensors"), "--exp", str(d / "exp_tiny"),
-                                "--config", sparse, "--seeds", "1", "--length", "4", "--threads", "1", "--json"])
+                                "--config", literal, "--seeds", "1", "--length", "4", "--threads", "1", "--json"])
     assert one["runs"][0]["config_miou"] == b["runs"][0]["config_miou"] and "latency_ratio" not in one
+    with pytest.raises(SystemExit) as e:  # not a config: one argparse error line, exit 2
+        retention_noise.main(["--checkpoint", str(d / "tiny.safetensors"), "--exp", str(d / "exp_tiny"),
+                              "--config", "[[.8]]*4", "--json"])
+    assert e.value.code == 2
 
 
 def test_rescore_script(experiment, tmp_path):
