@@ -154,18 +154,23 @@ def test_fresh_search_starts_from_the_feasible_uniform_configs(searched):
 def test_fork_reuses_and_never_re_evaluates(searched, tmp_path):
     from search.trial_log import final_trials, load_trials
 
+    from search.policy import SearchPolicy
+    from search.runner import load_frozen_spec
+    from search.space import Config
+
     old = final_trials(load_trials(searched["exp"]))
     dense = json.loads((searched["exp"] / "reference.json").read_text())["dense"]["predicted_latency_ms"]
+    # 0.8 of dense, raised where this machine's profile prices even uniform 0.8 above that (the tiny model's sparse
+    # overhead on a busy CPU), so that the uniform seeds checked below exist
+    parent = SearchPolicy.from_spec(load_frozen_spec(searched["exp"])[1])
+    budget = max(0.8 * dense, 1.02 * parent.predict(parent.decode(parent.space.uniform_params(0.8))))
     out = tmp_path / "fork"
-    r = run_cli("fork", str(searched["exp"]), "--out", str(out), "--budget-ms", f"{0.8 * dense:.4f}",
+    r = run_cli("fork", str(searched["exp"]), "--out", str(out), "--budget-ms", f"{budget:.4f}",
                 "--n-trials", "16", "--json", "--no-progress", check=True)
     s = json.loads(r.stdout)
     assert s["fork"]["reused_evaluations"] == (old["status"] == "complete").sum() and s["fork"]["seeded_trials"] > 0
     new = final_trials(load_trials(out))
-    assert (new["predicted_latency_ms"] <= 0.8 * dense + 1e-6).all()
-    from search.policy import SearchPolicy
-    from search.runner import load_frozen_spec
-    from search.space import Config
+    assert (new["predicted_latency_ms"] <= float(f"{budget:.4f}") + 1e-6).all()
 
     pol = SearchPolicy.from_spec(load_frozen_spec(out)[1])
     old_keys = {pol.key(Config(json.loads(c))) for c in old.loc[old["status"] == "complete", "config"]}
