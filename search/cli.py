@@ -211,7 +211,6 @@ def cmd_supernet_train(a: argparse.Namespace) -> int:
 
 def cmd_supernet_export(a: argparse.Namespace) -> int:
     from supernet.checkpoint import export_checkpoint, read_sidecar, sidecar_path, weights_path
-    from supernet.fileio import sha256_file
 
     from .errors import UserError
 
@@ -222,10 +221,9 @@ def cmd_supernet_export(a: argparse.Namespace) -> int:
     if {dst.resolve(), sidecar_path(dst).resolve()} & {src.resolve(), sidecar_path(src).resolve()}:
         raise UserError(f"supernet export: {dst} would overwrite the source checkpoint {src}; fix: name another "
                         "destination file")
-    read_sidecar(src)  # a missing or unreadable source: one error line naming it
-    out = export_checkpoint(src, dst, storage_dtype=a.storage_dtype)
+    out = export_checkpoint(src, dst, storage_dtype=a.storage_dtype)  # a missing source: CheckpointError, one line
     info = {"src": str(src), "dst": str(out), "storage_dtype": a.storage_dtype, "bytes": out.stat().st_size,
-            "sha256": sha256_file(out)}
+            "sha256": read_sidecar(out)["weights_sha256"]}  # save_checkpoint hashed the bytes it wrote
     _emit(info, a.json, f"{out} ({a.storage_dtype} storage, {info['bytes']:,} bytes, sha256 {info['sha256'][:12]}...)")
     return 0
 
