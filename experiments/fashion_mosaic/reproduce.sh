@@ -70,11 +70,16 @@ want window && $py bench/window_pruning.py --checkpoint runs/main/supernet.safet
 want efficiency && $py bench/search_efficiency.py --spec experiments/fashion_mosaic/search_main.toml
 want baselines && $py experiments/fashion_mosaic/baselines.py --checkpoint runs/main/supernet.safetensors \
     --exp runs/main/search --out $R \
-    $( [ -f runs/task/dense_w24.safetensors ] && echo --baseline "width 0.75x=runs/task/dense_w24.safetensors" )
+    $( [ -f runs/task/dense_w24_c2.safetensors ] && echo --baseline "width 0.75x=runs/task/dense_w24_c2.safetensors" )
 want fork && $py bench/fork_efficiency.py --parent runs/main/search --fraction 0.5
 want samplers && $py experiments/fashion_mosaic/compare_samplers.py --checkpoint runs/main/supernet.safetensors --predictor runs/main/latency_cpu_448.json
 want dimap && $py experiments/fashion_mosaic/dimap_vs_magnitude.py --checkpoint runs/main/supernet.safetensors
 want quick && $ss supernet train experiments/fashion_mosaic/task_quick.toml --resume
 want full && $ss supernet train experiments/fashion_mosaic/task_full.toml --resume
-want width && $ss supernet train experiments/fashion_mosaic/task_dense_w24.toml --resume
+if want width; then  # the width baseline (0.75x), by the dense step's chain and steps: hours; each run resumable
+  $ss supernet train experiments/fashion_mosaic/task_dense_w24.toml --resume --stop-after 187
+  [ -f runs/task/dense_w24_187.safetensors ] ||
+    $ss supernet export runs/task/dense_w24.safetensors runs/task/dense_w24_187.safetensors
+  $ss supernet train experiments/fashion_mosaic/task_dense_w24_cycle2.toml --resume
+fi
 echo "done: ${steps[*]}"
