@@ -84,6 +84,7 @@ __all__ = [
     "lr_at",
     "train_step",
     "state_path",
+    "spec_diff",
     "train",
     "cli_train",
 ]
@@ -642,8 +643,10 @@ def _config_fingerprint(cfg: TrainConfig | Dict[str, Any]) -> Dict[str, Any]:
     return d
 
 
-def _spec_diff(saved: Dict[str, Any], cfg: TrainConfig) -> str:
-    """``"[section] key, ..."`` where the fingerprint ``saved`` differs from ``cfg``'s ("" when they agree).
+def spec_diff(saved: Dict[str, Any], cfg: TrainConfig) -> str:
+    """``"[section] key, ..."`` where the fingerprint ``saved`` differs from ``cfg``'s ("" when they agree): the
+    check ``--resume`` makes, and ``experiments/fashion_mosaic/ship_weights.py`` makes before shipping a checkpoint
+    under a recipe's name.
 
     ``saved`` is read as a spec first, so a key added to the spec after the checkpoint was written compares as
     its default (the shipped dense model's sidecar predates ``[model] window_importance``); a fingerprint that is
@@ -705,7 +708,7 @@ def _warm_resume(cfg: TrainConfig, ckpt: Path, model: SegSupernet, optimizer: to
     if "config" not in tr or "step" not in tr:
         raise TrainSpecError(f"{ckpt}: no training record in its sidecar and no {state_path(ckpt).name}; "
                              "fix: rerun without --resume to train from scratch")
-    diff = _spec_diff(_config_fingerprint(tr["config"]), cfg)
+    diff = spec_diff(_config_fingerprint(tr["config"]), cfg)
     if diff:
         raise TrainSpecError(f"{ckpt}: written by another spec ({diff}); "
                              "fix: restore the spec or rerun without --resume")
@@ -802,7 +805,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
             raise CheckpointError(f"{spath} belongs to a different {ckpt.name} (sha256 "
                                   f"{state['weights_sha256'][:12]}... != {sha[:12]}...); "
                                   "fix: rerun without --resume to train from scratch")
-        diff = _spec_diff(json.loads(state["config"]), cfg)
+        diff = spec_diff(json.loads(state["config"]), cfg)
         if diff:
             raise TrainSpecError(f"{ckpt}: the spec changed since this checkpoint was written ({diff}); "
                                  "fix: restore the spec or rerun without --resume")

@@ -112,3 +112,36 @@ def test_shipped_commands_are_chains_whose_every_step_reads_what_an_earlier_step
         shipped = read_sidecar(WEIGHTS / f"{name}.safetensors")["training"]["shipped"]
         trained = _chain_reads_what_it_wrote(shipped["command"])
         assert trained and trained[-1] == shipped["recipe"]
+
+
+def _ship(argv, capsys):
+    import importlib
+
+    ship = importlib.import_module("experiments.fashion_mosaic.ship_weights")
+    code = ship.cli([str(a) for a in argv])
+    return code, capsys.readouterr()
+
+
+@pytest.mark.parametrize("case", ["wrong_recipe", "missing_sidecar", "missing_recipe"])
+def test_ship_weights_refuses_what_does_not_fit_in_one_line_before_writing_anything(case, tmp_path, capsys):
+    """ship_weights.py checks every sidecar and recipe before its first write: a dense model shipped under a recipe
+    that did not train it (the shipped one is task_dense_cycle2.toml's run, not task_dense.toml's), a checkpoint
+    without its sidecar, a recipe that is not there: one `sparsesearch: error:` line, exit 2, --out not created."""
+    out = tmp_path / "weights"
+    argv = ["--dense", WEIGHTS / "dense.safetensors", "--supernet", WEIGHTS / "supernet.safetensors", "--out", out]
+    if case == "missing_sidecar":
+        lone = tmp_path / "lone.safetensors"
+        lone.write_bytes((WEIGHTS / "dense.safetensors").read_bytes())
+        argv[1] = lone
+    elif case == "missing_recipe":
+        argv += ["--dense-recipe", "experiments/fashion_mosaic/no_such_recipe.toml"]
+    code, cap = _ship(argv, capsys)
+    lines = cap.err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("sparsesearch: error: "), cap.err
+    assert "Traceback" not in cap.err and not out.exists()
+    if case == "wrong_recipe":
+        assert "was not trained by experiments/fashion_mosaic/task_dense.toml" in lines[0] and "[train] lr" in lines[0]
+    elif case == "missing_sidecar":
+        assert "lone" in lines[0]
+    else:
+        assert "no_such_recipe.toml" in lines[0]

@@ -275,7 +275,7 @@ def test_validation_layout_is_its_own_and_not_part_of_a_resume(data_dir, tmp_pat
     task's 1-8; the per-epoch check and the final table use that layout; a resume does not compare it."""
     from pydantic import ValidationError
 
-    from supernet.train import DataSection, _spec_diff
+    from supernet.train import DataSection, spec_diff
 
     d = DataSection(min_items=2, max_items=10, val_min_items=1, val_max_items=8)
     assert (d.mosaic().min_items, d.mosaic().max_items) == (2, 10)
@@ -291,7 +291,7 @@ def test_validation_layout_is_its_own_and_not_part_of_a_resume(data_dir, tmp_pat
         assert (cfg.data.val_mosaic().min_items, cfg.data.val_mosaic().max_items) == (1, 8)
     base = tiny_cfg(data_dir, tmp_path, dense_epochs=1, adapt_epochs=0, val_each_epoch=True)
     other = base.model_copy(update={"data": base.data.model_copy(update={"val_min_items": 3, "val_max_items": 3})})
-    assert _spec_diff(json.loads(base.model_dump_json()), other) == ""
+    assert spec_diff(json.loads(base.model_dump_json()), other) == ""
     train(other, progress=False)
     meta = read_sidecar(tmp_path / "ck.safetensors")
     spec3 = other.data.val_mosaic()

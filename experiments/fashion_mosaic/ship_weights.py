@@ -82,12 +82,12 @@ def check_trained_by(meta: dict, recipe: str, what: str) -> dict:
 
     Raises:
         ShipError: another recipe made it (the keys that differ are named)."""
-    from supernet.train import _spec_diff, load_train_spec
+    from supernet.train import spec_diff, load_train_spec
 
     tr = meta.get("training") or {}
     if not tr.get("config"):
         raise ShipError(f"{what} records no training config; fix: ship a checkpoint written by sparsesearch supernet train")
-    diff = _spec_diff(tr["config"], load_train_spec(ROOT / recipe))
+    diff = spec_diff(tr["config"], load_train_spec(ROOT / recipe))
     if diff:
         raise ShipError(f"{what} was not trained by {recipe} ({diff} differ); fix: pass the recipe that made it")
     return tr
@@ -127,8 +127,11 @@ def measure(path: Path, scene_size: int | None, length: int, threads: int) -> di
     return out
 
 
-def plan(a: argparse.Namespace) -> dict:
+def plan(a: argparse.Namespace, dense_meta: dict, sup_meta: dict) -> dict:
     """What each shipped file will record (command, compute, recipe), checked before anything is written.
+
+    Args:
+        dense_meta, sup_meta: the sidecars of ``a.dense`` and ``a.supernet`` (read once, by the caller).
 
     Raises:
         ShipError, CheckpointError, TrainSpecError: a sidecar, recipe or path that does not fit."""
@@ -138,7 +141,6 @@ def plan(a: argparse.Namespace) -> dict:
     stamp = {"machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
              "exported": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     keep_dense = a.dense.resolve() == (a.out / "dense.safetensors").resolve()
-    dense_meta, sup_meta = read_sidecar(a.dense), read_sidecar(a.supernet)
     export = f"python experiments/fashion_mosaic/ship_weights.py --dense {a.dense} --supernet {a.supernet}"
     if a.dense_recipe != RECIPES["dense"]:
         export += f" --dense-recipe {a.dense_recipe}"
@@ -228,18 +230,18 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
-    shipped = plan(a)  # every check before the first write
+    metas = {"dense": read_sidecar(a.dense), "supernet": read_sidecar(a.supernet)}
+    shipped = plan(a, metas["dense"], metas["supernet"])  # every check before the first write
     a.out.mkdir(parents=True, exist_ok=True)
     report, sums = {}, []
     for name, src in (("dense", a.dense), ("supernet", a.supernet)):
+        meta = metas[name]
         if name not in shipped:  # the kept dense model
-            meta = read_sidecar(src)
             sha = sha256_file(src)
             sums.append(f"{sha}  {src.name}")
             report[name] = {"file": str(src), "sha256": sha, "bytes": src.stat().st_size, "kept": True,
                             "dense": meta["metrics"]["dense"], "check": meta["metrics"]["check"], "scene": None}
             continue
-        meta = read_sidecar(src)
         dst = a.out / f"{name}.safetensors"
         export_checkpoint(src, dst, storage_dtype="float16", extra={"shipped": shipped[name]})
         scene = None
