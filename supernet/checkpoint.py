@@ -147,16 +147,19 @@ def _canonical_metadata(data: bytes, metadata: Mapping[str, str]) -> bytes:
     safetensors writes the metadata from a hash map, so its key order (and the file's sha256) changes from one
     save to the next; the shipped weights' recorded sha256 must be reproducible by their command. The sorted
     form has the same length as any other order, so the header length and the tensor offsets stay as they are."""
-    import itertools
-
     n = int.from_bytes(data[:8], "little")
-    header = data[8:8 + n]
-    want = json.dumps(dict(sorted(metadata.items())), separators=(",", ":")).encode()
-    for perm in itertools.permutations(metadata.items()):
-        got = json.dumps(dict(perm), separators=(",", ":")).encode()
-        key = b'"__metadata__":' + got
-        if key in header:
-            return data[:8] + header.replace(key, b'"__metadata__":' + want, 1) + data[8 + n:]
+    header = data[8:8 + n].decode("utf-8")
+    want = json.dumps(dict(sorted(metadata.items())), separators=(",", ":"))
+    tag = '"__metadata__":'
+    at = header.find(tag)
+    if at >= 0:  # one pass: decode the metadata object where it stands, swap in its sorted form of equal length
+        start = at + len(tag)
+        try:
+            got, end = json.JSONDecoder().raw_decode(header, start)
+        except ValueError:
+            got, end = None, start
+        if got == dict(metadata) and end - start == len(want):
+            return data[:8] + (header[:start] + want + header[end:]).encode("utf-8") + data[8 + n:]
     return data  # an unforeseen serialisation: left as written
 
 
