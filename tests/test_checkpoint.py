@@ -248,3 +248,24 @@ def test_export_command_stores_float16_loads_float32_and_refuses_overwriting_its
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("sparsesearch: error:") and "fix:" in err[0]
     assert path.read_bytes() == before
+
+
+def test_canonical_metadata_sorts_the_header_keys_in_place_whatever_order_they_were_written_in():
+    """safetensors writes ``__metadata__`` from a hash map; the canonical form has its keys sorted, the same
+    header length (so every tensor offset stays), and the same tensors. Input that is already canonical, or
+    metadata that does not match the header, comes back unchanged."""
+    from supernet.checkpoint import _canonical_metadata
+
+    tensors = {"w": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.ones(3)}
+    meta = {f"key{i}": str(i * 7) for i in (5, 1, 9, 3, 0, 7, 2)}  # 7 keys: 5,040 possible orders
+    raw = safetensors.torch.save(tensors, metadata=meta)
+    out = _canonical_metadata(raw, meta)
+    n = int.from_bytes(out[:8], "little")
+    assert len(out) == len(raw) and n == int.from_bytes(raw[:8], "little")
+    header = json.loads(out[8:8 + n])
+    assert list(header["__metadata__"]) == sorted(meta) and header["__metadata__"] == meta
+    assert out[8 + n:] == raw[8 + n:]
+    back = safetensors.torch.load(out)
+    assert all(torch.equal(back[k], v) for k, v in tensors.items())
+    assert _canonical_metadata(out, meta) == out
+    assert _canonical_metadata(raw, {**meta, "key5": "other"}) == raw
