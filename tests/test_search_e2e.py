@@ -213,3 +213,23 @@ def test_rescore_script(experiment, tmp_path):
                            spec=base.model_copy(update={"min_items": 6, "max_items": 8}))
     assert a["many"]["miou"] == pytest.approx(want["miou"])
     assert json.loads((tmp_path / "r.json").read_text()) == out
+
+
+def test_diagnose_script_json_is_one_object(tmp_path, capsys):
+    """experiments/fashion_mosaic/diagnose.py --json: the recorded probe table, and the probe list, as one JSON
+    object on stdout (the human forms are a Markdown table and one line per probe)."""
+    sys.path.insert(0, ROOT)
+    from experiments.fashion_mosaic import diagnose
+
+    rec = tmp_path / "diag.jsonl"
+    rows = [{"probe": p, "overrides": diagnose.PROBES[p], "seconds": 1.0, "budget": "8 canvases", "threads": 1,
+             "seed": 0, "canvases_per_s": 8.0, "miou": m, "item_class_acc": 0.5, "item_recall": 0.9, "pixel_acc": 0.9}
+            for p, m in (("base", 0.2), ("lr2", 0.25))]
+    rec.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert diagnose.main(["--table", "--out", str(rec), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"file": str(rec), "rows": rows}
+    assert diagnose.main(["--table", "--out", str(rec)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert len(table) == 4 and table[3].startswith("| lr2 | lr=0.002 |") and "0.250" in table[3]
+    assert diagnose.main(["--list", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["probes"] == json.loads(json.dumps(diagnose.PROBES))

@@ -244,8 +244,13 @@ def run_probe(name: str, seconds: float, threads: int, val: int, seed: int,
     return row
 
 
+def read_rows(path: Path = OUT) -> list:
+    """The recorded probe rows of ``path`` (JSON lines, one per probe run)."""
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 def table(path: Path = OUT) -> str:
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = read_rows(path)
     lines = ["| probe | lever | budget | threads | seed | canvases/s | dense mIoU | item-pixel class acc | item recall | pixel acc |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -256,7 +261,7 @@ def table(path: Path = OUT) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
+def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("probes", nargs="*")
     ap.add_argument("--seconds", type=float, default=300)
@@ -271,28 +276,36 @@ def main() -> int:
     ap.add_argument("--save", type=Path, default=None, help="folder for the trained probes' state_dicts (.pt)")
     ap.add_argument("--linear-probe", type=Path, nargs="*", default=None,
                     help="saved probe state_dicts (.pt) to analyse with a linear probe of item-pooled features")
-    args = ap.parse_args()
+    ap.add_argument("--json", action="store_true", help="one JSON object on stdout ({\"rows\": [...]})")
+    args = ap.parse_args(argv)
     if args.list:
-        for k, v in PROBES.items():
-            print(k, v)
+        print(json.dumps({"probes": PROBES}) if args.json else "\n".join(f"{k} {v}" for k, v in PROBES.items()))
         return 0
     if args.table:
-        print(table(args.out))
+        print(json.dumps({"file": str(args.out), "rows": read_rows(args.out)}) if args.json else table(args.out))
         return 0
+    rows = []
     if args.linear_probe:
         torch.set_num_threads(args.threads)
         for path in args.linear_probe:
             name = path.stem.rsplit("_s", 1)[0]
             model = build({**BASE, **PROBES.get(name, {})})
             model.load_state_dict(torch.load(path, weights_only=True))
-            print(json.dumps({"model": str(path), **linear_probe(model), **analyze(model, 64)}), flush=True)
-        return 0
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    for name in args.probes:
-        row = run_probe(name, args.seconds, args.threads, args.val, args.seed, args.canvases, args.save)
-        with open(args.out, "a") as f:
-            f.write(json.dumps(row) + "\n")
-        print(json.dumps({k: v for k, v in row.items() if k != "per_class_iou"}), flush=True)
+            rows.append({"model": str(path), **linear_probe(model), **analyze(model, 64)})
+            if not args.json:  # one line per model as it finishes
+                print(json.dumps(rows[-1]), flush=True)
+    else:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        for name in args.probes:
+            row = run_probe(name, args.seconds, args.threads, args.val, args.seed, args.canvases, args.save)
+            with open(args.out, "a") as f:
+                f.write(json.dumps(row) + "\n")
+            rows.append({k: v for k, v in row.items() if k != "per_class_iou"})
+            if not args.json:  # one line per probe as it finishes (hours in all)
+                print(f"{name}: dense mIoU {row['miou']:.3f}, item-pixel class acc {row['item_class_acc']:.3f}, "
+                      f"pixel acc {row['pixel_acc']:.3f}, {row['canvases_per_s']:.1f} canvases/s", flush=True)
+    if args.json:
+        print(json.dumps({"rows": rows}))
     return 0
 
 
