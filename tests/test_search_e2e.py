@@ -233,3 +233,25 @@ def test_diagnose_script_json_is_one_object(tmp_path, capsys):
     assert len(table) == 4 and table[3].startswith("| lr2 | lr=0.002 |") and "0.250" in table[3]
     assert diagnose.main(["--list", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["probes"] == json.loads(json.dumps(diagnose.PROBES))
+
+
+def test_compare_samplers_script_continues_a_shorter_or_killed_run(experiment, tmp_path):
+    """experiments/fashion_mosaic/compare_samplers.py: rerun with more --trials (or after a kill) resumes each run
+    to --trials through the product's resume, keeping its completed trials, instead of reading it as finished."""
+    sys.path.insert(0, ROOT)
+    from experiments.fashion_mosaic import compare_samplers
+    from search.trial_log import final_trials, load_trials
+
+    d, spec, summary = experiment
+    argv = ["--checkpoint", str(d / "tiny.safetensors"), "--predictor", str(d / "tiny_latency.json"),
+            "--samplers", "random", "--seeds", "0", "--budget-fraction", "0.95", "--subset", "4",
+            "--work", str(tmp_path / "work"), "--out", str(tmp_path / "out"), "--json"]
+    compare_samplers.main(argv + ["--trials", "4"])
+    exp = tmp_path / "work" / "random_s0"
+    first = final_trials(load_trials(exp)).set_index("trial_number")["config"]
+    assert sorted(first.index) == list(range(4))
+    compare_samplers.main(argv + ["--trials", "7"])
+    again = final_trials(load_trials(exp)).set_index("trial_number")["config"]
+    assert sorted(again.index) == list(range(7)) and (again.loc[list(range(4))] == first).all()
+    res = json.loads((tmp_path / "out" / "sampler_comparison.json").read_text())
+    assert res["trials"] == 7 and len(res["summary"]["random"]["per_seed"]) == 1

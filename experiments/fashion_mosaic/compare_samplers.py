@@ -4,7 +4,9 @@ Every run uses the product's own path (spec -> sampler -> latency gate -> Ray wo
 on the same checkpoint, predictor, budget and canvas subset; evaluations are shared between runs
 through ``experiments.fashion_mosaic.memo`` (a config's mIoU on a fixed subset is deterministic),
 so the comparison costs the union of the configs the runs visit, not their sum. Hypervolume is
-computed against one reference point (mIoU 0, latency = budget) for every run.
+computed against one reference point (mIoU 0, latency = budget) for every run. Rerunning the command
+continues where it stopped: a run killed part-way, or made with fewer ``--trials``, is resumed to ``--trials``
+(``sparsesearch resume``: its completed trials are kept); finished runs are read as they are.
 
 Usage:
     python experiments/fashion_mosaic/compare_samplers.py --checkpoint runs/quick/supernet.safetensors \
@@ -49,7 +51,7 @@ def main(argv=None):
     import numpy as np
 
     from search.pareto import hypervolume_history
-    from search.runner import run
+    from search.runner import experiment_summary, resume, run
     from search.spec import load_spec
     from search.trial_log import final_trials, load_trials
 
@@ -94,6 +96,8 @@ def main(argv=None):
                     name = "{sampler}"
                     """) + SAMPLERS[sampler] + "\n[workers]\nnum_workers = 2\n")
                 run(load_spec(spec), progress=True)
+            elif experiment_summary(exp)["n_trials"] < a.trials:  # killed part-way, or run with fewer --trials:
+                resume(exp, n_trials=a.trials, progress=True)    # continue it (completed trials are never re-run)
             frozen = json.loads((exp / "experiment.json").read_text())
             budget = frozen["budget_ms"]
             fin = final_trials(load_trials(exp))
