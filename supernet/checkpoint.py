@@ -152,14 +152,15 @@ def _canonical_metadata(data: bytes, metadata: Mapping[str, str]) -> bytes:
     want = json.dumps(dict(sorted(metadata.items())), separators=(",", ":"))
     tag = '"__metadata__":'
     at = header.find(tag)
-    if at >= 0:  # one pass: decode the metadata object where it stands, swap in its sorted form of equal length
+    while at >= 0:  # decode the metadata object where it stands, swap in its sorted form of equal byte length
         start = at + len(tag)
         try:
             got, end = json.JSONDecoder().raw_decode(header, start)
         except ValueError:
             got, end = None, start
-        if got == dict(metadata) and end - start == len(want):
+        if got == dict(metadata) and len(header[start:end].encode("utf-8")) == len(want):
             return data[:8] + (header[:start] + want + header[end:]).encode("utf-8") + data[8 + n:]
+        at = header.find(tag, start)
     return data  # an unforeseen serialisation: left as written
 
 

@@ -269,3 +269,14 @@ def test_canonical_metadata_sorts_the_header_keys_in_place_whatever_order_they_w
     assert all(torch.equal(back[k], v) for k, v in tensors.items())
     assert _canonical_metadata(out, meta) == out
     assert _canonical_metadata(raw, {**meta, "key5": "other"}) == raw
+
+
+def test_canonical_metadata_leaves_non_ascii_metadata_as_written():
+    """A header whose metadata holds raw UTF-8 (safetensors writes it unescaped) would change its byte length
+    if rewritten in json.dumps's escaped form, moving every tensor offset: such data comes back unchanged."""
+    from supernet.checkpoint import _canonical_metadata
+
+    meta = {"z": "größe", "a": "ü"}
+    raw = safetensors.torch.save({"w": torch.ones(2)}, metadata=meta)
+    assert _canonical_metadata(raw, meta) == raw
+    assert torch.equal(safetensors.torch.load(_canonical_metadata(raw, meta))["w"], torch.ones(2))

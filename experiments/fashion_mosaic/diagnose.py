@@ -276,7 +276,9 @@ def main(argv=None) -> int:
     ap.add_argument("--save", type=Path, default=None, help="folder for the trained probes' state_dicts (.pt)")
     ap.add_argument("--linear-probe", type=Path, nargs="*", default=None,
                     help="saved probe state_dicts (.pt) to analyse with a linear probe of item-pooled features")
-    ap.add_argument("--json", action="store_true", help="one JSON object on stdout ({\"rows\": [...]})")
+    ap.add_argument("--json", action="store_true",
+                    help="one JSON object on stdout: {\"rows\": [...]} of the probes or models run, "
+                         "{\"file\", \"rows\"} with --table, {\"probes\"} with --list")
     args = ap.parse_args(argv)
     if args.list:
         print(json.dumps({"probes": PROBES}) if args.json else "\n".join(f"{k} {v}" for k, v in PROBES.items()))

@@ -5,8 +5,9 @@
 #
 #   bash experiments/fashion_mosaic/reproduce.sh [STEP ...]     (default: every step)
 #
-# Steps: diagnose speed dense supernet ship main validate window efficiency baselines fork samplers dimap
-#        quick full width (and, not by default, continue: task_dense.toml on to its last epoch)
+# Steps: diagnose speed dense width supernet ship main validate window efficiency ranking baselines fork samplers
+#        dimap quick full (and, not by default, continue: task_dense.toml on to its last epoch). `width` (the
+#        narrower model) runs before `baselines`, which puts it beside the front when its output exists.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_USAGE_STATS_ENABLED=0
@@ -14,7 +15,7 @@ py=.venv/bin/python
 ss=.venv/bin/sparsesearch
 R=experiments/fashion_mosaic/results
 steps=("$@")
-[ ${#steps[@]} -eq 0 ] && steps=(diagnose speed dense supernet ship main validate window efficiency baselines fork samplers dimap quick full width)
+[ ${#steps[@]} -eq 0 ] && steps=(diagnose speed dense width supernet ship main validate window efficiency ranking baselines fork samplers dimap quick full)
 want() { local s; for s in "${steps[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
 
 if want diagnose; then  # section R0: controlled probes, one lever each, 3072 canvases, seeds 0-2
@@ -35,6 +36,12 @@ if want dense; then  # the shipped dense model: epoch 187 of task_dense.toml's 2
     $ss supernet train experiments/fashion_mosaic/task_dense_cycle2.toml --resume
     $py experiments/fashion_mosaic/plot_training.py runs/task/dense.safetensors --out $R/task_dense_curve.png  # first run
   fi
+fi
+if want width; then  # the width baseline (0.75x), by the dense step's chain and steps: hours; each run resumable
+  $ss supernet train experiments/fashion_mosaic/task_dense_w24.toml --resume --stop-after 187
+  [ -f runs/task/dense_w24_187.safetensors ] ||
+    $ss supernet export runs/task/dense_w24.safetensors runs/task/dense_w24_187.safetensors
+  $ss supernet train experiments/fashion_mosaic/task_dense_w24_cycle2.toml --resume
 fi
 if want continue; then  # not a default step: task_dense.toml on from epoch 187 to its 220 (R1's epoch-220 row),
   # after exporting epoch 187 for the cycle-2 run
@@ -61,13 +68,23 @@ if want ship; then  # the shipped dense model stays as it is when runs/task/dens
   fi
 fi
 want main && bash scripts/main.sh
-if want validate; then  # section R2: the predictor at the search resolution
-  $ss latency validate --predictor runs/main/latency_cpu_448.json --checkpoint runs/main/supernet.safetensors \
-      --n 100 --repeats 7 --plot $R/latency_validation_448.png --json > $R/latency_validation_448.json
+if want validate; then  # section R2: the predictor at the search resolution, validated straight after a fresh profile
+  P=runs/main/latency_cpu_448_validate.json
+  $ss latency profile --checkpoint runs/main/supernet.safetensors --img-size 448 --threads 1 --out $P
+  $ss latency validate --predictor $P --checkpoint runs/main/supernet.safetensors \
+      --n 100 --repeats 21 --plot $R/latency_validation_448.png --json > $R/latency_validation_448.json
+  $ss latency validate --predictor $P --checkpoint runs/main/supernet.safetensors --spread \
+      --n 100 --repeats 11 --plot $R/latency_validation_448_spread.png --json > $R/latency_validation_448_spread.json
 fi
 want window && $py bench/window_pruning.py --checkpoint runs/main/supernet.safetensors --img-size 448 --threads 1 \
     --out bench/results/window_pruning_448.json
 want efficiency && $py bench/search_efficiency.py --spec experiments/fashion_mosaic/search_main.toml
+if want ranking; then  # R1 / R2: window ranking against the oracle (all ratios; then uniform 0.6 / 0.65, the 0.60 budget)
+  $py experiments/fashion_mosaic/oracle_windows.py --checkpoint runs/main/supernet.safetensors --length 256 --json \
+      > $R/window_ranking.json
+  $py experiments/fashion_mosaic/oracle_windows.py --checkpoint runs/main/supernet.safetensors --length 256 \
+      --ratios 0.6 0.65 --rankings centred oracle --json > $R/window_ranking_060.json
+fi
 want baselines && $py experiments/fashion_mosaic/baselines.py --checkpoint runs/main/supernet.safetensors \
     --exp runs/main/search --out $R \
     $( [ -f runs/task/dense_w24_c2.safetensors ] && echo --baseline "width 0.75x=runs/task/dense_w24_c2.safetensors" )
@@ -76,10 +93,4 @@ want samplers && $py experiments/fashion_mosaic/compare_samplers.py --checkpoint
 want dimap && $py experiments/fashion_mosaic/dimap_vs_magnitude.py --checkpoint runs/main/supernet.safetensors
 want quick && $ss supernet train experiments/fashion_mosaic/task_quick.toml --resume
 want full && $ss supernet train experiments/fashion_mosaic/task_full.toml --resume
-if want width; then  # the width baseline (0.75x), by the dense step's chain and steps: hours; each run resumable
-  $ss supernet train experiments/fashion_mosaic/task_dense_w24.toml --resume --stop-after 187
-  [ -f runs/task/dense_w24_187.safetensors ] ||
-    $ss supernet export runs/task/dense_w24.safetensors runs/task/dense_w24_187.safetensors
-  $ss supernet train experiments/fashion_mosaic/task_dense_w24_cycle2.toml --resume
-fi
 echo "done: ${steps[*]}"
