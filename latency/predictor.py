@@ -308,7 +308,10 @@ class Predictor:
         except FileNotFoundError:
             raise PredictorError(f"predictor file {p} not found; {_PROFILE_FIX}") from None
         except OSError as e:
-            raise PredictorError(f"predictor file {p} is unreadable ({e.strerror}); check its permissions") from None
+            raise PredictorError(f"predictor file {p} is unreadable ({e.strerror}); fix: pass the JSON file "
+                                 "`sparsesearch latency profile --out` wrote, and check its permissions") from None
+        except UnicodeDecodeError:
+            raise PredictorError(f"predictor file {p} is not text (a binary file?); {_PROFILE_FIX}") from None
         try:
             table = json.loads(text)
         except json.JSONDecodeError as e:

@@ -197,11 +197,33 @@ def plot_validation(measured, predicted, path: Union[str, os.PathLike], title: s
 # --------------------------------------------------------------------------------------------
 # CLI entry points (wired into `sparsesearch` by search/cli.py)
 # --------------------------------------------------------------------------------------------
-def _load_model(checkpoint: Union[str, os.PathLike]):
-    """(model, meta) via supernet.checkpoint.load_checkpoint."""
+def _load_model(checkpoint: Union[str, os.PathLike], img_size: Any = None):
+    """(model, meta) via supernet.checkpoint.load_checkpoint, built for ``img_size`` (default: the sidecar's)."""
     from supernet.checkpoint import load_checkpoint
 
-    return load_checkpoint(checkpoint)
+    return load_checkpoint(checkpoint, img_size=img_size)
+
+
+def check_device(device: Optional[str]) -> None:
+    """Refuse a device this machine does not have, before any work.
+
+    Raises:
+        PredictorError: ``device`` is not a torch device string, or names CUDA / MPS where none is available.
+    """
+    import torch
+
+    if not device:
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise PredictorError(f"--device {device!r} is not a torch device; fix: pass cpu or cuda[:N]") from None
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise PredictorError(f"--device {device}: no such CUDA device on this machine "
+                             f"({torch.cuda.device_count()} visible); fix: pass --device cpu, or run on a machine with "
+                             "that GPU")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise PredictorError(f"--device {device}: MPS is not available here; fix: pass --device cpu")
 
 
 def _arch_from_meta(meta: Dict[str, Any]) -> Optional[Dict[str, Any]]:
@@ -222,8 +244,10 @@ def _ratios_from_meta(meta: Dict[str, Any]):
 
 
 def _emit(args: Any, payload: Dict[str, Any], human: str) -> None:
-    if getattr(args, "json", False):
-        sys.stdout.write(json.dumps(payload, default=str) + "\n")
+    if getattr(args, "json", False):  # strict JSON: NaN (a Spearman of 2 configs) -> null
+        from supernet.fileio import to_json_safe
+
+        sys.stdout.write(json.dumps(to_json_safe(payload), default=str, allow_nan=False) + "\n")
     else:
         sys.stdout.write(human + "\n")
     sys.stdout.flush()
@@ -283,6 +307,25 @@ def speed_drift_warning(dense_ms_measured: float, dense_ms_predicted: float,
             "again on a quiet machine")
 
 
+def _check_profile_out(out: Path, checkpoint: Path) -> None:
+    """A predictor ``--out`` that would replace something recorded, or could not be written, is refused before the
+    minutes of profiling: the checkpoint's weights or sidecar, a folder, anything not named ``*.json``.
+
+    Raises:
+        PredictorError: with the fix."""
+    from supernet.checkpoint import sidecar_path, weights_path
+
+    if out.suffix != ".json" or out.is_dir():
+        raise PredictorError(f"latency profile: --out {out} is not a .json file name; fix: pass --out predictor.json")
+    try:
+        ck = {weights_path(checkpoint).resolve(), sidecar_path(checkpoint).resolve()}
+    except Exception:  # noqa: BLE001 - an odd checkpoint name: the loader names it
+        ck = set()
+    if out.resolve() in ck:
+        raise PredictorError(f"latency profile: --out {out} is the checkpoint's own file; fix: write the predictor "
+                             "to another file, e.g. latency_cpu.json")
+
+
 def cli_profile(args: Any) -> int:
     """``sparsesearch latency profile``: profile a checkpoint and write the predictor JSON.
 
@@ -298,11 +341,13 @@ def cli_profile(args: Any) -> int:
         0. Errors propagate (``PredictorError`` / the checkpoint loader's errors).
     """
     t0 = time.perf_counter()
-    model, meta = _load_model(args.checkpoint)
-    meta = meta or {}
     out = getattr(args, "out", None)
     if not out:
         raise PredictorError("sparsesearch latency profile: no --out given; fix: pass --out predictor.json")
+    check_device(getattr(args, "device", None))
+    _check_profile_out(Path(out), Path(args.checkpoint))
+    model, meta = _load_model(args.checkpoint, getattr(args, "img_size", None))
+    meta = meta or {}
     table = profile(
         model, getattr(args, "img_size", None),
         batch_size=int(getattr(args, "batch_size", 1) or 1),
@@ -356,7 +401,8 @@ def cli_validate(args: Any) -> int:
         (latency depends on the architecture, which :meth:`Predictor.check_model` checks).
     """
     pred = Predictor.load(args.predictor)
-    model, meta = _load_model(args.checkpoint)
+    check_device(getattr(args, "device", None) or pred.fingerprint.get("device"))
+    model, meta = _load_model(args.checkpoint, pred.img_size)
     meta = meta or {}
     sha = meta.get("weights_sha256")
     if pred.checkpoint_sha256 and sha and sha != pred.checkpoint_sha256:

@@ -51,6 +51,14 @@ _positive_int = _int_at_least(1)
 _nonneg_int = _int_at_least(0)
 
 
+def _seed(text: str) -> int:
+    """argparse type: a seed numpy and Optuna accept, 0 .. 2**32 - 1."""
+    v = _nonneg_int(text)
+    if v >= 2 ** 32:
+        raise argparse.ArgumentTypeError(f"must be < 2**32, got {v}")
+    return v
+
+
 def _positive_float(text: str) -> float:
     try:
         v = float(text)
@@ -108,12 +116,19 @@ def _summary_text(s: Dict[str, Any]) -> str:
     return f"{head}\nPareto front (feasible, by latency):\n{_front_table(s, metric)}\n{refs}{tail}"
 
 
+def _log(a: argparse.Namespace):
+    """Where a search's notes go: stdout, or stderr under ``--json`` (stdout holds exactly one JSON object)."""
+    if getattr(a, "json", False):
+        return lambda *args, **kw: print(*args, **{**kw, "file": sys.stderr})
+    return print
+
+
 def cmd_run(a: argparse.Namespace) -> int:
     from .runner import run
     from .spec import load_spec
 
     spec = load_spec(a.spec)
-    s = run(spec, address=a.address, n_trials=a.n_trials, progress=not a.no_progress)
+    s = run(spec, address=a.address, n_trials=a.n_trials, progress=not a.no_progress, log=_log(a))
     _emit(s, a.json, _summary_text(s))
     return 0
 
@@ -121,7 +136,7 @@ def cmd_run(a: argparse.Namespace) -> int:
 def cmd_resume(a: argparse.Namespace) -> int:
     from .runner import resume
 
-    s = resume(Path(a.exp_dir), n_trials=a.n_trials, address=a.address, progress=not a.no_progress)
+    s = resume(Path(a.exp_dir), n_trials=a.n_trials, address=a.address, progress=not a.no_progress, log=_log(a))
     _emit(s, a.json, _summary_text(s))
     return 0
 
@@ -145,7 +160,7 @@ def cmd_fork(a: argparse.Namespace) -> int:
     from .runner import fork
 
     s = fork(Path(a.exp_dir), Path(a.out), budget_ms=a.budget_ms, budget_fraction=a.budget_fraction,
-             n_trials=a.n_trials, seed=a.seed, address=a.address, progress=not a.no_progress)
+             n_trials=a.n_trials, seed=a.seed, address=a.address, progress=not a.no_progress, log=_log(a))
     _emit(s, a.json, _summary_text(s) + (f"\nforked from {a.exp_dir}: {s['fork']}" if s.get("fork") else ""))
     return 0
 
@@ -209,18 +224,29 @@ def cmd_supernet_train(a: argparse.Namespace) -> int:
     return cli_train(a)
 
 
-def cmd_supernet_export(a: argparse.Namespace) -> int:
-    from supernet.checkpoint import export_checkpoint, read_sidecar, sidecar_path, weights_path
+def _check_new_checkpoint(command: str, src: Path, dst: Path) -> None:
+    """A command that writes a new checkpoint ``dst`` (+ its sidecar) from ``src`` refuses, before any work, a
+    ``dst`` that is not a ``.safetensors`` file name or that would overwrite ``src``'s weights or sidecar.
+
+    Raises:
+        UserError: with the fix."""
+    from supernet.checkpoint import sidecar_path
 
     from .errors import UserError
 
-    src, dst = weights_path(a.src), Path(a.dst)
     if dst.suffix != ".safetensors" or dst.is_dir():
-        raise UserError(f"supernet export: {dst} is not a .safetensors file name; fix: name the new checkpoint "
+        raise UserError(f"{command}: {dst} is not a .safetensors file name; fix: name the new checkpoint "
                         "Y.safetensors (Y.json is written beside it)")
     if {dst.resolve(), sidecar_path(dst).resolve()} & {src.resolve(), sidecar_path(src).resolve()}:
-        raise UserError(f"supernet export: {dst} would overwrite the source checkpoint {src}; fix: name another "
+        raise UserError(f"{command}: {dst} would overwrite the source checkpoint {src}; fix: name another "
                         "destination file")
+
+
+def cmd_supernet_export(a: argparse.Namespace) -> int:
+    from supernet.checkpoint import export_checkpoint, read_sidecar, weights_path
+
+    src, dst = weights_path(a.src), Path(a.dst)
+    _check_new_checkpoint("supernet export", src, dst)
     out = export_checkpoint(src, dst, storage_dtype=a.storage_dtype)  # a missing source: CheckpointError, one line
     info = {"src": str(src), "dst": str(out), "storage_dtype": a.storage_dtype, "bytes": out.stat().st_size,
             "sha256": read_sidecar(out)["weights_sha256"]}  # save_checkpoint hashed the bytes it wrote
@@ -241,10 +267,12 @@ def cmd_latency_validate(a: argparse.Namespace) -> int:
 
 
 def cmd_prune_dimap(a: argparse.Namespace) -> int:
+    from supernet.checkpoint import weights_path
     from supernet.prune import cli_prune_dimap
 
     from .errors import UserError
 
+    _check_new_checkpoint("prune dimap", weights_path(a.checkpoint), Path(a.out))
     try:
         return cli_prune_dimap(a)
     except ValueError as e:  # bad ratios / module names: user input
@@ -254,7 +282,14 @@ def cmd_prune_dimap(a: argparse.Namespace) -> int:
 def cmd_dimap_report(a: argparse.Namespace) -> int:
     from supernet.dimap import dimap_report, format_report
 
-    rep = dimap_report(a.model, img_size=a.img_size)
+    from .errors import UserError
+
+    try:
+        rep = dimap_report(a.model, img_size=a.img_size)
+    except (RuntimeError, ValueError) as e:  # an unknown timm name, a non-Swin model, a size it cannot take
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise UserError(f"dimap report --model {a.model} --img-size {a.img_size}: {first}; fix: pass a timm Swin "
+                        "name (e.g. swin_tiny_patch4_window7_224) at a size its windows divide") from None
     _emit(rep, a.json, format_report(rep))
     return 0
 
@@ -301,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--budget-ms", type=_positive_float)
     r.add_argument("--budget-fraction", type=_fraction)
     r.add_argument("--n-trials", type=_positive_int)
-    r.add_argument("--seed", type=int, help="the new experiment's sampler seed (default: the old one's)")
+    r.add_argument("--seed", type=_seed, help="the new experiment's sampler seed, 0 .. 2**32 - 1 (default: the old one's)")
     r.add_argument("--address")
     r.add_argument("--no-progress", action="store_true")
     r.add_argument("--json", action="store_true")
@@ -330,6 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = add("train", cmd_supernet_train, "sparsity-aware adaptation training from a recipe (TOML)", snsub)
     r.add_argument("spec")
     r.add_argument("--resume", action="store_true", help="continue from the last epoch checkpoint")
+    r.add_argument("--overwrite", action="store_true",
+                   help="train from scratch over an existing [output] checkpoint (refused without it)")
     r.add_argument("--stop-after", type=_positive_int, metavar="EPOCH",
                    help="stop once this epoch of the run is complete (checkpoint written; continue with --resume)")
     r.add_argument("--json", action="store_true")
@@ -356,8 +393,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = add("validate", cmd_latency_validate, "measure random configs end to end against the predictor", ltsub)
     r.add_argument("--predictor", required=True)
     r.add_argument("--checkpoint", required=True)
-    r.add_argument("--n", type=_positive_int, default=200)
-    r.add_argument("--seed", type=int, default=1)
+    r.add_argument("--n", type=_int_at_least(2), default=200, help="held-out configs (>= 2: a rank correlation)")
+    r.add_argument("--seed", type=_seed, default=1)
     r.add_argument("--repeats", type=_positive_int, default=11, help="timed runs per config (median kept)")
     r.add_argument("--spread", action="store_true",
                    help="configs drawn evenly from dense to the sparsest (default: independent draws per block, "
@@ -400,6 +437,16 @@ def main(argv: Optional[List[str]] = None) -> int:
     except errors as e:
         msg = " ".join(str(e).split("\n")).strip()
         print(f"sparsesearch: error: {msg}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except (OSError, UnicodeDecodeError) as e:  # not caught nearer: a file or an address the command could not use
+        cmd = " ".join(x for x in (a.command, getattr(a, "sub", None)) if x)
+        what = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename else \
+            " ".join(str(e).split("\n")).strip() or type(e).__name__
+        fix = ("check --address (a running Ray cluster, e.g. HOST:6379, or http://HOST:8265 for jobs)"
+               if isinstance(e, ConnectionError) or type(e).__module__.startswith(("requests", "urllib3"))
+               else "check the files and folders named on the command line (a file where a folder is expected or "
+                    "the reverse, a binary file where text is expected, permissions)")
+        print(f"sparsesearch: error: {cmd}: {what}; fix: {fix}", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("sparsesearch: interrupted; what was recorded is kept (resume with `sparsesearch resume`)",

@@ -72,6 +72,9 @@ def measure_front(exp_dir, *, repeats: int = 11, warmup: int = 3, progress: bool
                          budget_ms=policy.budget) if len(fin) else fin
     pred = policy.predictor
     fp = pred.fingerprint
+    from latency.validate import check_device
+
+    check_device(device or fp.get("device", "cpu"))  # a predictor profiled on a GPU this machine lacks: one line
     dev = torch.device(device or fp.get("device", "cpu"))
     threads = int(fp.get("threads") or torch.get_num_threads())
     model, _ = load_checkpoint(spec.supernet.checkpoint, img_size=policy.img_size)

@@ -54,12 +54,24 @@ def plot_front(df, front, metric: str, reference: Dict[str, Any], budget_ms: Opt
 
 def _plot_path(plot: str) -> str:
     """Where ``--plot`` writes: FOLDER/front.png for a folder (existing, or ending in /), a ``.png`` suffix
-    added when the name has none (what matplotlib would append), the path as given otherwise."""
+    added when the name has none (what matplotlib would append), the path as given otherwise.
+
+    Raises:
+        UserError: a file type matplotlib cannot write (e.g. ``front.txt``)."""
     p = Path(plot)
     if p.is_dir() or str(plot).endswith(("/", "\\")):
         return str(p / "front.png")
     if not p.suffix:
         return str(p.with_suffix(".png"))
+    import matplotlib
+    matplotlib.use("Agg")
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    from .errors import UserError
+
+    if p.suffix[1:].lower() not in FigureCanvasBase.get_supported_filetypes():
+        raise UserError(f"--plot {plot}: matplotlib cannot write {p.suffix} files; fix: name a .png (or .pdf, .svg) "
+                        "file, or a folder")
     return str(p)
 
 
@@ -102,6 +114,7 @@ def pareto_report(exp_dirs, budget_ms: Optional[float] = None, plot: Optional[st
     from .pareto import hypervolume, hypervolume_history, pareto_front
     from .trial_log import final_trials, load_trials
 
+    plot_path = _plot_path(plot) if plot else None  # an unwritable file type is refused before any work
     dirs = [Path(exp_dirs)] if isinstance(exp_dirs, (str, Path)) else [Path(d) for d in exp_dirs]
     frozens = [_load_experiment(d) for d in dirs]
     first = frozens[0]
@@ -135,13 +148,9 @@ def pareto_report(exp_dirs, budget_ms: Optional[float] = None, plot: Optional[st
                              budget_ms=budget).rename(columns={"trial_number": "_uid", "_tn": "trial_number"})
     else:
         front = pareto_front(fin, objectives, budget_ms=budget) if len(fin) else fin
-    reference = {}
-    if (dirs[0] / "reference.json").exists():
-        from supernet.fileio import read_json
+    from .runner import _read_reference
 
-        from .runner import ResumeError
-
-        reference = read_json(dirs[0] / "reference.json", "reference-points file", "fix: delete it", ResumeError)
+    reference = _read_reference(dirs[0]) or {}  # the runner's reader: a malformed file is one error line
     dense_ms = (reference.get("dense") or {}).get("predicted_latency_ms")
     ref_lat = budget or (dense_ms * 1.1 if dense_ms else (float(fin["predicted_latency_ms"].max()) * 1.1 if len(fin) else 1.0))
     hv = float(hypervolume(front[[metric, "predicted_latency_ms"]].to_numpy(), [0.0, ref_lat],
@@ -166,7 +175,7 @@ def pareto_report(exp_dirs, budget_ms: Optional[float] = None, plot: Optional[st
         h = hypervolume_history(fin, objectives, ref_point=[0.0, ref_lat], by="generation", budget_ms=budget)
         out["history"] = h.to_dict("records")
     if plot:
-        out["plot"] = plot_front(fin, front, metric, reference, budget, _plot_path(plot),
+        out["plot"] = plot_front(fin, front, metric, reference, budget, plot_path,
                                  title=f"{', '.join(names)}: {len(fin)} trials")
     lines = [f"{'experiments' if len(names) > 1 else 'experiment'} {', '.join(names)} "
              f"({', '.join(str(d) for d in dirs)}): {len(fin)} trials, front of {len(front_df)}"

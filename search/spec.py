@@ -509,7 +509,7 @@ class ExperimentSpec(_Section):
 
     name: str
     output_dir: Annotated[Path | None, Field(strict=False)] = None
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, lt=2 ** 32)  # numpy / Optuna seeds: 0 .. 2**32 - 1
     n_trials: int = Field(default=500, gt=0)
     supernet: SupernetSection
     latency: LatencySection

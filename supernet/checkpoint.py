@@ -253,6 +253,10 @@ def read_sidecar(path: _PathLike) -> Dict[str, Any]:
         raise CheckpointError(
             f"{side} (sidecar of {w.name}) not found; fix: keep X.json next to X.safetensors "
             "(save_checkpoint writes both) or re-save the checkpoint") from None
+    except (UnicodeDecodeError, OSError) as e:
+        why = "not UTF-8 text" if isinstance(e, UnicodeDecodeError) else e.strerror
+        raise CheckpointError(f"{side} (sidecar of {w.name}) cannot be read ({why}); fix: restore the X.json "
+                              "save_checkpoint wrote beside X.safetensors, or re-save the checkpoint") from None
     try:
         meta = json.loads(text)
     except json.JSONDecodeError as e:

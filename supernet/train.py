@@ -421,6 +421,10 @@ def load_train_spec(path: os.PathLike | str) -> TrainConfig:
                              "(e.g. experiments/fashion_mosaic/supernet_quick.toml)") from None
     except tomllib.TOMLDecodeError as e:
         raise TrainSpecError(f"{p}: invalid TOML ({e}); fix: correct the syntax") from None
+    except UnicodeDecodeError:
+        raise TrainSpecError(f"{p}: not a text file (not UTF-8); fix: pass a training spec .toml") from None
+    except OSError as e:
+        raise TrainSpecError(f"{p}: cannot be read as a training spec ({e.strerror}); fix: pass a .toml file") from None
     base = p.resolve().parent
     for section, key in (("output", "checkpoint"), ("data", "data_dir"), ("model", "timm_weights"), ("model", "init")):
         sec = raw.get(section)
@@ -933,11 +937,14 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
 # CLI
 # --------------------------------------------------------------------------------------------
 def cli_train(args: Any) -> int:
-    """``sparsesearch supernet train SPEC.toml [--resume] [--stop-after EPOCH] [--json]``.
+    """``sparsesearch supernet train SPEC.toml [--resume | --overwrite] [--stop-after EPOCH] [--json]``.
+
+    A run without ``--resume`` refuses to start over an existing ``[output] checkpoint`` (or its training state)
+    unless ``--overwrite`` says so: what an earlier run recorded is never replaced by accident.
 
     Args:
-        args: a Namespace with ``.spec`` (path), ``.resume`` (bool), ``.stop_after`` (epoch or None),
-            ``.json`` (bool).
+        args: a Namespace with ``.spec`` (path), ``.resume`` (bool), ``.overwrite`` (bool, optional),
+            ``.stop_after`` (epoch or None), ``.json`` (bool).
 
     Returns:
         0 on success.
@@ -947,7 +954,13 @@ def cli_train(args: Any) -> int:
             them as one ``sparsesearch: error:`` line and exits 2.
     """
     cfg = load_train_spec(args.spec)
-    metrics = train(cfg, resume=bool(getattr(args, "resume", False)), progress=True,
+    resume = bool(getattr(args, "resume", False))
+    ckpt = Path(cfg.output.checkpoint)
+    if not resume and not getattr(args, "overwrite", False) and (ckpt.exists() or state_path(ckpt).exists()):
+        raise TrainSpecError(f"{args.spec}: [output] checkpoint {ckpt} already exists and training from scratch would "
+                             "overwrite it; fix: pass --resume to continue it, --overwrite to retrain it from scratch, "
+                             "or set [output] checkpoint to a new file")
+    metrics = train(cfg, resume=resume, progress=True,
                     stop_after=getattr(args, "stop_after", None))
     if getattr(args, "json", False):
         print(json.dumps(to_json_safe(metrics), allow_nan=False))  # NaN -> null: strict JSON

@@ -117,6 +117,7 @@ SPEC_CASES = {
     "negative_fraction": ("budget_fraction = 0.95", "budget_fraction = -0.5", "budget_fraction"),
     "gpus_negative": ("max_retries = 1", "max_retries = 1\ngpus_per_worker = -1", "gpus_per_worker"),
     "reserved_metric": ("n_trials = 6", 'n_trials = 6\n[objectives]\nmetric = "params"', "params"),
+    "negative_seed": ("seed = 0", "seed = -1", "seed"),
 }
 
 
@@ -415,6 +416,8 @@ def test_spec_toml_is_copied_into_the_experiment(finished):
     ("--budget-fraction", ("fork", "EXP", "--out", "NEW", "--budget-fraction", "1.5")),
     ("--threads", ("latency", "profile", "--checkpoint", "CK", "--threads", "0", "--out", "x.json")),
     ("--n", ("latency", "validate", "--predictor", "PR", "--checkpoint", "CK", "--n", "-3")),
+    ("--seed", ("fork", "EXP", "--out", "NEW", "--seed", "-1")),
+    ("--seed", ("fork", "EXP", "--out", "NEW", "--seed", str(2 ** 32))),
 ], ids=lambda a: a if isinstance(a, str) else "_".join(a[:2]))
 def test_bad_numbers(own, exp, flag, args):
     sub = {"SPEC": own["spec"], "EXP": exp, "NEW": own["dir"] / "new", "CK": own["ck"], "PR": own["pr"]}
@@ -501,3 +504,73 @@ def test_extra_non_numeric_metrics_are_dropped_and_the_search_goes_on(own):
     assert (df["status"] != "failed").all() and df["miou"].notna().all()
     extra = json.loads(df["metrics_json"].dropna().iloc[0])
     assert extra["pixel_acc"] == 0.5 and "per_class" not in extra and "note" not in extra
+
+
+# ---- files of the wrong kind, writes over recorded files, devices and addresses (tenth-session audit) ----------
+def test_pareto_refuses_a_reference_file_of_the_wrong_shape_and_an_unwritable_plot_type(exp, tmp_path):
+    before = parts(exp)
+    code, out, err = cli("pareto", exp, "--plot", tmp_path / "front.txt")
+    assert_user_error(code, err, "--plot", ".txt", out=out)
+    assert not (tmp_path / "front.txt").exists()
+    (exp / "reference.json").write_text("[]")
+    code, out, err = cli("pareto", exp, "--json")
+    assert_user_error(code, err, "reference.json", out=out)
+    assert parts(exp) == before and (exp / "reference.json").read_text() == "[]"
+
+
+@pytest.mark.parametrize("case", ["spec_is_a_folder", "spec_is_binary", "predictor_is_binary", "sidecar_is_binary"])
+def test_files_of_the_wrong_kind_are_one_line_naming_them(own, tmp_path, case):
+    binary = tmp_path / "binary.toml"
+    binary.write_bytes(b"\x80\x81\xfe binary")
+    if case == "spec_is_a_folder":
+        args, name = ("supernet", "train", tmp_path), tmp_path
+    elif case == "spec_is_binary":
+        args, name = ("supernet", "train", binary), binary
+    elif case == "predictor_is_binary":
+        args, name = ("latency", "validate", "--predictor", own["ck"], "--checkpoint", own["ck"]), own["ck"]
+    else:
+        own["side"].write_bytes(b"\x80\x81 not a sidecar")
+        args, name = ("supernet", "export", own["ck"], tmp_path / "copy.safetensors"), own["side"]
+    code, out, err = cli(*args)
+    assert_user_error(code, err, name, out=out)
+
+
+def test_commands_never_write_over_the_checkpoint_they_read(own, tmp_path):
+    """profile --out and prune dimap --out naming the checkpoint's own weights or sidecar are refused before any
+    work, and both files stay byte-identical."""
+    before = {p: p.read_bytes() for p in (own["ck"], own["side"])}
+    for args in (("latency", "profile", "--checkpoint", own["ck"], "--out", own["side"]),
+                 ("latency", "profile", "--checkpoint", own["ck"], "--out", tmp_path / "pred.txt"),
+                 ("prune", "dimap", "--checkpoint", own["ck"], "--ratio", "0.3", "--out", own["ck"])):
+        code, out, err = cli(*args)
+        assert_user_error(code, err, "--out" if args[0] == "latency" else own["ck"].name, out=out)
+    assert {p: p.read_bytes() for p in before} == before
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the refusal where no GPU is present")
+def test_a_device_this_machine_lacks_is_one_line(own, tmp_path):
+    code, out, err = cli("latency", "profile", "--checkpoint", own["ck"], "--device", "cuda", "--out",
+                         tmp_path / "p.json")
+    assert_user_error(code, err, "--device cuda", out=out)
+    assert not (tmp_path / "p.json").exists()
+
+
+def test_dimap_report_of_a_model_it_cannot_take_and_a_malformed_jobs_address():
+    for args, name in ((("dimap", "report", "--model", "nosuchmodel"), "nosuchmodel"),
+                       (("dimap", "report", "--model", "resnet18"), "resnet18"),
+                       (("jobs", "list", "--address", "127.0.0.1:99999"), "--address")):
+        code, out, err = cli(*args)
+        assert_user_error(code, err, name, out=out)
+
+
+def test_search_notes_go_to_stderr_under_json(capsys):
+    """run / resume / fork print their notes (a parent gone, a drift) on stderr when --json asks for exactly one
+    JSON object on stdout, and on stdout otherwise."""
+    import argparse
+
+    from search.cli import _log
+
+    _log(argparse.Namespace(json=True))("note: a parent folder is gone")
+    _log(argparse.Namespace(json=False))("note: shown with the summary")
+    cap = capsys.readouterr()
+    assert cap.err == "note: a parent folder is gone\n" and cap.out == "note: shown with the summary\n"

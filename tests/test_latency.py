@@ -434,7 +434,7 @@ def test_cli_profile_and_validate_json(tiny_seg, tmp_path, monkeypatch, capsys):
 
     meta = {"weights_sha256": "cd" * 32, "arch": {"timm_name": "swin", "timm_kwargs": {"embed_dim": 16}},
             "search_space": {"ratios": [0.0, 0.25, 0.5]}}
-    monkeypatch.setattr(lv, "_load_model", lambda path: (tiny_seg, meta))
+    monkeypatch.setattr(lv, "_load_model", lambda path, img_size=None: (tiny_seg, meta))
     out = tmp_path / "pred.json"
     args = argparse.Namespace(checkpoint="ck.safetensors", device="cpu", batch_size=1, threads=1, img_size=None,
                               out=str(out), json=True, repeats=2, calib_configs=4, progress=False)

@@ -460,6 +460,17 @@ def test_cli_train_json_and_user_errors(data_dir, tmp_path, capsys):
     assert "retention" in capsys.readouterr().out
     from search.cli import main
 
+    # without --resume an existing checkpoint is refused (one line, exit 2, nothing rewritten); --overwrite retrains
+    ck = Path(out["checkpoint"])
+    before = {p: p.read_bytes() for p in (ck, ck.with_suffix(".json"))}
+    assert main(["supernet", "train", str(spec)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "already exists" in err[0] and "--resume" in err[0] and "--overwrite" in err[0]
+    assert {p: p.read_bytes() for p in before} == before
+    assert main(["supernet", "train", str(spec), "--overwrite", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["checkpoint"] == str(ck)
+    assert read_sidecar(ck)["training"]["complete"]  # retrained from scratch, to the end
+
     assert main(["supernet", "train", str(tmp_path / "nope.toml")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("sparsesearch: error: ") and "nope.toml" in err[0]
