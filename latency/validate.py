@@ -204,8 +204,12 @@ def _load_model(checkpoint: Union[str, os.PathLike], img_size: Any = None):
     return load_checkpoint(checkpoint, img_size=img_size)
 
 
-def check_device(device: Optional[str]) -> None:
+def check_device(device: Optional[str], predictor: Optional[str] = None) -> None:
     """Refuse a device this machine does not have, before any work.
+
+    Args:
+        device: a torch device string (``cpu``, ``cuda``, ``cuda:1``), or None (nothing to check).
+        predictor: the predictor file the device comes from (its fingerprint), or None when it is ``--device``.
 
     Raises:
         PredictorError: ``device`` is not a torch device string, or names CUDA / MPS where none is available.
@@ -214,16 +218,18 @@ def check_device(device: Optional[str]) -> None:
 
     if not device:
         return
+    what = f"predictor {predictor} was profiled on {device}" if predictor else f"--device {device}"
+    fix = ("run on a machine with that device, or profile a predictor here (`sparsesearch latency profile "
+           "--device cpu`)" if predictor else "pass --device cpu, or run on a machine with that device")
     try:
         dev = torch.device(device)
     except (RuntimeError, ValueError):
-        raise PredictorError(f"--device {device!r} is not a torch device; fix: pass cpu or cuda[:N]") from None
+        raise PredictorError(f"{what}, which is not a torch device; fix: {fix}") from None
     if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
-        raise PredictorError(f"--device {device}: no such CUDA device on this machine "
-                             f"({torch.cuda.device_count()} visible); fix: pass --device cpu, or run on a machine with "
-                             "that GPU")
+        raise PredictorError(f"{what}: no such CUDA device on this machine ({torch.cuda.device_count()} visible); "
+                             f"fix: {fix}")
     if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise PredictorError(f"--device {device}: MPS is not available here; fix: pass --device cpu")
+        raise PredictorError(f"{what}: MPS is not available here; fix: {fix}")
 
 
 def _arch_from_meta(meta: Dict[str, Any]) -> Optional[Dict[str, Any]]:
@@ -401,7 +407,10 @@ def cli_validate(args: Any) -> int:
         (latency depends on the architecture, which :meth:`Predictor.check_model` checks).
     """
     pred = Predictor.load(args.predictor)
-    check_device(getattr(args, "device", None) or pred.fingerprint.get("device"))
+    if getattr(args, "device", None):
+        check_device(args.device)
+    else:  # the predictor's own device (the validate command has no --device)
+        check_device(pred.fingerprint.get("device"), predictor=str(pred.source))
     model, meta = _load_model(args.checkpoint, pred.img_size)
     meta = meta or {}
     sha = meta.get("weights_sha256")

@@ -288,6 +288,8 @@ def cmd_dimap_report(a: argparse.Namespace) -> int:
         rep = dimap_report(a.model, img_size=a.img_size)
     except (RuntimeError, ValueError) as e:  # an unknown timm name, a non-Swin model, a size it cannot take
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if isinstance(e, RuntimeError) and not first.startswith("Unknown model"):
+            raise  # a fault inside torch / timm, not the user's input
         raise UserError(f"dimap report --model {a.model} --img-size {a.img_size}: {first}; fix: pass a timm Swin "
                         "name (e.g. swin_tiny_patch4_window7_224) at a size its windows divide") from None
     _emit(rep, a.json, format_report(rep))
@@ -364,9 +366,10 @@ def build_parser() -> argparse.ArgumentParser:
     snsub = sn.add_subparsers(dest="sub", required=True, metavar="SUBCOMMAND")
     r = add("train", cmd_supernet_train, "sparsity-aware adaptation training from a recipe (TOML)", snsub)
     r.add_argument("spec")
-    r.add_argument("--resume", action="store_true", help="continue from the last epoch checkpoint")
-    r.add_argument("--overwrite", action="store_true",
-                   help="train from scratch over an existing [output] checkpoint (refused without it)")
+    how = r.add_mutually_exclusive_group()
+    how.add_argument("--resume", action="store_true", help="continue from the last epoch checkpoint")
+    how.add_argument("--overwrite", action="store_true",
+                     help="train from scratch over an existing [output] checkpoint (refused without it)")
     r.add_argument("--stop-after", type=_positive_int, metavar="EPOCH",
                    help="stop once this epoch of the run is complete (checkpoint written; continue with --resume)")
     r.add_argument("--json", action="store_true")
@@ -421,6 +424,34 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _os_error_line(a: argparse.Namespace, e: BaseException) -> Optional[str]:
+    """The one error line for an ``OSError`` / ``UnicodeDecodeError`` that reached :func:`main`, or ``None`` for a
+    fault that is not the user's input (an I/O error, a full disk is reported, with what was kept).
+
+    Caught nearer where it can be (readers name their file); this is the last net for paths given on the
+    command line: a folder where a file is expected or the reverse, a missing or unwritable path, a binary file
+    where text is expected, and an ``--address`` that cannot be reached or parsed."""
+    import errno
+
+    cmd = " ".join(x for x in (a.command, getattr(a, "sub", None)) if x)
+    if isinstance(e, UnicodeDecodeError):
+        return (f"sparsesearch: error: {cmd}: a file named on the command line is not UTF-8 text ({e.reason} at byte "
+                f"{e.start}); fix: pass the text file (spec .toml, predictor or sidecar .json) the command expects")
+    paths = " -> ".join(str(p) for p in (e.filename, getattr(e, "filename2", None)) if p)
+    what = f"{paths}: {e.strerror}" if paths and e.strerror else " ".join(str(e).split("\n")).strip() or type(e).__name__
+    if getattr(a, "address", None) and (isinstance(e, ConnectionError)
+                                        or type(e).__module__.startswith(("requests", "urllib3"))):
+        return (f"sparsesearch: error: {cmd}: --address {a.address}: {what}; fix: pass a running Ray cluster "
+                "(HOST:6379, or http://HOST:8265 for jobs)")
+    if e.errno == errno.ENOSPC:
+        return (f"sparsesearch: error: {cmd}: {what}; fix: free disk space, then rerun (what was recorded is kept; "
+                "a search continues with `sparsesearch resume`)")
+    if e.errno in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.EACCES, errno.EPERM, errno.EROFS):
+        return (f"sparsesearch: error: {cmd}: {what}; fix: check the paths named on the command line (a folder where "
+                "a file is expected or the reverse, a missing folder, permissions)")
+    return None
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     import warnings
 
@@ -438,15 +469,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         msg = " ".join(str(e).split("\n")).strip()
         print(f"sparsesearch: error: {msg}", file=sys.stderr)
         return EXIT_USER_ERROR
-    except (OSError, UnicodeDecodeError) as e:  # not caught nearer: a file or an address the command could not use
-        cmd = " ".join(x for x in (a.command, getattr(a, "sub", None)) if x)
-        what = f"{e.filename}: {e.strerror}" if isinstance(e, OSError) and e.filename else \
-            " ".join(str(e).split("\n")).strip() or type(e).__name__
-        fix = ("check --address (a running Ray cluster, e.g. HOST:6379, or http://HOST:8265 for jobs)"
-               if isinstance(e, ConnectionError) or type(e).__module__.startswith(("requests", "urllib3"))
-               else "check the files and folders named on the command line (a file where a folder is expected or "
-                    "the reverse, a binary file where text is expected, permissions)")
-        print(f"sparsesearch: error: {cmd}: {what}; fix: {fix}", file=sys.stderr)
+    except BrokenPipeError:  # `sparsesearch pareto ... | head`: the reader left; nothing to report
+        sys.stdout = open(os.devnull, "w")
+        return 0
+    except (OSError, UnicodeDecodeError) as e:  # not caught nearer: a path or an address the command could not use
+        line = _os_error_line(a, e)
+        if line is None:  # an I/O fault, not input: the traceback is the report
+            raise
+        print(line, file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("sparsesearch: interrupted; what was recorded is kept (resume with `sparsesearch resume`)",

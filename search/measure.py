@@ -74,7 +74,10 @@ def measure_front(exp_dir, *, repeats: int = 11, warmup: int = 3, progress: bool
     fp = pred.fingerprint
     from latency.validate import check_device
 
-    check_device(device or fp.get("device", "cpu"))  # a predictor profiled on a GPU this machine lacks: one line
+    if device:
+        check_device(device)
+    else:  # the predictor's device: one line where this machine lacks it
+        check_device(fp.get("device", "cpu"), predictor=str(pred.source))
     dev = torch.device(device or fp.get("device", "cpu"))
     threads = int(fp.get("threads") or torch.get_num_threads())
     model, _ = load_checkpoint(spec.supernet.checkpoint, img_size=policy.img_size)

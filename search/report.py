@@ -63,13 +63,12 @@ def _plot_path(plot: str) -> str:
         return str(p / "front.png")
     if not p.suffix:
         return str(p.with_suffix(".png"))
-    import matplotlib
-    matplotlib.use("Agg")
     from matplotlib.backend_bases import FigureCanvasBase
 
     from .errors import UserError
 
-    if p.suffix[1:].lower() not in FigureCanvasBase.get_supported_filetypes():
+    # what savefig writes without extra software (pgf needs LaTeX; avif a Pillow built with it)
+    if p.suffix[1:].lower() not in set(FigureCanvasBase.get_supported_filetypes()) - {"pgf", "avif"}:
         raise UserError(f"--plot {plot}: matplotlib cannot write {p.suffix} files; fix: name a .png (or .pdf, .svg) "
                         "file, or a folder")
     return str(p)

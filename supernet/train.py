@@ -62,7 +62,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from .fileio import atomic_write
 from .checkpoint import (CheckpointError, to_json_safe, load_checkpoint, load_timm_state_dict, save_checkpoint,
-                         sha256_file)
+                         sha256_file, sidecar_path)
 from .data import NUM_SEG_CLASSES, DatasetNotFoundError, FashionMosaic, MosaicSpec
 from .evaluate import DEFAULT_VAL_SEED, REFERENCE_RATIOS, evaluate_config, format_table, reference_table
 from .losses import seg_loss
@@ -956,10 +956,16 @@ def cli_train(args: Any) -> int:
     cfg = load_train_spec(args.spec)
     resume = bool(getattr(args, "resume", False))
     ckpt = Path(cfg.output.checkpoint)
-    if not resume and not getattr(args, "overwrite", False) and (ckpt.exists() or state_path(ckpt).exists()):
-        raise TrainSpecError(f"{args.spec}: [output] checkpoint {ckpt} already exists and training from scratch would "
-                             "overwrite it; fix: pass --resume to continue it, --overwrite to retrain it from scratch, "
-                             "or set [output] checkpoint to a new file")
+    if not resume and not getattr(args, "overwrite", False):
+        if ckpt.exists():
+            raise TrainSpecError(f"{args.spec}: [output] checkpoint {ckpt} already exists and training from scratch "
+                                 "would overwrite it; fix: pass --resume to continue it, --overwrite to retrain it "
+                                 "from scratch, or set [output] checkpoint to a new file")
+        left = [p for p in (state_path(ckpt), sidecar_path(ckpt)) if p.exists()]
+        if left:  # the weights are gone: nothing to resume, but these files of an earlier run would be replaced
+            raise TrainSpecError(f"{args.spec}: {', '.join(map(str, left))} of an earlier run (its weights {ckpt.name} "
+                                 "are gone) would be overwritten; fix: delete them, pass --overwrite, or set [output] "
+                                 "checkpoint to a new file")
     metrics = train(cfg, resume=resume, progress=True,
                     stop_after=getattr(args, "stop_after", None))
     if getattr(args, "json", False):

@@ -563,14 +563,32 @@ def test_dimap_report_of_a_model_it_cannot_take_and_a_malformed_jobs_address():
         assert_user_error(code, err, name, out=out)
 
 
-def test_search_notes_go_to_stderr_under_json(capsys):
-    """run / resume / fork print their notes (a parent gone, a drift) on stderr when --json asks for exactly one
-    JSON object on stdout, and on stdout otherwise."""
-    import argparse
+def test_search_notes_go_to_stderr_under_json(exp, monkeypatch):
+    """resume (as run and fork) prints its notes (a parent gone, a drift) on stderr when --json asks for exactly
+    one JSON object on stdout, and on stdout with the summary otherwise."""
+    import search.runner as runner
 
-    from search.cli import _log
+    def fake_resume(exp_dir, **kw):  # the runner's notes go through the log it is given
+        kw["log"]("note: a parent folder is gone")
+        return runner.experiment_summary(exp_dir)
 
-    _log(argparse.Namespace(json=True))("note: a parent folder is gone")
-    _log(argparse.Namespace(json=False))("note: shown with the summary")
-    cap = capsys.readouterr()
-    assert cap.err == "note: a parent folder is gone\n" and cap.out == "note: shown with the summary\n"
+    monkeypatch.setattr(runner, "resume", fake_resume)
+    code, out, err = cli("resume", exp, "--json", "--no-progress")
+    assert code == 0 and json.loads(out)["n_trials"] > 0 and "note: a parent folder is gone" in err
+    code, out, err = cli("resume", exp, "--no-progress")
+    assert code == 0 and out.startswith("note: a parent folder is gone\n") and "note" not in err
+
+
+def test_a_plot_path_under_a_file_is_one_line(exp, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    code, out, err = cli("pareto", exp, "--plot", tmp_path / "afile" / "front.png")
+    assert_user_error(code, err, "afile", out=out)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the refusal where no GPU is present")
+def test_a_predictor_profiled_on_a_gpu_this_machine_lacks_is_one_line_naming_it(own):
+    pr = json.loads(own["pr"].read_text())
+    pr["fingerprint"]["device"] = "cuda"
+    own["pr"].write_text(json.dumps(pr))
+    code, out, err = cli("latency", "validate", "--predictor", own["pr"], "--checkpoint", own["ck"], "--n", "2")
+    assert_user_error(code, err, own["pr"], "profiled on cuda", "latency profile --device cpu", out=out)

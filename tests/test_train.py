@@ -467,9 +467,19 @@ def test_cli_train_json_and_user_errors(data_dir, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "already exists" in err[0] and "--resume" in err[0] and "--overwrite" in err[0]
     assert {p: p.read_bytes() for p in before} == before
+    with pytest.raises(SystemExit) as e:  # one or the other: an argparse error line, exit 2
+        main(["supernet", "train", str(spec), "--resume", "--overwrite"])
+    assert e.value.code == 2 and "not allowed with" in capsys.readouterr().err
+    inode = ck.stat().st_ino
     assert main(["supernet", "train", str(spec), "--overwrite", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["checkpoint"] == str(ck)
-    assert read_sidecar(ck)["training"]["complete"]  # retrained from scratch, to the end
+    assert ck.stat().st_ino != inode  # written anew (atomic replace), from scratch to the end
+    assert read_sidecar(ck)["training"]["complete"]
+    # the weights gone, the state and sidecar of that run left: refused too, naming what would be replaced
+    ck.unlink()
+    assert main(["supernet", "train", str(spec)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and ck.with_suffix(".state.pt").name in err[0] and "are gone" in err[0]
 
     assert main(["supernet", "train", str(tmp_path / "nope.toml")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
