@@ -48,7 +48,7 @@ import torch.nn as nn
 from supernet.sparse_swin import (DEFAULT_RATIOS, SparseSwin, keep_count, rank_windows, sparse_block_forward,
                                    token_importance)
 
-from .predictor import FORMAT_VERSION, Predictor, current_fingerprint, save  # noqa: F401 - save re-exported
+from .predictor import FORMAT_VERSION, Predictor, PredictorError, current_fingerprint, save  # noqa: F401 - save re-exported
 
 __all__ = [
     "DEFAULT_RATIOS",
@@ -420,6 +420,31 @@ def _scoring_fn(stage: nn.Module, x: torch.Tensor, kind: str = "magnitude") -> C
     return run
 
 
+def check_device(device: Union[str, torch.device], predictor: Optional[str] = None) -> torch.device:
+    """The torch device ``device`` names, refused before any work where this machine lacks it.
+
+    Args:
+        device: a torch device or its string (``cpu``, ``cuda``, ``cuda:1``).
+        predictor: the predictor file the device comes from (its fingerprint), or None when the caller chose it.
+
+    Raises:
+        PredictorError: ``device`` is not a torch device, or names CUDA / MPS where none is available.
+    """
+    what = f"predictor {predictor} was profiled on {device}" if predictor else f"--device {device}"
+    fix = ("run on a machine with that device, or profile a predictor here (`sparsesearch latency profile "
+           "--device cpu`)" if predictor else "pass --device cpu, or run on a machine with that device")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise PredictorError(f"{what}, which is not a torch device; fix: {fix}") from None
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise PredictorError(f"{what}: no such CUDA device on this machine ({torch.cuda.device_count()} visible); "
+                             f"fix: {fix}")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise PredictorError(f"{what}: MPS is not available here; fix: {fix}")
+    return dev
+
+
 def profile(model: nn.Module, img_size: Union[int, Tuple[int, int], None] = None, *, batch_size: int = 1,
             device: Union[str, torch.device] = "cpu", threads: Optional[int] = 1,
             ratios: Sequence[float] = DEFAULT_RATIOS, warmup: int = 3, repeats: int = 11,
@@ -478,7 +503,7 @@ def profile(model: nn.Module, img_size: Union[int, Tuple[int, int], None] = None
     if int(calib_configs) < 2:
         raise ValueError(f"profile(): calib_configs must be >= 2 to fit a * x + b, got {calib_configs}; fix: pass calib_configs >= 2 (default 40)")
     hw = _resolve_img_size(bb, img_size)
-    dev = torch.device(device)
+    dev = check_device(device)
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", torch.cuda.current_device())
     model.to(dev)

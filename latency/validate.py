@@ -30,6 +30,7 @@ from .profiler import (
     _backbone,
     _make_input,
     _session,
+    check_device,
     measure_configs_drift,
     profile,
     random_configs,
@@ -79,7 +80,7 @@ def validate(predictor: Predictor, model: nn.Module, n: int = 200, seed: int = 0
         (flat lists), ``fingerprint``, ``plot`` (path or None), ``seconds``.
 
     Raises:
-        PredictorError: the model does not match the predictor (depths / windows).
+        PredictorError: the model does not match the predictor (depths / windows); this machine lacks its device.
         ValueError: n < 2.
     """
     from scipy.stats import spearmanr
@@ -89,7 +90,7 @@ def validate(predictor: Predictor, model: nn.Module, n: int = 200, seed: int = 0
         raise ValueError(f"validate(): n must be >= 2, got {n}")
     predictor.check_model(model)
     fp = predictor.fingerprint
-    dev = torch.device(device or fp.get("device", "cpu"))
+    dev = predictor_device(predictor, device)
     threads = int(fp.get("threads") or torch.get_num_threads())
     bs = predictor.batch_size
     hw = predictor.img_size or tuple(_backbone(model).img_size)
@@ -204,32 +205,15 @@ def _load_model(checkpoint: Union[str, os.PathLike], img_size: Any = None):
     return load_checkpoint(checkpoint, img_size=img_size)
 
 
-def check_device(device: Optional[str], predictor: Optional[str] = None) -> None:
-    """Refuse a device this machine does not have, before any work.
-
-    Args:
-        device: a torch device string (``cpu``, ``cuda``, ``cuda:1``), or None (nothing to check).
-        predictor: the predictor file the device comes from (its fingerprint), or None when it is ``--device``.
+def predictor_device(predictor: Predictor, device: Union[str, torch.device, None] = None) -> torch.device:
+    """Where a predictor's configs are measured: ``device``, else the device it was profiled on (its fingerprint),
+    checked by :func:`latency.profiler.check_device` (a refusal names the predictor file when the device is its).
 
     Raises:
-        PredictorError: ``device`` is not a torch device string, or names CUDA / MPS where none is available.
-    """
-    import torch
-
-    if not device:
-        return
-    what = f"predictor {predictor} was profiled on {device}" if predictor else f"--device {device}"
-    fix = ("run on a machine with that device, or profile a predictor here (`sparsesearch latency profile "
-           "--device cpu`)" if predictor else "pass --device cpu, or run on a machine with that device")
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError):
-        raise PredictorError(f"{what}, which is not a torch device; fix: {fix}") from None
-    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
-        raise PredictorError(f"{what}: no such CUDA device on this machine ({torch.cuda.device_count()} visible); "
-                             f"fix: {fix}")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise PredictorError(f"{what}: MPS is not available here; fix: {fix}")
+        PredictorError: this machine lacks that device."""
+    if device:
+        return check_device(device)
+    return check_device(predictor.fingerprint.get("device") or "cpu", predictor=str(predictor.source))
 
 
 def _arch_from_meta(meta: Dict[str, Any]) -> Optional[Dict[str, Any]]:
@@ -251,9 +235,9 @@ def _ratios_from_meta(meta: Dict[str, Any]):
 
 def _emit(args: Any, payload: Dict[str, Any], human: str) -> None:
     if getattr(args, "json", False):  # strict JSON: NaN (a Spearman of 2 configs) -> null
-        from supernet.fileio import to_json_safe
+        from supernet.fileio import strict_json
 
-        sys.stdout.write(json.dumps(to_json_safe(payload), default=str, allow_nan=False) + "\n")
+        sys.stdout.write(strict_json(payload, default=str) + "\n")
     else:
         sys.stdout.write(human + "\n")
     sys.stdout.flush()
@@ -323,11 +307,7 @@ def _check_profile_out(out: Path, checkpoint: Path) -> None:
 
     if out.suffix != ".json" or out.is_dir():
         raise PredictorError(f"latency profile: --out {out} is not a .json file name; fix: pass --out predictor.json")
-    try:
-        ck = {weights_path(checkpoint).resolve(), sidecar_path(checkpoint).resolve()}
-    except Exception:  # noqa: BLE001 - an odd checkpoint name: the loader names it
-        ck = set()
-    if out.resolve() in ck:
+    if out.resolve() in {weights_path(checkpoint).resolve(), sidecar_path(checkpoint).resolve()}:
         raise PredictorError(f"latency profile: --out {out} is the checkpoint's own file; fix: write the predictor "
                              "to another file, e.g. latency_cpu.json")
 
@@ -350,7 +330,6 @@ def cli_profile(args: Any) -> int:
     out = getattr(args, "out", None)
     if not out:
         raise PredictorError("sparsesearch latency profile: no --out given; fix: pass --out predictor.json")
-    check_device(getattr(args, "device", None))
     _check_profile_out(Path(out), Path(args.checkpoint))
     model, meta = _load_model(args.checkpoint, getattr(args, "img_size", None))
     meta = meta or {}
@@ -407,10 +386,6 @@ def cli_validate(args: Any) -> int:
         (latency depends on the architecture, which :meth:`Predictor.check_model` checks).
     """
     pred = Predictor.load(args.predictor)
-    if getattr(args, "device", None):
-        check_device(args.device)
-    else:  # the predictor's own device (the validate command has no --device)
-        check_device(pred.fingerprint.get("device"), predictor=str(pred.source))
     model, meta = _load_model(args.checkpoint, pred.img_size)
     meta = meta or {}
     sha = meta.get("weights_sha256")

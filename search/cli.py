@@ -19,9 +19,9 @@ EXIT_USER_ERROR = 2
 
 def _emit(obj: Dict[str, Any], as_json: bool, text: Optional[str] = None) -> None:
     if as_json:
-        from supernet.fileio import to_json_safe
+        from supernet.fileio import strict_json
 
-        print(json.dumps(to_json_safe(obj), default=str, allow_nan=False))  # strict JSON: NaN -> null
+        print(strict_json(obj, default=str))  # NaN -> null
     elif text is not None:
         print(text)
 
@@ -142,13 +142,13 @@ def cmd_resume(a: argparse.Namespace) -> int:
 
 
 def cmd_pareto(a: argparse.Namespace) -> int:
-    from supernet.fileio import to_json_safe
+    from supernet.fileio import strict_json
 
     from .report import pareto_report
 
     rep = pareto_report([Path(d) for d in a.exp_dir], budget_ms=a.budget_ms, plot=a.plot, history=a.history)
     if a.json or a.format == "json":
-        print(json.dumps(to_json_safe(rep["json"]), default=str, allow_nan=False))
+        print(strict_json(rep["json"], default=str))
     elif a.format == "csv":
         print(rep["front_df"].to_csv(index=False), end="")
     else:

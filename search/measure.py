@@ -72,13 +72,9 @@ def measure_front(exp_dir, *, repeats: int = 11, warmup: int = 3, progress: bool
                          budget_ms=policy.budget) if len(fin) else fin
     pred = policy.predictor
     fp = pred.fingerprint
-    from latency.validate import check_device
+    from latency.validate import predictor_device
 
-    if device:
-        check_device(device)
-    else:  # the predictor's device: one line where this machine lacks it
-        check_device(fp.get("device", "cpu"), predictor=str(pred.source))
-    dev = torch.device(device or fp.get("device", "cpu"))
+    dev = predictor_device(pred, device)  # a device this machine lacks: one line naming the predictor
     threads = int(fp.get("threads") or torch.get_num_threads())
     model, _ = load_checkpoint(spec.supernet.checkpoint, img_size=policy.img_size)
     model.to(dev)

@@ -51,7 +51,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from . import fileio
-from .fileio import atomic_write_bytes, sha256_bytes, to_json_safe
+from .fileio import atomic_write_bytes, sha256_bytes, strict_json, to_json_safe
 from .seg import SegSupernet
 
 __all__ = [
@@ -122,7 +122,7 @@ def sha256_file(path: _PathLike, chunk_size: int = 1 << 20) -> str:
 
 def atomic_write_json(path: _PathLike, obj: Any) -> Path:
     """Write ``obj`` as indented JSON (strict: NaN becomes ``null``) atomically, lists of numbers on one line."""
-    text = json.dumps(to_json_safe(obj), indent=2, sort_keys=False, allow_nan=False) + "\n"
+    text = strict_json(obj, indent=2) + "\n"
     # one line per list of numbers (shapes, configs): a match spanning a line break cannot be inside a string
     text = _NUM_LIST.sub(lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]"
                          if "\n" in m.group(0) else m.group(0), text)

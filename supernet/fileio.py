@@ -130,10 +130,15 @@ def to_json_safe(obj: Any) -> Any:
     return obj
 
 
+def strict_json(obj: Any, **dumps_kwargs: Any) -> str:
+    """``obj`` as strict JSON text: :func:`to_json_safe` first (NaN / inf -> ``null``), then ``json.dumps`` with
+    ``allow_nan=False`` (its other keyword arguments, e.g. ``indent``, ``default``, pass through)."""
+    return json.dumps(to_json_safe(obj), allow_nan=False, **dumps_kwargs)
+
+
 def atomic_write_json(path: PathLike, obj: Any, indent: int | None = 1) -> Path:
     """Atomically write ``obj`` as strict JSON (NaN / inf become ``null``, see :func:`to_json_safe`)."""
-    text = json.dumps(to_json_safe(obj), indent=indent, allow_nan=False)
-    return atomic_write_text(path, text + "\n")
+    return atomic_write_text(path, strict_json(obj, indent=indent) + "\n")
 
 
 def read_json(path: PathLike, what: str, fix: str, error: type = ValueError) -> Any:

@@ -60,8 +60,8 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .fileio import atomic_write
-from .checkpoint import (CheckpointError, to_json_safe, load_checkpoint, load_timm_state_dict, save_checkpoint,
+from .fileio import atomic_write, strict_json
+from .checkpoint import (CheckpointError, load_checkpoint, load_timm_state_dict, save_checkpoint,
                          sha256_file, sidecar_path)
 from .data import NUM_SEG_CLASSES, DatasetNotFoundError, FashionMosaic, MosaicSpec
 from .evaluate import DEFAULT_VAL_SEED, REFERENCE_RATIOS, evaluate_config, format_table, reference_table
@@ -969,7 +969,7 @@ def cli_train(args: Any) -> int:
     metrics = train(cfg, resume=resume, progress=True,
                     stop_after=getattr(args, "stop_after", None))
     if getattr(args, "json", False):
-        print(json.dumps(to_json_safe(metrics), allow_nan=False))  # NaN -> null: strict JSON
+        print(strict_json(metrics))  # NaN -> null
         return 0
     if metrics.get("complete") is False:  # --stop-after ended the run part-way
         print(f"checkpoint {metrics['checkpoint']} at epoch {metrics['epoch']} of {cfg.total_epochs} "
