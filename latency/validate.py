@@ -297,9 +297,10 @@ def speed_drift_warning(dense_ms_measured: float, dense_ms_predicted: float,
             "again on a quiet machine")
 
 
-def _check_profile_out(out: Path, checkpoint: Path) -> None:
+def _check_profile_out(out: Path, checkpoint: Path, overwrite: bool = False) -> None:
     """A predictor ``--out`` that would replace something recorded, or could not be written, is refused before the
-    minutes of profiling: the checkpoint's weights or sidecar, a folder, anything not named ``*.json``.
+    minutes of profiling: the checkpoint's weights or sidecar, a folder, anything not named ``*.json``, and an
+    existing file unless ``overwrite`` (an experiment's latency gate may be reading that predictor).
 
     Raises:
         PredictorError: with the fix."""
@@ -310,6 +311,9 @@ def _check_profile_out(out: Path, checkpoint: Path) -> None:
     if out.resolve() in {weights_path(checkpoint).resolve(), sidecar_path(checkpoint).resolve()}:
         raise PredictorError(f"latency profile: --out {out} is the checkpoint's own file; fix: write the predictor "
                              "to another file, e.g. latency_cpu.json")
+    if out.exists() and not overwrite:
+        raise PredictorError(f"latency profile: --out {out} already exists and would be replaced; fix: write the "
+                             "predictor to another file, or pass --overwrite to replace it")
 
 
 def cli_profile(args: Any) -> int:
@@ -319,7 +323,8 @@ def cli_profile(args: Any) -> int:
         args: namespace with ``checkpoint`` (path), ``device`` ("cpu"), ``batch_size`` (1),
             ``threads`` (1), ``img_size`` (None: the model's), ``out`` (predictor JSON path),
             ``json`` (bool: print exactly one JSON object on stdout), ``repeats`` (11).
-            Optional: ``calib_configs`` (40), ``seed`` (0), ``progress`` (True).
+            Optional: ``calib_configs`` (40), ``seed`` (0), ``progress`` (True), ``overwrite`` (False: an
+            existing ``out`` is refused before profiling).
             The ratio set profiled is the sidecar's ``search_space.ratios`` (default 0.0..0.8);
             the sidecar's ``arch`` and ``weights_sha256`` are stored in the predictor file.
 
@@ -330,7 +335,7 @@ def cli_profile(args: Any) -> int:
     out = getattr(args, "out", None)
     if not out:
         raise PredictorError("sparsesearch latency profile: no --out given; fix: pass --out predictor.json")
-    _check_profile_out(Path(out), Path(args.checkpoint))
+    _check_profile_out(Path(out), Path(args.checkpoint), bool(getattr(args, "overwrite", False)))
     model, meta = _load_model(args.checkpoint, getattr(args, "img_size", None))
     meta = meta or {}
     table = profile(

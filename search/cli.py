@@ -224,9 +224,10 @@ def cmd_supernet_train(a: argparse.Namespace) -> int:
     return cli_train(a)
 
 
-def _check_new_checkpoint(command: str, src: Path, dst: Path) -> None:
+def _check_new_checkpoint(command: str, src: Path, dst: Path, overwrite: bool = False) -> None:
     """A command that writes a new checkpoint ``dst`` (+ its sidecar) from ``src`` refuses, before any work, a
-    ``dst`` that is not a ``.safetensors`` file name or that would overwrite ``src``'s weights or sidecar.
+    ``dst`` that is not a ``.safetensors`` file name, that would overwrite ``src``'s weights or sidecar, or whose
+    weights or sidecar already exist (unless ``overwrite``: the user's ``--overwrite``).
 
     Raises:
         UserError: with the fix."""
@@ -240,13 +241,17 @@ def _check_new_checkpoint(command: str, src: Path, dst: Path) -> None:
     if {dst.resolve(), sidecar_path(dst).resolve()} & {src.resolve(), sidecar_path(src).resolve()}:
         raise UserError(f"{command}: {dst} would overwrite the source checkpoint {src}; fix: name another "
                         "destination file")
+    if not overwrite and (dst.exists() or sidecar_path(dst).exists()):
+        there = dst if dst.exists() else sidecar_path(dst)
+        raise UserError(f"{command}: {there} already exists and would be replaced; fix: name another destination "
+                        "file, or pass --overwrite to replace it")
 
 
 def cmd_supernet_export(a: argparse.Namespace) -> int:
     from supernet.checkpoint import export_checkpoint, read_sidecar, weights_path
 
     src, dst = weights_path(a.src), Path(a.dst)
-    _check_new_checkpoint("supernet export", src, dst)
+    _check_new_checkpoint("supernet export", src, dst, a.overwrite)
     out = export_checkpoint(src, dst, storage_dtype=a.storage_dtype)  # a missing source: CheckpointError, one line
     info = {"src": str(src), "dst": str(out), "storage_dtype": a.storage_dtype, "bytes": out.stat().st_size,
             "sha256": read_sidecar(out)["weights_sha256"]}  # save_checkpoint hashed the bytes it wrote
@@ -272,7 +277,7 @@ def cmd_prune_dimap(a: argparse.Namespace) -> int:
 
     from .errors import UserError
 
-    _check_new_checkpoint("prune dimap", weights_path(a.checkpoint), Path(a.out))
+    _check_new_checkpoint("prune dimap", weights_path(a.checkpoint), Path(a.out), a.overwrite)
     try:
         return cli_prune_dimap(a)
     except ValueError as e:  # bad ratios / module names: user input
@@ -379,6 +384,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("src", help="checkpoint X.safetensors (X.json beside it)")
     r.add_argument("dst", help="new checkpoint Y.safetensors (Y.json written beside it)")
     r.add_argument("--storage-dtype", choices=("float16", "bfloat16", "float32"), default="float16")
+    r.add_argument("--overwrite", action="store_true", help="replace an existing DST (refused without it)")
     r.add_argument("--json", action="store_true")
 
     lt = add("latency", None, "profile device latency and validate the predictor")
@@ -392,6 +398,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--repeats", type=_positive_int, default=11, help="timed runs per block x k and per calibration config")
     r.add_argument("--calib-configs", type=_positive_int, default=40)
     r.add_argument("--out", required=True)
+    r.add_argument("--overwrite", action="store_true", help="replace an existing --out file (refused without it)")
     r.add_argument("--json", action="store_true")
     r = add("validate", cmd_latency_validate, "measure random configs end to end against the predictor", ltsub)
     r.add_argument("--predictor", required=True)
@@ -413,6 +420,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--module-ratios", help="e.g. qkv=0.3,proj=0.3,mlp=0.5")
     r.add_argument("--out", required=True)
     r.add_argument("--finetune", type=_nonneg_int, default=0, help="fine-tuning epochs with masks fixed (>= 0)")
+    r.add_argument("--overwrite", action="store_true", help="replace an existing --out checkpoint (refused without it)")
     r.add_argument("--json", action="store_true")
 
     dm = add("dimap", None, "DIMAP reports")

@@ -547,6 +547,29 @@ def test_commands_never_write_over_the_checkpoint_they_read(own, tmp_path):
     assert {p: p.read_bytes() for p in before} == before
 
 
+def test_an_existing_destination_is_refused_without_overwrite(own, tmp_path):
+    """export, prune dimap and profile refuse, before any work, a destination that already exists (weights, the
+    sidecar alone, or a predictor): one line naming it and --overwrite, exit 2, the file byte-identical. With
+    --overwrite, export replaces it."""
+    dst = tmp_path / "copy.safetensors"
+    assert cli("supernet", "export", own["ck"], dst)[0] == 0
+    pred = tmp_path / "gate.json"
+    pred.write_text('{"recorded": true}')
+    orphan = tmp_path / "orphan.json"  # a sidecar whose weights are gone is still somebody's record
+    orphan.write_text("{}")
+    before = {p: p.read_bytes() for p in (dst, dst.with_suffix(".json"), pred, orphan)}
+    for args, name in ((("supernet", "export", own["ck"], dst), dst),
+                       (("supernet", "export", own["ck"], orphan.with_suffix(".safetensors")), orphan),
+                       (("prune", "dimap", "--checkpoint", own["ck"], "--ratio", "0.3", "--out", dst), dst),
+                       (("latency", "profile", "--checkpoint", own["ck"], "--out", pred), pred)):
+        code, out, err = cli(*args)
+        assert_user_error(code, err, name.name, "--overwrite", out=out)
+    assert {p: p.read_bytes() for p in before} == before
+    assert not orphan.with_suffix(".safetensors").exists()
+    code, out, err = cli("supernet", "export", own["ck"], dst, "--storage-dtype", "float32", "--overwrite")
+    assert code == 0 and dst.read_bytes() != before[dst]
+
+
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks the refusal where no GPU is present")
 def test_a_device_this_machine_lacks_is_one_line(own, tmp_path):
     code, out, err = cli("latency", "profile", "--checkpoint", own["ck"], "--device", "cuda", "--out",
