@@ -75,13 +75,26 @@ def check_reachable(address: str, timeout_s: float = 10.0) -> None:
     """Fail fast (one line) when a Ray address does not accept TCP connections.
 
     ``ray.init`` keeps retrying a dead address for minutes; this probe opens one TCP connection to the
-    address's host and port first (``auto`` is resolved by Ray itself and not probed).
+    address's host and port first. ``auto`` is resolved as ``ray.init`` resolves it (``RAY_ADDRESS``, else the
+    head that ``ray start`` recorded on this machine, else the one running GCS), then probed; ``local`` is not a
+    cluster and passes.
 
     Raises:
-        ClusterUnreachableError: nothing listens there within ``timeout_s`` seconds.
+        ClusterUnreachableError: nothing listens there within ``timeout_s`` seconds, or ``auto`` finds no cluster.
     """
-    if address in ("auto", "local"):
+    if address == "local":
         return
+    if address == "auto":
+        try:
+            from ray._private.services import canonicalize_bootstrap_address_or_die
+        except ImportError:  # Ray moved its resolver: leave ``auto`` to ray.init
+            return
+        try:
+            address = canonicalize_bootstrap_address_or_die("auto")
+        except (ConnectionError, ValueError) as e:
+            raise ClusterUnreachableError(f"--address auto found no running Ray cluster ({str(e).split('. ')[0]}); "
+                                          "fix: start the head (`ray start --head --node-ip-address 127.0.0.1`), "
+                                          "or pass its HOST:PORT as --address / [ray] address") from None
     rest = address.split("://", 1)[-1].rstrip("/")
     host, _, port = rest.rpartition(":")
     if not host or not port.isdigit():

@@ -482,6 +482,12 @@ def test_dead_address_fails_fast_with_one_line(own):
     r = run_cli("run", str(spec), "--address", "127.0.0.1:1", "--no-progress", timeout=120)
     assert time.time() - t0 <= 30
     assert_user_error(r.returncode, r.stderr, "127.0.0.1:1", out=r.stdout)
+    # --address auto is resolved as ray.init resolves it (here RAY_ADDRESS, a dead head) and probed before the
+    # experiment folder is made: nothing is written, so the same command runs once the head is up
+    r = run_cli("run", str(spec), "--address", "auto", "--no-progress", timeout=120,
+                env=cli_env(RAY_ADDRESS="127.0.0.1:1"))
+    assert_user_error(r.returncode, r.stderr, "127.0.0.1:1", out=r.stdout)
+    assert not (own["exp"] / "experiment.json").exists()
 
 
 def test_evaluator_at_another_resolution_than_the_predictor(own):
