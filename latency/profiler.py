@@ -45,6 +45,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from supernet.evaluate import resolve_device
 from supernet.sparse_swin import (DEFAULT_RATIOS, SparseSwin, keep_count, rank_windows, sparse_block_forward,
                                    token_importance)
 
@@ -434,15 +435,9 @@ def check_device(device: Union[str, torch.device], predictor: Optional[str] = No
     fix = ("run on a machine with that device, or profile a predictor here (`sparsesearch latency profile "
            "--device cpu`)" if predictor else "pass --device cpu, or run on a machine with that device")
     try:
-        dev = torch.device(device)
-    except (RuntimeError, ValueError, TypeError):
-        raise PredictorError(f"{what}, which is not a torch device; fix: {fix}") from None
-    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
-        raise PredictorError(f"{what}: no such CUDA device on this machine ({torch.cuda.device_count()} visible); "
-                             f"fix: {fix}")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise PredictorError(f"{what}: MPS is not available here; fix: {fix}")
-    return dev
+        return resolve_device(device)
+    except ValueError as e:
+        raise PredictorError(f"{what}: {e}; fix: {fix}") from None
 
 
 def profile(model: nn.Module, img_size: Union[int, Tuple[int, int], None] = None, *, batch_size: int = 1,

@@ -377,6 +377,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="train from scratch over an existing [output] checkpoint (refused without it)")
     r.add_argument("--stop-after", type=_positive_int, metavar="EPOCH",
                    help="stop once this epoch of the run is complete (checkpoint written; continue with --resume)")
+    r.add_argument("--device", help="train on this torch device (cpu, cuda, cuda:N), overriding [train] device; "
+                                    "a run may resume on another device")
     r.add_argument("--json", action="store_true")
 
     r = add("export", cmd_supernet_export, "re-save a checkpoint for shipping (float16 storage: half the bytes; "

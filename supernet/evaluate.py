@@ -28,7 +28,7 @@ from .data import NUM_SEG_CLASSES, MosaicSpec, make_loader
 from .metrics import SegMetric
 
 __all__ = ["REFERENCE_RATIOS", "DEFAULT_VAL_SEED", "uniform_config", "evaluate", "evaluate_config",
-           "reference_table", "format_table"]
+           "reference_table", "format_table", "resolve_device"]
 
 #: Uniform ratios of the reference table.
 REFERENCE_RATIOS: Tuple[float, ...] = (0.3, 0.5, 0.7)
@@ -50,6 +50,25 @@ def uniform_config(depths: Sequence[int], ratio: float,
     """
     stages = set(range(len(depths) - 1) if sparse_stages is None else sparse_stages)
     return [[float(ratio) if i in stages else 0.0] * int(d) for i, d in enumerate(depths)]
+
+
+def resolve_device(device: Any) -> torch.device:
+    """The torch device ``device`` names (``cpu``, ``cuda``, ``cuda:1``, ``mps``), checked against this machine
+    before any work: the one home of that check (training's ``[train] device``, the latency profiler's ``--device``).
+
+    Raises:
+        ValueError: not a torch device, or CUDA / MPS that this machine lacks (the message says which, without
+            naming ``device``: the caller names where it came from).
+    """
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        raise ValueError("not a torch device (cpu, cuda, cuda:N)") from None
+    if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
+        raise ValueError(f"no such CUDA device on this machine ({torch.cuda.device_count()} visible)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("MPS is not available here")
+    return dev
 
 
 def _model_img_size(model: torch.nn.Module) -> int:

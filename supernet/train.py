@@ -64,7 +64,8 @@ from .fileio import atomic_write, strict_json
 from .checkpoint import (CheckpointError, load_checkpoint, load_timm_state_dict, save_checkpoint,
                          sha256_file, sidecar_path)
 from .data import NUM_SEG_CLASSES, DatasetNotFoundError, FashionMosaic, MosaicSpec
-from .evaluate import DEFAULT_VAL_SEED, REFERENCE_RATIOS, evaluate_config, format_table, reference_table
+from .evaluate import (DEFAULT_VAL_SEED, REFERENCE_RATIOS, evaluate_config, format_table, reference_table,
+                       resolve_device)
 from .losses import seg_loss
 from .seg import SegSupernet
 from .sparse_swin import DEFAULT_RATIOS
@@ -206,7 +207,12 @@ class TrainSection(BaseModel):
     per-item classification loss (region-pooled logits); ``loss_resolution`` = "quarter" computes it on the
     head's 1/4-resolution logits against soft 4 x 4 targets (no upsampling: faster); ``background_weight``
     down-weights background pixels / regions. ``bf16``: bfloat16 autocast of the forward and backward on the
-    CPU (AMX / AVX-512 BF16; the weights, the optimizer and the loss stay float32).
+    CPU (AMX / AVX-512 BF16; the weights, the optimizer and the loss stay float32), or on the GPU.
+
+    ``device``: where the model trains and is evaluated ("cpu", "cuda", "cuda:N"); the canvases are drawn on the
+    CPU and moved there per batch, and checkpoints are written from CPU copies, so a run started on one device
+    resumes on another (``device`` and ``threads`` are not part of the resume check). A resume is bit-exact on
+    the CPU; on a GPU its kernels are not deterministic, so it is close, not equal.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -220,6 +226,7 @@ class TrainSection(BaseModel):
     warmup_steps: int = Field(0, ge=0)
     seed: int = Field(0, ge=0)
     threads: Optional[int] = Field(None, ge=1)
+    device: str = "cpu"
     sampling: Literal["reference", "sandwich", "dense"] = "reference"
     sandwich_random: int = Field(1, ge=0)
     ratios: List[float] = Field(default_factory=lambda: list(DEFAULT_RATIOS))
@@ -603,7 +610,7 @@ def train_step(model: SegSupernet, optimizer: torch.optim.Optimizer, images: tor
         class_weight: optional (K,) per-class weights of the cross-entropy (weighted mean over pixels).
         loss: ``{"kind", "bg_weight", "aux_weight", "at"}`` of :func:`supernet.losses.seg_loss` (default:
             pixel cross-entropy at full resolution with ``class_weight``).
-        bf16: bfloat16 autocast (CPU) of the forward pass.
+        bf16: bfloat16 autocast of the forward pass (on the device ``images`` are on).
 
     Returns:
         The mean loss over the configs (float).
@@ -612,7 +619,7 @@ def train_step(model: SegSupernet, optimizer: torch.optim.Optimizer, images: tor
     total = 0.0
     for c in configs:
         model.set_sparsity(c)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(bf16)):
+        with torch.autocast(images.device.type, dtype=torch.bfloat16, enabled=bool(bf16)):
             if loss is None:
                 value = F.cross_entropy(model(images), labels, weight=class_weight)
             else:
@@ -638,6 +645,7 @@ def _config_fingerprint(cfg: TrainConfig | Dict[str, Any]) -> Dict[str, Any]:
     """What must not change across a resume (threads, data_dir and paths may), of a spec or its JSON dump."""
     d = json.loads(json.dumps(cfg)) if isinstance(cfg, dict) else cfg.model_dump(mode="json")
     d["train"].pop("threads", None)
+    d["train"].pop("device", None)
     d["data"].pop("data_dir", None)
     d["data"].pop("val_min_items", None)  # validation layout: scores, never trains
     d["data"].pop("val_max_items", None)
@@ -788,6 +796,11 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     t = cfg.train
+    try:
+        device = resolve_device(t.device)
+    except ValueError as e:
+        raise TrainSpecError(f"[train] device {t.device!r}: {e}; fix: set [train] device = \"cpu\" (or pass "
+                             "--device cpu), or train on a machine with that device") from None
     ckpt = Path(cfg.output.checkpoint)
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     spath = state_path(ckpt)
@@ -796,7 +809,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
 
     torch.manual_seed(t.seed)
     rng = np.random.default_rng(t.seed)
-    model = build_supernet(cfg, dynamic_size=cfg.lowres.epochs > 0)
+    model = build_supernet(cfg, dynamic_size=cfg.lowres.epochs > 0).to(device)
     optimizer = make_optimizer(model, t.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_at(s, cfg))
     epoch, step, history = 0, 0, []
@@ -854,7 +867,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
         loss_spec = {"kind": t.loss, "bg_weight": t.background_weight, "aux_weight": t.aux_weight,
                      "at": t.loss_resolution}
     elif t.background_weight != 1.0:  # class 0 = background, most of the pixels of a canvas
-        class_weight = torch.ones(NUM_SEG_CLASSES)
+        class_weight = torch.ones(NUM_SEG_CLASSES, device=device)
         class_weight[0] = t.background_weight
     bar = tqdm(total=total_steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True,
                mininterval=1.0 if sys.stderr.isatty() else 30.0, file=sys.stderr)
@@ -873,6 +886,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
             else:  # full-size epochs keep their canvases whether or not a lowres phase came first
                 loader = _epoch_loader(cfg, dataset, epoch - lo.epochs)
             for images, labels in loader:
+                if device.type != "cpu":
+                    images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
                 configs = step_configs(t.sampling, depths, t.ratios, rng, t.sandwich_random, not ph.sparse)
                 loss = train_step(model, optimizer, images, labels, configs, t.grad_clip, class_weight, loss_spec,
                                   t.bf16)
@@ -889,7 +904,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
             model.set_sparsity([[0.0] * d for d in depths])
             entry: Dict[str, Any] = {"epoch": epoch + 1, "phase": phase, "loss": float(np.mean(losses)),
                                      "last_loss": losses[-1], "lr_end": float(optimizer.param_groups[0]["lr"]),
-                                     "seconds": seconds, "canvases": n_img, "canvases_per_s": n_img / max(seconds, 1e-9)}
+                                     "seconds": seconds, "canvases": n_img, "canvases_per_s": n_img / max(seconds, 1e-9),
+                                     "device": device.type}
             if t.val_each_epoch:
                 entry["val_dense"] = evaluate_config(model, None, length=t.val_each_epoch_length or cfg.data.val_length,
                                                      batch_size=t.eval_batch_size, spec=cfg.data.val_mosaic(),
@@ -937,14 +953,14 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
 # CLI
 # --------------------------------------------------------------------------------------------
 def cli_train(args: Any) -> int:
-    """``sparsesearch supernet train SPEC.toml [--resume | --overwrite] [--stop-after EPOCH] [--json]``.
+    """``sparsesearch supernet train SPEC.toml [--resume | --overwrite] [--stop-after EPOCH] [--device DEV] [--json]``.
 
     A run without ``--resume`` refuses to start over an existing ``[output] checkpoint`` (or its training state)
     unless ``--overwrite`` says so: what an earlier run recorded is never replaced by accident.
 
     Args:
         args: a Namespace with ``.spec`` (path), ``.resume`` (bool), ``.overwrite`` (bool, optional),
-            ``.stop_after`` (epoch or None), ``.json`` (bool).
+            ``.stop_after`` (epoch or None), ``.device`` (optional: overrides ``[train] device``), ``.json`` (bool).
 
     Returns:
         0 on success.
@@ -954,6 +970,8 @@ def cli_train(args: Any) -> int:
             them as one ``sparsesearch: error:`` line and exits 2.
     """
     cfg = load_train_spec(args.spec)
+    if getattr(args, "device", None):  # where to train is not part of the recipe: a run may move between devices
+        cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"device": args.device})})
     resume = bool(getattr(args, "resume", False))
     ckpt = Path(cfg.output.checkpoint)
     if not resume and not getattr(args, "overwrite", False):

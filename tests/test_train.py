@@ -270,6 +270,29 @@ def test_resume_refuses_a_changed_spec_or_foreign_state(data_dir, tmp_path):
         train(cfg, resume=True, progress=False)
 
 
+def test_device_is_where_a_run_trains_not_part_of_its_recipe(data_dir, tmp_path):
+    """``[train] device`` / ``supernet train --device``: a device this machine lacks is refused before anything is
+    written (one line, the CLI's exit 2); the device is not part of the resume check, so a run started on one
+    device resumes on another; each epoch records where it ran."""
+    from supernet.train import spec_diff
+
+    cfg = tiny_cfg(data_dir, tmp_path, dense_epochs=1, adapt_epochs=1)
+    gpu = cfg.model_copy(update={"train": cfg.train.model_copy(update={"device": "cuda"})})
+    assert spec_diff(json.loads(cfg.model_dump_json()), gpu) == ""
+    train(cfg, progress=False, stop_after=1)
+    assert [h["device"] for h in read_sidecar(tmp_path / "ck.safetensors")["training"]["history"]] == ["cpu"]
+    if not torch.cuda.is_available():
+        before = (tmp_path / "ck.safetensors").read_bytes()
+        with pytest.raises(TrainSpecError, match=r"device 'cuda'.*no such CUDA device.*fix:.*--device cpu"):
+            train(gpu, resume=True, progress=False)
+        assert (tmp_path / "ck.safetensors").read_bytes() == before
+        bad = cfg.model_copy(update={"train": cfg.train.model_copy(update={"device": "gpu0"})})
+        with pytest.raises(TrainSpecError, match=r"not a torch device"):
+            train(bad, resume=True, progress=False)
+    done = train(gpu if torch.cuda.is_available() else cfg, resume=True, progress=False)
+    assert done["train"]["epochs"] == 2
+
+
 def test_validation_layout_is_its_own_and_not_part_of_a_resume(data_dir, tmp_path):
     """``[data] val_min_items / val_max_items``: the task recipes train on 2-10 items and are scored on the default
     task's 1-8; the per-epoch check and the final table use that layout; a resume does not compare it."""
@@ -484,6 +507,11 @@ def test_cli_train_json_and_user_errors(data_dir, tmp_path, capsys):
     assert main(["supernet", "train", str(tmp_path / "nope.toml")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("sparsesearch: error: ") and "nope.toml" in err[0]
+    if not torch.cuda.is_available():  # --device: a device this machine lacks is one line, nothing written
+        assert main(["supernet", "train", str(spec), "--overwrite", "--device", "cuda"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "no such CUDA device" in err[0] and "--device cpu" in err[0]
+        assert not ck.exists()
 
 
 def test_lowres_phase_runs_first_on_smaller_canvases(data_dir, tmp_path):
