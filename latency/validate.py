@@ -305,15 +305,13 @@ def _check_profile_out(out: Path, checkpoint: Path, overwrite: bool = False) -> 
     Raises:
         PredictorError: with the fix."""
     from supernet.checkpoint import sidecar_path, weights_path
+    from supernet.fileio import refuse_overwrite
 
     if out.suffix != ".json" or out.is_dir():
         raise PredictorError(f"latency profile: --out {out} is not a .json file name; fix: pass --out predictor.json")
-    if out.resolve() in {weights_path(checkpoint).resolve(), sidecar_path(checkpoint).resolve()}:
-        raise PredictorError(f"latency profile: --out {out} is the checkpoint's own file; fix: write the predictor "
-                             "to another file, e.g. latency_cpu.json")
-    if out.exists() and not overwrite:
-        raise PredictorError(f"latency profile: --out {out} already exists and would be replaced; fix: write the "
-                             "predictor to another file, or pass --overwrite to replace it")
+    refuse_overwrite("latency profile --out", (out,), overwrite=overwrite,
+                     reads=(weights_path(checkpoint), sidecar_path(checkpoint)),
+                     fix="write the predictor to another file", error=PredictorError)
 
 
 def cli_profile(args: Any) -> int:

@@ -232,19 +232,15 @@ def _check_new_checkpoint(command: str, src: Path, dst: Path, overwrite: bool = 
     Raises:
         UserError: with the fix."""
     from supernet.checkpoint import sidecar_path
+    from supernet.fileio import refuse_overwrite
 
     from .errors import UserError
 
     if dst.suffix != ".safetensors" or dst.is_dir():
         raise UserError(f"{command}: {dst} is not a .safetensors file name; fix: name the new checkpoint "
                         "Y.safetensors (Y.json is written beside it)")
-    if {dst.resolve(), sidecar_path(dst).resolve()} & {src.resolve(), sidecar_path(src).resolve()}:
-        raise UserError(f"{command}: {dst} would overwrite the source checkpoint {src}; fix: name another "
-                        "destination file")
-    if not overwrite and (dst.exists() or sidecar_path(dst).exists()):
-        there = dst if dst.exists() else sidecar_path(dst)
-        raise UserError(f"{command}: {there} already exists and would be replaced; fix: name another destination "
-                        "file, or pass --overwrite to replace it")
+    refuse_overwrite(command, (dst, sidecar_path(dst)), overwrite=overwrite, reads=(src, sidecar_path(src)),
+                     error=UserError)
 
 
 def cmd_supernet_export(a: argparse.Namespace) -> int:
@@ -393,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     ltsub = lt.add_subparsers(dest="sub", required=True, metavar="SUBCOMMAND")
     r = add("profile", cmd_latency_profile, "per-block latency table + calibration -> predictor JSON", ltsub)
     r.add_argument("--checkpoint", required=True)
-    r.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    r.add_argument("--device", default="cpu", help="torch device to profile (cpu, cuda, cuda:N)")
     r.add_argument("--batch-size", type=_positive_int, default=1)
     r.add_argument("--threads", type=_positive_int, default=1)
     r.add_argument("--img-size", type=_positive_int, help="the search resolution (default: the checkpoint's)")

@@ -75,31 +75,39 @@ def check_reachable(address: str, timeout_s: float = 10.0) -> None:
     """Fail fast (one line) when a Ray address does not accept TCP connections.
 
     ``ray.init`` keeps retrying a dead address for minutes; this probe opens one TCP connection to the
-    address's host and port first. ``auto`` is resolved as ``ray.init`` resolves it (``RAY_ADDRESS``, else the
-    head that ``ray start`` recorded on this machine, else the one running GCS), then probed; ``local`` is not a
-    cluster and passes.
+    address's host and port first. ``auto`` is resolved as ``ray.init`` resolves it, then probed: a ``RAY_ADDRESS``
+    with a scheme (``ray://HOST:PORT``, Ray Client) as it is, else Ray's own resolver (a plain ``RAY_ADDRESS``, the
+    head that ``ray start`` recorded on this machine, the one running GCS). ``local`` is not a cluster and passes.
 
     Raises:
-        ClusterUnreachableError: nothing listens there within ``timeout_s`` seconds, or ``auto`` finds no cluster.
+        ClusterUnreachableError: nothing listens there within ``timeout_s`` seconds, or ``auto`` finds no cluster;
+            the message names ``RAY_ADDRESS`` when the address came from it.
     """
     if address == "local":
         return
+    given = "--address / [ray] address"  # where the address came from, for the fix
     if address == "auto":
-        try:
-            from ray._private.services import canonicalize_bootstrap_address_or_die
-        except ImportError:  # Ray moved its resolver: leave ``auto`` to ray.init
-            return
-        try:
-            address = canonicalize_bootstrap_address_or_die("auto")
-        except (ConnectionError, ValueError) as e:
-            raise ClusterUnreachableError(f"--address auto found no running Ray cluster ({str(e).split('. ')[0]}); "
-                                          "fix: start the head (`ray start --head --node-ip-address 127.0.0.1`), "
-                                          "or pass its HOST:PORT as --address / [ray] address") from None
+        env = os.environ.get("RAY_ADDRESS", "")
+        if env:
+            given = f"RAY_ADDRESS (={env}, which --address auto uses)"
+        if "://" in env:  # ray.init hands a scheme to Ray Client as it is
+            address = env
+        else:
+            try:
+                from ray._private.services import canonicalize_bootstrap_address_or_die
+            except ImportError:  # Ray moved its resolver: leave ``auto`` to ray.init
+                return
+            try:
+                address = canonicalize_bootstrap_address_or_die("auto")
+            except (ConnectionError, ValueError) as e:
+                raise ClusterUnreachableError(f"--address auto found no running Ray cluster ({str(e).split('. ')[0]}); "
+                                              "fix: start the head (`ray start --head --node-ip-address 127.0.0.1`), "
+                                              f"or correct {given}") from None
     rest = address.split("://", 1)[-1].rstrip("/")
     host, _, port = rest.rpartition(":")
     if not host or not port.isdigit():
-        raise ClusterUnreachableError(f"Ray address {address!r} is not HOST:PORT or ray://HOST:PORT; fix: e.g. "
-                                      "--address 127.0.0.1:6379 (the head's GCS port) or --address auto")
+        raise ClusterUnreachableError(f"Ray address {address!r} is not HOST:PORT or ray://HOST:PORT; fix: correct "
+                                      f"{given}, e.g. 127.0.0.1:6379 (the head's GCS port), or use --address auto")
     host = host.strip("[]")
     try:
         with socket.create_connection((host, int(port)), timeout=timeout_s):
@@ -107,7 +115,7 @@ def check_reachable(address: str, timeout_s: float = 10.0) -> None:
     except OSError as e:
         raise ClusterUnreachableError(f"no Ray cluster answers at {address} ({e.strerror or type(e).__name__}); fix: "
                                       "start the head (`ray start --head --node-ip-address 127.0.0.1`) or correct "
-                                      "--address / [ray] address") from None
+                                      f"{given}") from None
 
 
 @dataclass

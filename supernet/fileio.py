@@ -14,12 +14,12 @@ import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Callable, Mapping, Union
+from typing import Any, Callable, Iterable, Mapping, Union
 
 import numpy as np
 
 __all__ = ["sha256_file", "sha256_bytes", "atomic_write", "atomic_write_bytes", "atomic_write_text",
-           "atomic_write_json", "to_json_safe", "read_json"]
+           "atomic_write_json", "to_json_safe", "read_json", "refuse_overwrite"]
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -164,3 +164,33 @@ def read_json(path: PathLike, what: str, fix: str, error: type = ValueError) -> 
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise error(f"{what} {p} is not valid JSON ({e.msg} at line {e.lineno}); {fix}") from None
+
+
+def refuse_overwrite(command: str, paths: Iterable[PathLike], *, overwrite: bool = False, reads: Iterable[PathLike] = (),
+                     fix: str = "name another destination file", error: type = ValueError) -> None:
+    """Refuse, before any work, a write over what is recorded: the one home of the rule every writing command
+    follows (``supernet train``, ``supernet export``, ``prune dimap``, ``latency profile``).
+
+    Args:
+        command: who refuses, for the message (e.g. "supernet export", "latency profile --out").
+        paths: the files the command would write (a checkpoint's weights and sidecar).
+        overwrite: the user's ``--overwrite``: existing files may be replaced (never one the command reads).
+        reads: the files the command reads (its source checkpoint), which it may never write.
+        fix: the fix clause for an existing destination; ", or pass --overwrite to replace it" is appended.
+        error: the exception class to raise (a one-line user error of the caller's package).
+
+    Raises:
+        ``error``: a path is one the command reads, or exists and ``overwrite`` is false; the message names it.
+    """
+    paths = [Path(p) for p in paths]
+    sources = {Path(r).resolve(): Path(r) for r in reads}
+    for p in paths:
+        src = sources.get(p.resolve())
+        if src is not None:
+            raise error(f"{command}: {p} would overwrite {src}, which the command reads; fix: name another "
+                        "destination file")
+    if not overwrite:
+        for p in paths:
+            if p.exists():
+                raise error(f"{command}: {p} already exists and would be replaced; fix: {fix}, or pass --overwrite "
+                            "to replace it")

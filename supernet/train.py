@@ -60,7 +60,7 @@ import torch
 import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .fileio import atomic_write, strict_json
+from .fileio import atomic_write, refuse_overwrite, strict_json
 from .checkpoint import (CheckpointError, load_checkpoint, load_timm_state_dict, save_checkpoint,
                          sha256_file, sidecar_path)
 from .data import NUM_SEG_CLASSES, DatasetNotFoundError, FashionMosaic, MosaicSpec
@@ -212,7 +212,8 @@ class TrainSection(BaseModel):
     ``device``: where the model trains and is evaluated ("cpu", "cuda", "cuda:N"); the canvases are drawn on the
     CPU and moved there per batch, and checkpoints are written from CPU copies, so a run started on one device
     resumes on another (``device`` and ``threads`` are not part of the resume check). A resume is bit-exact on
-    the CPU; on a GPU its kernels are not deterministic, so it is close, not equal.
+    the CPU; on a GPU it is close, not equal (non-deterministic kernels; the CUDA generator is not saved, which
+    matters only with ``drop_path_rate`` > 0, and the recipes use 0).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -785,7 +786,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
         call early: ``{"complete": False, "epoch", "step", "checkpoint"}``.
 
     Raises:
-        TrainSpecError: the model cannot be built, or ``resume`` with a different spec.
+        TrainSpecError: the model cannot be built, ``resume`` with a different spec, or ``[train] device`` names a
+            device this machine lacks (refused before anything is written).
         CheckpointError: the state file does not belong to the checkpoint, or is unreadable.
         supernet.data.DatasetNotFoundError: the Fashion-MNIST files are missing.
     """
@@ -975,10 +977,8 @@ def cli_train(args: Any) -> int:
     resume = bool(getattr(args, "resume", False))
     ckpt = Path(cfg.output.checkpoint)
     if not resume and not getattr(args, "overwrite", False):
-        if ckpt.exists():
-            raise TrainSpecError(f"{args.spec}: [output] checkpoint {ckpt} already exists and training from scratch "
-                                 "would overwrite it; fix: pass --resume to continue it, --overwrite to retrain it "
-                                 "from scratch, or set [output] checkpoint to a new file")
+        refuse_overwrite(f"{args.spec}: [output] checkpoint", (ckpt,), error=TrainSpecError,
+                         fix="pass --resume to continue it, or set [output] checkpoint to a new file")
         left = [p for p in (state_path(ckpt), sidecar_path(ckpt)) if p.exists()]
         if left:  # the weights are gone: nothing to resume, but these files of an earlier run would be replaced
             raise TrainSpecError(f"{args.spec}: {', '.join(map(str, left))} of an earlier run (its weights {ckpt.name} "

@@ -490,6 +490,25 @@ def test_dead_address_fails_fast_with_one_line(own):
     assert not (own["exp"] / "experiment.json").exists()
 
 
+def test_address_auto_is_resolved_as_ray_init_resolves_it(monkeypatch):
+    """--address auto with RAY_ADDRESS set: a Ray Client address (ray://) is probed as it is (Ray's bootstrap
+    resolver would call it malformed), a plain one through that resolver; the refusal names RAY_ADDRESS, the
+    thing to correct."""
+    from search.workers import ClusterUnreachableError, check_reachable
+
+    monkeypatch.setenv("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    for env in ("ray://127.0.0.1:1", "127.0.0.1:1", "not-an-address"):
+        monkeypatch.setenv("RAY_ADDRESS", env)
+        with pytest.raises(ClusterUnreachableError) as e:
+            check_reachable("auto", timeout_s=5)
+        assert f"RAY_ADDRESS (={env}" in str(e.value) and "fix:" in str(e.value)
+    monkeypatch.setenv("RAY_ADDRESS", "ray://127.0.0.1:1")
+    with pytest.raises(ClusterUnreachableError, match=r"no Ray cluster answers at ray://127\.0\.0\.1:1 "):
+        check_reachable("auto", timeout_s=5)
+    with pytest.raises(ClusterUnreachableError, match=r"correct --address / \[ray\] address"):
+        check_reachable("127.0.0.1:1", timeout_s=5)
+
+
 def test_evaluator_at_another_resolution_than_the_predictor(own):
     """The result cache, the MACs and the predictor all use the search resolution ([evaluator] img_size): a
     predictor profiled at another size is refused, naming it and the command that profiles the right one."""

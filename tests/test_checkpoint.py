@@ -280,3 +280,23 @@ def test_canonical_metadata_leaves_non_ascii_metadata_as_written():
     raw = safetensors.torch.save({"w": torch.ones(2)}, metadata=meta)
     assert _canonical_metadata(raw, meta) == raw
     assert torch.equal(safetensors.torch.load(_canonical_metadata(raw, meta))["w"], torch.ones(2))
+
+
+def test_refuse_overwrite_is_the_one_rule_for_writing_commands(tmp_path):
+    """supernet.fileio.refuse_overwrite: a destination the command reads is refused even with overwrite (a
+    different spelling of the same path included); an existing one is refused without overwrite, naming it and
+    --overwrite; new files pass; the caller's error class is raised."""
+    from supernet.fileio import refuse_overwrite
+
+    class Mine(ValueError):
+        pass
+
+    src, new, old = tmp_path / "a.safetensors", tmp_path / "b.safetensors", tmp_path / "c.json"
+    src.write_bytes(b"x")
+    old.write_text("{}")
+    refuse_overwrite("cmd", (new,), reads=(src,))
+    refuse_overwrite("cmd", (old,), overwrite=True, reads=(src,))
+    with pytest.raises(Mine, match=r"^cmd: .*a\.safetensors would overwrite .*a\.safetensors, which the command reads"):
+        refuse_overwrite("cmd", (tmp_path / "sub" / ".." / "a.safetensors",), overwrite=True, reads=(src,), error=Mine)
+    with pytest.raises(Mine, match=r"c\.json already exists and would be replaced; fix: do this, or pass --overwrite"):
+        refuse_overwrite("cmd", (new, old), fix="do this", error=Mine)

@@ -83,6 +83,13 @@ def _chain_reads_what_it_wrote(command: str) -> list:
     written, trained = set(), []
     for step in command.split(" && "):
         tok = step.split()
+        if tok[0] == "{":
+            # `{ [ -f X ] || sparsesearch supernet export A X; }`: a step that makes X only where it is missing
+            assert tok[1:3] == ["[", "-f"] and tok[4:6] == ["]", "||"] and tok[-1] == "}", step
+            tok = tok[6:-1]
+            assert tok[-1].endswith(";") and tok[-1][:-1] == step.split()[3], step
+            tok[-1] = tok[-1][:-1]
+            assert tok[:3] == ["sparsesearch", "supernet", "export"], step
         if tok[:3] == ["sparsesearch", "supernet", "train"]:
             cfg = load_train_spec(ROOT / tok[3])
             if cfg.model.init:

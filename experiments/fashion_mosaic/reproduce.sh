@@ -13,6 +13,7 @@ cd "$(dirname "$0")/../.."
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_USAGE_STATS_ENABLED=0
 py=.venv/bin/python
 ss=.venv/bin/sparsesearch
+dev=${SPARSESEARCH_TRAIN_DEVICE:+--device $SPARSESEARCH_TRAIN_DEVICE}  # e.g. SPARSESEARCH_TRAIN_DEVICE=cuda
 R=experiments/fashion_mosaic/results
 steps=("$@")
 [ ${#steps[@]} -eq 0 ] && steps=(diagnose speed dense width supernet ship main validate window efficiency ranking baselines fork samplers dimap quick full)
@@ -31,32 +32,32 @@ if want dense; then  # the shipped dense model: epoch 187 of task_dense.toml's 2
   # cosine cycle from it (task_dense_cycle2.toml, 48 epochs): hours; each run resumable. A copy of the shipped model
   # in runs/task/dense_c2 (what the supernet step makes when this step has not run) stands in: delete it to train.
   if ! cmp -s runs/task/dense_c2.safetensors $W/dense.safetensors; then
-    $ss supernet train experiments/fashion_mosaic/task_dense.toml --resume --stop-after 187
+    $ss supernet train $dev experiments/fashion_mosaic/task_dense.toml --resume --stop-after 187
     [ -f runs/task/dense187.safetensors ] || $ss supernet export runs/task/dense.safetensors runs/task/dense187.safetensors
-    $ss supernet train experiments/fashion_mosaic/task_dense_cycle2.toml --resume
+    $ss supernet train $dev experiments/fashion_mosaic/task_dense_cycle2.toml --resume
     $py experiments/fashion_mosaic/plot_training.py runs/task/dense.safetensors --out $R/task_dense_curve.png  # first run
   fi
 fi
 if want width; then  # the width baseline (0.75x), by the dense step's chain and steps: hours; each run resumable
-  $ss supernet train experiments/fashion_mosaic/task_dense_w24.toml --resume --stop-after 187
+  $ss supernet train $dev experiments/fashion_mosaic/task_dense_w24.toml --resume --stop-after 187
   [ -f runs/task/dense_w24_187.safetensors ] ||
     $ss supernet export runs/task/dense_w24.safetensors runs/task/dense_w24_187.safetensors
-  $ss supernet train experiments/fashion_mosaic/task_dense_w24_cycle2.toml --resume
+  $ss supernet train $dev experiments/fashion_mosaic/task_dense_w24_cycle2.toml --resume
 fi
 if want continue; then  # not a default step: task_dense.toml on from epoch 187 to its 220 (R1's epoch-220 row),
   # after exporting epoch 187 for the cycle-2 run
-  $ss supernet train experiments/fashion_mosaic/task_dense.toml --resume --stop-after 187
+  $ss supernet train $dev experiments/fashion_mosaic/task_dense.toml --resume --stop-after 187
   [ -f runs/task/dense187.safetensors ] || $ss supernet export runs/task/dense.safetensors runs/task/dense187.safetensors
-  $ss supernet train experiments/fashion_mosaic/task_dense.toml --resume
+  $ss supernet train $dev experiments/fashion_mosaic/task_dense.toml --resume
 fi
 # runs/task/dense_c2: what the dense step trained, else a copy of the shipped dense model
 dense_or_shipped() { [ -f runs/task/dense_c2.safetensors ] || { mkdir -p runs/task && cp $W/dense.safetensors runs/task/dense_c2.safetensors && cp $W/dense.json runs/task/dense_c2.json; }; }
 if want supernet; then  # SparseViT adaptation of runs/task/dense_c2: 24 epochs, then 24 more (task_supernet_long.toml)
   dense_or_shipped
-  $ss supernet train experiments/fashion_mosaic/task_supernet.toml --resume
+  $ss supernet train $dev experiments/fashion_mosaic/task_supernet.toml --resume
   [ -f runs/task/supernet24.safetensors ] || { cp runs/task/supernet.safetensors runs/task/supernet24.safetensors
                                                cp runs/task/supernet.json runs/task/supernet24.json; }
-  $ss supernet train experiments/fashion_mosaic/task_supernet_long.toml --resume
+  $ss supernet train $dev experiments/fashion_mosaic/task_supernet_long.toml --resume
 fi
 if want ship; then  # the shipped dense model stays as it is when runs/task/dense_c2 is its unchanged copy
   d=runs/task/dense_c2.safetensors
@@ -70,7 +71,7 @@ fi
 want main && bash scripts/main.sh
 if want validate; then  # section R2: the predictor at the search resolution, validated straight after a fresh profile
   P=runs/main/latency_cpu_448_validate.json
-  $ss latency profile --checkpoint runs/main/supernet.safetensors --img-size 448 --threads 1 --out $P
+  $ss latency profile --checkpoint runs/main/supernet.safetensors --img-size 448 --threads 1 --out $P --overwrite
   $ss latency validate --predictor $P --checkpoint runs/main/supernet.safetensors \
       --n 100 --repeats 21 --plot $R/latency_validation_448.png --json > $R/latency_validation_448.json
   $ss latency validate --predictor $P --checkpoint runs/main/supernet.safetensors --spread \
@@ -91,6 +92,6 @@ want baselines && $py experiments/fashion_mosaic/baselines.py --checkpoint runs/
 want fork && $py bench/fork_efficiency.py --parent runs/main/search --fraction 0.5
 want samplers && $py experiments/fashion_mosaic/compare_samplers.py --checkpoint runs/main/supernet.safetensors --predictor runs/main/latency_cpu_448.json
 want dimap && $py experiments/fashion_mosaic/dimap_vs_magnitude.py --checkpoint runs/main/supernet.safetensors
-want quick && $ss supernet train experiments/fashion_mosaic/task_quick.toml --resume
-want full && $ss supernet train experiments/fashion_mosaic/task_full.toml --resume
+want quick && $ss supernet train $dev experiments/fashion_mosaic/task_quick.toml --resume
+want full && $ss supernet train $dev experiments/fashion_mosaic/task_full.toml --resume
 echo "done: ${steps[*]}"

@@ -165,8 +165,10 @@ def plan(a: argparse.Namespace, dense_meta: dict, sup_meta: dict) -> dict:
             compute["first_train_seconds"], compute["first_canvases"] = history_compute(init_meta)
             compute["first_epochs"] = f"{itr.get('epoch')}/{itr.get('epochs')}"
             _, first_out = recipe_paths(RECIPES["dense"])
-            dense_command = (f"{train_command(RECIPES['dense'], itr)} && sparsesearch supernet export {first_out} {init} "
-                             f"&& {dense_command}")
+            # the export only where its file is not there yet: a rerun of the chain (cycle 2 interrupted) keeps the
+            # epoch it exported, and export refuses to replace a file anyway
+            dense_command = (f"{train_command(RECIPES['dense'], itr)} && {{ [ -f {init} ] || sparsesearch supernet "
+                             f"export {first_out} {init}; }} && {dense_command}")
             shipped["init"] = {"file": init, "sha256": sha256_file(ROOT / init)}
         compute["total_train_seconds"] = compute["train_seconds"] + compute.get("first_train_seconds", 0.0)
         compute["total_canvases"] = compute["canvases"] + compute.get("first_canvases", 0)
