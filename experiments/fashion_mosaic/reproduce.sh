@@ -86,9 +86,10 @@ if want ranking; then  # R1 / R2: window ranking against the oracle (all ratios;
   $py experiments/fashion_mosaic/oracle_windows.py --checkpoint runs/main/supernet.safetensors --length 256 \
       --ratios 0.6 0.65 --rankings centred oracle --json > $R/window_ranking_060.json
 fi
+width=()  # the narrower model beside the front, once the width step has trained it
+[ -f runs/task/dense_w24_c2.safetensors ] && width=(--baseline "width 0.75x=runs/task/dense_w24_c2.safetensors")
 want baselines && $py experiments/fashion_mosaic/baselines.py --checkpoint runs/main/supernet.safetensors \
-    --exp runs/main/search --out $R \
-    $( [ -f runs/task/dense_w24_c2.safetensors ] && echo --baseline "width 0.75x=runs/task/dense_w24_c2.safetensors" )
+    --exp runs/main/search --out $R "${width[@]}"
 want fork && $py bench/fork_efficiency.py --parent runs/main/search --fraction 0.5
 want samplers && $py experiments/fashion_mosaic/compare_samplers.py --checkpoint runs/main/supernet.safetensors --predictor runs/main/latency_cpu_448.json
 want dimap && $py experiments/fashion_mosaic/dimap_vs_magnitude.py --checkpoint runs/main/supernet.safetensors
