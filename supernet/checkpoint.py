@@ -42,7 +42,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import os
-import re
 from pathlib import Path
 from typing import Any, Dict, Iterable, Literal, Mapping, Optional, Tuple, Union
 
@@ -71,7 +70,7 @@ __all__ = [
     "load_checkpoint_bytes",
     "load_timm_state_dict",
     "atomic_write_bytes",
-    "atomic_write_json",
+    "write_sidecar",
     "to_json_safe",
     "check_checkpoint",
     "Sidecar",
@@ -81,7 +80,6 @@ __all__ = [
 FORMAT_VERSION = 1
 _REQUIRED = ("format_version", "arch", "img_size", "num_classes", "weights_sha256", "tensors")
 _PathLike = Union[str, "os.PathLike[str]"]
-_NUM_LIST = re.compile(r"\[\s*([-+0-9.eE,\s]+?)\s*\]")
 
 
 class CheckpointError(ValueError):
@@ -120,13 +118,13 @@ def sha256_file(path: _PathLike, chunk_size: int = 1 << 20) -> str:
         raise CheckpointError(f"{Path(path)} not found; fix: pass the path of an existing file") from None
 
 
-def atomic_write_json(path: _PathLike, obj: Any) -> Path:
-    """Write ``obj`` as indented JSON (strict: NaN becomes ``null``) atomically, lists of numbers on one line."""
-    text = strict_json(obj, indent=2) + "\n"
-    # one line per list of numbers (shapes, configs): a match spanning a line break cannot be inside a string
-    text = _NUM_LIST.sub(lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]"
-                         if "\n" in m.group(0) else m.group(0), text)
-    return atomic_write_bytes(path, text.encode("utf-8"))
+def write_sidecar(weights: _PathLike, meta: Mapping[str, Any]) -> Path:
+    """Atomically write ``meta`` as the sidecar of the weights file ``weights`` (``Y.json`` beside
+    ``Y.safetensors``): indented strict JSON (NaN -> ``null``), each list of numbers on one line.
+
+    Returns:
+        The sidecar's path."""
+    return fileio.atomic_write_json(sidecar_path(weights), meta, indent=2, number_lists_on_one_line=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -228,7 +226,7 @@ def save_checkpoint(model: SegSupernet, path: _PathLike, *, arch: Dict[str, Any]
         "versions": {"torch": torch.__version__, "timm": timm.__version__,
                      "safetensors": getattr(safetensors, "__version__", "?")},
     }
-    atomic_write_json(sidecar_path(p), meta)
+    write_sidecar(p, meta)
     return p
 
 

@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Union
@@ -136,9 +137,22 @@ def strict_json(obj: Any, **dumps_kwargs: Any) -> str:
     return json.dumps(to_json_safe(obj), allow_nan=False, **dumps_kwargs)
 
 
-def atomic_write_json(path: PathLike, obj: Any, indent: int | None = 1) -> Path:
-    """Atomically write ``obj`` as strict JSON (NaN / inf become ``null``, see :func:`to_json_safe`)."""
-    return atomic_write_text(path, strict_json(obj, indent=indent) + "\n")
+_NUM_LIST = re.compile(r"\[\s*([-+0-9.eE,\s]+?)\s*\]")  # a list of numbers, possibly spread over lines
+
+
+def atomic_write_json(path: PathLike, obj: Any, indent: int | None = 1, number_lists_on_one_line: bool = False) -> Path:
+    """Atomically write ``obj`` as strict JSON (NaN / inf become ``null``, see :func:`to_json_safe`).
+
+    Args:
+        indent: ``json.dumps``'s indent (``None``: one line).
+        number_lists_on_one_line: put each list of numbers (shapes, configs, curves) on one line of an indented
+            file, as the checkpoint sidecars are written (a match spanning a line break cannot be inside a string).
+    """
+    text = strict_json(obj, indent=indent) + "\n"
+    if number_lists_on_one_line and indent is not None:
+        text = _NUM_LIST.sub(lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]"
+                             if "\n" in m.group(0) else m.group(0), text)
+    return atomic_write_text(path, text)
 
 
 def read_json(path: PathLike, what: str, fix: str, error: type = ValueError) -> Any:

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from supernet.checkpoint import CheckpointError, atomic_write_json, load_checkpoint, read_sidecar, sidecar_path
+from supernet.checkpoint import CheckpointError, load_checkpoint, read_sidecar, sidecar_path, write_sidecar
 from supernet.data import FashionMosaic, MosaicSpec
 from supernet.evaluate import evaluate_config, reference_table, uniform_config
 from supernet.seg import SegSupernet
@@ -216,7 +216,7 @@ def test_resume_without_state_is_a_warm_restart_at_the_saved_epoch(data_dir, tmp
     # reads that key as its default: the same spec, so it resumes
     side = read_sidecar(ckpt)
     assert side["training"]["config"]["model"].pop("window_importance") == "magnitude"
-    atomic_write_json(sidecar_path(ckpt), side)
+    write_sidecar(ckpt, side)
     logs = []
     part = train(cfg, resume=True, progress=False, stop_after=2, log=logs.append)
     assert part["epoch"] == 2 and part["step"] == 2 * spe
