@@ -6,7 +6,8 @@
 #   bash experiments/fashion_mosaic/reproduce.sh [STEP ...]     (default: every step)
 #
 # Steps: diagnose speed dense width supernet ship main validate window efficiency ranking baselines fork samplers
-#        dimap quick full (and, not by default, continue: task_dense.toml on to its last epoch). `width` (the
+#        dimap quick full (and, not by default, continue: task_dense.toml on to its last epoch; cycle3: a third
+#        cosine cycle of the dense model, task_dense_cycle3.toml, not shipped yet). `width` (the
 #        narrower model) runs before `baselines`, which puts it beside the front when its output exists.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -49,6 +50,9 @@ if want continue; then  # not a default step: task_dense.toml on from epoch 187 
   $ss supernet train $dev experiments/fashion_mosaic/task_dense.toml --resume --stop-after 187
   [ -f runs/task/dense187.safetensors ] || $ss supernet export runs/task/dense.safetensors runs/task/dense187.safetensors
   $ss supernet train $dev experiments/fashion_mosaic/task_dense.toml --resume
+fi
+if want cycle3; then  # not a default step: a third cosine cycle (96 epochs) from the shipped dense model (issue 13)
+  $ss supernet train $dev experiments/fashion_mosaic/task_dense_cycle3.toml --resume
 fi
 # runs/task/dense_c2: what the dense step trained, else a copy of the shipped dense model
 dense_or_shipped() { [ -f runs/task/dense_c2.safetensors ] || { mkdir -p runs/task && cp $W/dense.safetensors runs/task/dense_c2.safetensors && cp $W/dense.json runs/task/dense_c2.json; }; }
