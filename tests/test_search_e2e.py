@@ -180,12 +180,20 @@ def test_retention_noise_script(experiment, tmp_path):
     assert all(r["retention"] == 1.0 for r in a["runs"])  # the dense config is the reference itself
     assert a["runs"][0]["dense_miou"] != a["runs"][1]["dense_miou"]  # another seed: other canvases
     assert [r["dense_miou"] for r in b["runs"]] == [r["dense_miou"] for r in a["runs"]]  # paired on the same sets
-    assert a["latency_ratio"] == pytest.approx(1.0, abs=0.25) and b["measured_ms"] > 0
+    # a ratio to the dense forwards (the dense config itself: about 1), not ms; loose: the machine may be shared
+    assert 0.2 < a["latency_ratio"] < 5 and b["measured_ms"] > 0
     assert json.loads((tmp_path / "r.json").read_text()) == out
     literal = "[[.8, .8], [.8, .8], [.8, .8], [0, 0]]"  # the usage's Python-literal form, not JSON
     one = retention_noise.main(["--checkpoint", str(d / "tiny.safetensors"), "--exp", str(d / "exp_tiny"),
                                 "--config", literal, "--seeds", "1", "--length", "4", "--threads", "1", "--json"])
     assert one["runs"][0]["config_miou"] == b["runs"][0]["config_miou"] and "latency_ratio" not in one
+    vs = retention_noise.main(["--checkpoint", str(d / "tiny.safetensors"), "--exp", str(d / "exp_tiny"),
+                               "--config", dense, "--config", sparse, "--seeds", "1", "2", "--length", "4",
+                               "--threads", "1", "--against", str(d / "tiny.safetensors"), "--json"])
+    va, vb = vs["configs"]  # against the same model: the dense config's margin is 0, the sparse one's its mIoU loss
+    assert [r["margin"] for r in va["runs"]] == [0.0, 0.0] and va["margin_std"] == 0.0
+    assert [r["margin"] for r in vb["runs"]] == [r["config_miou"] - r["dense_miou"] for r in b["runs"]]
+    assert vb["margin_mean"] == pytest.approx(sum(r["margin"] for r in vb["runs"]) / 2)
     with pytest.raises(SystemExit) as e:  # not a config: one argparse error line, exit 2
         retention_noise.main(["--checkpoint", str(d / "tiny.safetensors"), "--exp", str(d / "exp_tiny"),
                               "--config", "[[.8]]*4", "--json"])

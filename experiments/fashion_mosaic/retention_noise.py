@@ -6,13 +6,15 @@ canvases at the search's resolution and scene layout, and reports each set's ret
 deviation, and the dense mIoU's spread across sets. With ``--latency`` it also measures every config's
 end-to-end latency in the same run, drift-corrected against the dense supernet as the profiler does
 (:func:`latency.profiler.measure_drift`, batch 1, ``--threads``), so "retention R at latency L of dense" comes
-from one command. Used for the 99 % target of RESULTS.md R2.
+from one command. With ``--against Y.safetensors`` another dense model (e.g. the narrower baseline) is scored on the
+same canvases of every set, and each config's paired margin over it (config mIoU - its mIoU) is reported with its
+spread. Used for the 99 % target and the narrower-model comparison of RESULTS.md R2.
 
 Usage:
     python experiments/fashion_mosaic/retention_noise.py --exp runs/main/search \
         --checkpoint runs/main/supernet.safetensors --config '[[.8,.8],[.6,.6],[.2,.2,.4,.4,.4,.4],[.3,.3]]' \
         [--config ANOTHER ...] [--seeds 1001 2002 3003 4004] [--length 256] [--threads 2] [--latency] \
-        [--repeats 11] [--out results/retention_noise.json] [--json]
+        [--repeats 11] [--against Y.safetensors] [--out results/retention_noise.json] [--json]
 
 One ``--config`` writes the recorded layout (``config``, ``runs``, ``retention_mean``, ...); several write
 ``{"configs": [that layout per config], ...}``.
@@ -54,6 +56,8 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--latency", action="store_true", help="also measure each config's latency / dense, drift-corrected")
     p.add_argument("--repeats", type=int, default=11, help="timed runs per config with --latency")
+    p.add_argument("--against", default=None, metavar="Y.safetensors",
+                   help="another dense model scored on the same canvases: each config's paired margin over it")
     p.add_argument("--out", default=None)
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
@@ -73,15 +77,22 @@ def main(argv=None) -> dict:
     model, meta = load_checkpoint(a.checkpoint, img_size=img)
     spec = mosaic_spec(meta, img, dict(sspec.evaluator.mosaic))
     configs = [parse_config(c, p) for c in a.config]
+    other = load_checkpoint(a.against, img_size=img)[0] if a.against else None
     dense_runs = {}
     per = [[] for _ in configs]
     for seed in a.seeds:
         d = dense_runs[seed] = evaluate_config(model, None, length=a.length, batch_size=8, spec=spec, seed=seed)["miou"]
+        o = (evaluate_config(other, None, length=a.length, batch_size=8, spec=spec, seed=seed)["miou"]
+             if other is not None else None)
         for i, config in enumerate(configs):
             s = evaluate_config(model, config, length=a.length, batch_size=8, spec=spec, seed=seed)["miou"]
-            per[i].append({"seed": seed, "dense_miou": d, "config_miou": s, "retention": s / d})
+            run = {"seed": seed, "dense_miou": d, "config_miou": s, "retention": s / d}
+            if o is not None:
+                run.update(against_miou=o, margin=s - o)
+            per[i].append(run)
             if not a.json:
-                print(f"seed {seed}: dense {d:.4f}  config {i} {s:.4f}  retention {s / d:.4f}", flush=True)
+                vs = f"  {a.against} {o:.4f}  margin {s - o:+.4f}" if o is not None else ""
+                print(f"seed {seed}: dense {d:.4f}  config {i} {s:.4f}  retention {s / d:.4f}{vs}", flush=True)
     dm = np.array(list(dense_runs.values()))
     results = []
     for config, runs in zip(configs, per):
@@ -89,6 +100,10 @@ def main(argv=None) -> dict:
         results.append({"config": config, "img_size": img, "length": a.length, "runs": runs,
                         "retention_mean": float(r.mean()), "retention_std": float(r.std(ddof=1)) if len(r) > 1 else 0.0,
                         "dense_miou_std": float(dm.std(ddof=1)) if len(dm) > 1 else 0.0})
+        if other is not None:
+            m = np.array([x["margin"] for x in runs])
+            results[-1].update(against=str(a.against), margin_mean=float(m.mean()),
+                               margin_std=float(m.std(ddof=1)) if len(m) > 1 else 0.0)
     if a.latency:
         from latency.profiler import _make_input, measure_drift
 
@@ -113,6 +128,8 @@ def main(argv=None) -> dict:
             print(f"config {i} {json.dumps(res['config'])}: retention {res['retention_mean']:.4f} +- "
                   f"{res['retention_std']:.4f} (std over {len(a.seeds)} sets of {a.length} canvases){lat}; "
                   f"dense mIoU std across sets {res['dense_miou_std']:.4f}")
+            if "margin_mean" in res:
+                print(f"config {i}: margin over {res['against']} {res['margin_mean']:+.4f} +- {res['margin_std']:.4f}")
     return out
 
 
