@@ -52,7 +52,7 @@ def test_aux_loss_classifies_each_region_from_its_pooled_logits():
     logits = torch.zeros(1, 11, 8, 8, requires_grad=True)
     base = seg_loss_from_logits(logits, y)
     with_aux = seg_loss_from_logits(logits, y, aux_weight=1.0)
-    assert float(with_aux - base) == pytest.approx(np.log(11), rel=1e-5)  # uniform logits: CE of one region = log K
+    assert (with_aux - base).item() == pytest.approx(np.log(11), rel=1e-5)  # uniform logits: CE of one region = log K
     with_aux.backward()
     g = logits.grad[0]
     assert (g[4, :4] < 0).all() and (g[4, 4:] == g[4, 4:][0, 0]).all()  # pushes class 4 up on its own pixels
