@@ -92,9 +92,10 @@ if want ranking; then  # R1 / R2: window ranking against the oracle (all ratios;
 fi
 width=()  # the narrower model beside the front, once the width step has trained it
 [ -f runs/task/dense_w24_c2.safetensors ] && width=(--baseline "width 0.75x=runs/task/dense_w24_c2.safetensors")
-want baselines && $py experiments/fashion_mosaic/baselines.py --checkpoint runs/main/supernet.safetensors \
-    --exp runs/main/search --out $R "${width[@]}"
-if want baselines && [ ${#width[@]} -gt 0 ]; then  # R2: margin over the narrower model on five canvas sets
+if want baselines; then
+  $py experiments/fashion_mosaic/baselines.py --checkpoint runs/main/supernet.safetensors \
+      --exp runs/main/search --out $R "${width[@]}"
+  [ ${#width[@]} -eq 0 ] ||  # R2: margin over the narrower model on five canvas sets
   $py experiments/fashion_mosaic/retention_noise.py --exp runs/main/search --checkpoint runs/main/supernet.safetensors \
       --config '[[.4,.4],[.4,.4],[.4,.4,.4,.4,.4,.4],[0,0]]' --config '[[.7,.7],[.7,.7],[.1,.1,.6,.6,.6,.6],[.3,.3]]' \
       --seeds 12345 1001 2002 3003 4004 --against runs/task/dense_w24_c2.safetensors --out $R/narrow_margin.json
