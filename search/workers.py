@@ -26,11 +26,20 @@ import numpy as np
 from .errors import UserError
 
 __all__ = ["EvalWorker", "WorkerPool", "Task", "Result", "ray_init_local", "check_reachable", "WorkerStartError",
-           "ClusterUnreachableError"]
+           "ClusterUnreachableError", "RayStartError"]
 
 
 class WorkerStartError(UserError):
     """The Ray workers could not load the supernet or build the evaluator."""
+
+
+class RayStartError(UserError):
+    """The embedded (private, local) Ray did not start, twice: Ray waits 30 s for its raylet, which a machine
+    busy with other work can exceed."""
+
+
+#: How often :func:`ray_init_local` tries to start the embedded Ray before giving up with :class:`RayStartError`.
+LOCAL_START_ATTEMPTS = 2
 
 
 def ray_init_local(num_cpus: Optional[int] = None, address: Optional[str] = None, dashboard: bool = False,
@@ -58,9 +67,20 @@ def ray_init_local(num_cpus: Optional[int] = None, address: Optional[str] = None
         # /tmp/ray/ray_current_cluster file of an earlier `ray start` can make it join a cluster
         env_address = os.environ.pop("RAY_ADDRESS", None)
         try:
-            ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
-                     _node_ip_address="127.0.0.1", runtime_env=runtime_env, log_to_driver=False,
-                     configure_logging=False)
+            for attempt in range(LOCAL_START_ATTEMPTS):
+                try:
+                    ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard,
+                             dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1", runtime_env=runtime_env,
+                             log_to_driver=False, configure_logging=False)
+                    break
+                except Exception as e:  # noqa: BLE001 - Ray raises a bare Exception when its raylet is late
+                    ray.shutdown()  # the processes of the failed start
+                    if attempt + 1 == LOCAL_START_ATTEMPTS:
+                        what = " ".join(str(e).split()) or type(e).__name__
+                        raise RayStartError(
+                            f"the embedded Ray did not start ({LOCAL_START_ATTEMPTS} tries): {what}; fix: rerun when "
+                            "the machine is less busy (`sparsesearch resume EXP` continues a started experiment; "
+                            "nothing recorded was changed)") from None
         finally:
             if env_address is not None:
                 os.environ["RAY_ADDRESS"] = env_address

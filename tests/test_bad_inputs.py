@@ -509,6 +509,32 @@ def test_address_auto_is_resolved_as_ray_init_resolves_it(monkeypatch):
         check_reachable("127.0.0.1:1", timeout_s=5)
 
 
+def test_embedded_ray_that_does_not_start_is_retried_then_one_error(monkeypatch):
+    """Ray raises a bare Exception when its raylet is not up within 30 s (a machine busy with other work): the
+    embedded start is tried again once, then refused as a RayStartError (one line, with the fix), not a traceback."""
+    import ray
+
+    from search import workers
+
+    calls, downs = [], []
+
+    def late(**kw):
+        calls.append(kw["address"])
+        if len(calls) <= fails:
+            raise Exception("The current node timed out during startup. This could happen because ...")
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", late)
+    monkeypatch.setattr(ray, "shutdown", lambda: downs.append(1))
+    fails = 1  # late once: the second try starts it
+    assert workers.ray_init_local(num_cpus=1) is ray and calls == ["local", "local"] and len(downs) == 1
+    calls.clear(), downs.clear()
+    fails = workers.LOCAL_START_ATTEMPTS  # late every time: one error line naming the cause and the fix
+    with pytest.raises(workers.RayStartError, match=r"did not start \(2 tries\): The current node timed out .*fix:"):
+        workers.ray_init_local(num_cpus=1)
+    assert len(calls) == len(downs) == workers.LOCAL_START_ATTEMPTS
+
+
 def test_evaluator_at_another_resolution_than_the_predictor(own):
     """The result cache, the MACs and the predictor all use the search resolution ([evaluator] img_size): a
     predictor profiled at another size is refused, naming it and the command that profiles the right one."""

@@ -163,7 +163,7 @@ def test_baselines_experiment_script(experiment, tmp_path):
     assert (tmp_path / "baselines.png").stat().st_size > 1000
 
 
-def test_retention_noise_script(experiment, tmp_path):
+def test_retention_noise_script(experiment, tmp_path, capsys):
     """experiments/fashion_mosaic/retention_noise.py: paired retention of several configs on disjoint canvas sets
     and, with --latency, each config's drift-corrected latency / dense from the same run."""
     sys.path.insert(0, ROOT)
@@ -198,6 +198,10 @@ def test_retention_noise_script(experiment, tmp_path):
         retention_noise.main(["--checkpoint", str(d / "tiny.safetensors"), "--exp", str(d / "exp_tiny"),
                               "--config", "[[.8]]*4", "--json"])
     assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:  # a missing --against file: one error line naming it, exit 2
+        retention_noise.main(["--checkpoint", str(d / "tiny.safetensors"), "--exp", str(d / "exp_tiny"),
+                              "--config", dense, "--against", str(tmp_path / "missing.safetensors"), "--json"])
+    assert e.value.code == 2 and "missing.safetensors not found" in capsys.readouterr().err
 
 
 def test_rescore_script(experiment, tmp_path):

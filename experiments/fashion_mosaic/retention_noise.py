@@ -67,17 +67,20 @@ def main(argv=None) -> dict:
 
     from search.evaluators import mosaic_spec
     from search.runner import load_frozen_spec
-    from supernet.checkpoint import load_checkpoint
+    from supernet.checkpoint import CheckpointError, load_checkpoint
     from supernet.evaluate import evaluate_config
     from supernet.fileio import atomic_write_json
 
     torch.set_num_threads(a.threads)
     frozen, sspec = load_frozen_spec(Path(a.exp))
     img = int(frozen["search_img_size"][0])
-    model, meta = load_checkpoint(a.checkpoint, img_size=img)
-    spec = mosaic_spec(meta, img, dict(sspec.evaluator.mosaic))
     configs = [parse_config(c, p) for c in a.config]
-    other = load_checkpoint(a.against, img_size=img)[0] if a.against else None
+    try:  # a missing or mismatched file is one argparse line (exit 2), not a traceback
+        model, meta = load_checkpoint(a.checkpoint, img_size=img)
+        other = load_checkpoint(a.against, img_size=img)[0] if a.against else None
+    except CheckpointError as e:
+        p.error(str(e))
+    spec = mosaic_spec(meta, img, dict(sspec.evaluator.mosaic))
     dense_runs = {}
     per = [[] for _ in configs]
     for seed in a.seeds:
