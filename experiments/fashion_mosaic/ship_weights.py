@@ -1,7 +1,7 @@
 """Export the trained task model and its SparseViT supernet as the project's shipped weights.
 
-    python experiments/fashion_mosaic/ship_weights.py --dense runs/task/dense_c2.safetensors \
-        --dense-recipe experiments/fashion_mosaic/task_dense_cycle2.toml --supernet runs/task/supernet48.safetensors
+    python experiments/fashion_mosaic/ship_weights.py --dense runs/task/dense_c3.safetensors \
+        --dense-recipe experiments/fashion_mosaic/task_dense_cycle3.toml --supernet runs/task/supernet48.safetensors
 
 writes ``experiments/fashion_mosaic/weights/{dense,supernet}.safetensors`` (float16 storage; loading gives
 float32) with their sidecars, re-measured on the stored weights:
@@ -17,11 +17,13 @@ float32) with their sidecars, re-measured on the stored weights:
 ``--dense experiments/fashion_mosaic/weights/dense.safetensors`` keeps the shipped dense model as it is and
 exports the supernet alone (adapted from a copy of that file in ``runs/task/``, as its command says).
 
-A dense model trained in two runs (``task_dense.toml`` stopped at an epoch and exported, then a recipe whose
-``[model] init`` is that export, such as ``task_dense_cycle2.toml``) ships as the whole chain: ``--dense-recipe``
-names the second recipe, the first run's epoch and compute come from the export's sidecar. ``compute`` holds
-this run's ``train_seconds`` / ``canvases``, the earlier runs' (``first_*``, ``first_adapt_*``, ``dense_*``) and
-``total_train_seconds`` / ``total_canvases``: everything from scratch. Every sidecar and recipe is checked (the run
+A dense model trained in several runs (``task_dense.toml`` stopped at an epoch and exported, then recipes whose
+``[model] init`` is the previous run's export: ``task_dense_cycle2.toml``, ``task_dense_cycle3.toml``) ships as the
+whole chain: ``--dense-recipe`` names the last recipe; the chain is walked back through each ``[model] init``, whose
+sidecar says (by its training fingerprint) which ``task_dense*.toml`` made it, at which epoch, with what compute.
+``compute`` holds this run's ``train_seconds`` / ``canvases``, the earlier runs' (``earlier``: one entry per run,
+oldest first; ``first_adapt_*``, ``dense_*`` for the supernet) and ``total_train_seconds`` / ``total_canvases``:
+everything from scratch. Every sidecar and recipe is checked (the run
 was made by the recipe it is shipped under; the supernet was adapted from this dense model, where its starting
 file is still there) before anything is written; a mismatch is one ``sparsesearch: error:`` line, exit 2.
 
@@ -45,6 +47,8 @@ OUT_REL = OUT.relative_to(ROOT).as_posix()  # as the reproducing commands spell 
 RECIPES = {"dense": "experiments/fashion_mosaic/task_dense.toml",
            "supernet": "experiments/fashion_mosaic/task_supernet.toml",
            "supernet_long": "experiments/fashion_mosaic/task_supernet_long.toml"}
+#: the recipes a dense chain's earlier runs are looked up among (by training fingerprint)
+DENSE_CHAIN_GLOB = "experiments/fashion_mosaic/task_dense*.toml"
 #: task_supernet_long.toml continues task_supernet.toml's output from this file
 LONG_INIT = "supernet24.safetensors"
 CHECK_CANVASES = 16
@@ -91,6 +95,62 @@ def check_trained_by(meta: dict, recipe: str, what: str) -> dict:
     if diff:
         raise ShipError(f"{what} was not trained by {recipe} ({diff} differ); fix: pass the recipe that made it")
     return tr
+
+
+def recipe_of(meta: dict, what: str) -> str:
+    """The one ``task_dense*.toml`` (:data:`DENSE_CHAIN_GLOB`) whose training fingerprint ``meta`` records.
+
+    Raises:
+        ShipError: none or several of them match."""
+    from supernet.train import spec_diff, load_train_spec
+
+    saved = (meta.get("training") or {}).get("config")
+    if not saved:
+        raise ShipError(f"{what} records no training config; fix: start the chain from a checkpoint written by "
+                        "sparsesearch supernet train (or its export)")
+    found = [r for r in (rel(p) for p in sorted(ROOT.glob(DENSE_CHAIN_GLOB)))
+             if not spec_diff(saved, load_train_spec(ROOT / r))]
+    if len(found) != 1:
+        raise ShipError(f"{what} was trained by {'none' if not found else 'several'} of {DENSE_CHAIN_GLOB} "
+                        f"({', '.join(found) or 'no fingerprint matches'}); fix: keep the recipe that made it")
+    return found[0]
+
+
+def dense_chain(recipe: str, training: dict) -> tuple[str, list, dict | None]:
+    """The command that trains ``recipe``'s dense model from scratch, and the runs before it.
+
+    Walks back through each recipe's ``[model] init`` (an export of the previous run's output, made only where
+    missing: ``{ [ -f INIT ] || sparsesearch supernet export OUT INIT; }``) to a recipe without one.
+
+    Returns:
+        (command, earlier runs oldest first as ``{recipe, epochs, train_seconds, canvases}``, the last recipe's
+        init as ``{file, sha256}`` or None).
+
+    Raises:
+        ShipError, CheckpointError: an init without a sidecar, or one no recipe of the chain made."""
+    from supernet.checkpoint import read_sidecar
+    from supernet.fileio import sha256_file
+
+    command = train_command(recipe, training)
+    earlier: list = []
+    init, _ = recipe_paths(recipe)
+    last_init = {"file": init, "sha256": sha256_file(ROOT / init)} if init else None
+    while init is not None:
+        meta = read_sidecar(ROOT / init)
+        prev = recipe_of(meta, init)
+        tr = check_trained_by(meta, prev, init)
+        seconds, canvases = history_compute(meta)
+        earlier.insert(0, {"recipe": prev, "epochs": f"{tr.get('epoch')}/{tr.get('epochs')}",
+                           "train_seconds": seconds, "canvases": canvases})
+        prev_init, prev_out = recipe_paths(prev)
+        # the export only where its file is not there yet: a rerun of the chain (a later run interrupted) keeps the
+        # epoch it exported, and export refuses to replace a file anyway
+        command = (f"{train_command(prev, tr)} && {{ [ -f {init} ] || sparsesearch supernet export {prev_out} "
+                   f"{init}; }} && {command}")
+        if len(earlier) > 16:
+            raise ShipError(f"{recipe}: its chain of [model] init files loops; fix: start the first run from scratch")
+        init = prev_init
+    return command, earlier, last_init
 
 
 def train_command(recipe: str, training: dict) -> str:
@@ -156,22 +216,13 @@ def plan(a: argparse.Namespace, dense_meta: dict, sup_meta: dict) -> dict:
         compute = {"train_seconds": seconds, "canvases": canvases, "epochs": f"{tr.get('epoch')}/{tr.get('epochs')}",
                    "threads": tr["config"].get("train", {}).get("threads"),
                    "source_sha256": dense_meta["weights_sha256"], **stamp}
-        dense_command = train_command(a.dense_recipe, tr)
+        dense_command, earlier, init = dense_chain(a.dense_recipe, tr)
         shipped = {"recipe": a.dense_recipe}
-        init, _ = recipe_paths(a.dense_recipe)
-        if init is not None:  # a second run continuing task_dense.toml's run, exported at the epoch it stopped
-            init_meta = read_sidecar(ROOT / init)
-            itr = check_trained_by(init_meta, RECIPES["dense"], init)
-            compute["first_train_seconds"], compute["first_canvases"] = history_compute(init_meta)
-            compute["first_epochs"] = f"{itr.get('epoch')}/{itr.get('epochs')}"
-            _, first_out = recipe_paths(RECIPES["dense"])
-            # the export only where its file is not there yet: a rerun of the chain (cycle 2 interrupted) keeps the
-            # epoch it exported, and export refuses to replace a file anyway
-            dense_command = (f"{train_command(RECIPES['dense'], itr)} && {{ [ -f {init} ] || sparsesearch supernet "
-                             f"export {first_out} {init}; }} && {dense_command}")
-            shipped["init"] = {"file": init, "sha256": sha256_file(ROOT / init)}
-        compute["total_train_seconds"] = compute["train_seconds"] + compute.get("first_train_seconds", 0.0)
-        compute["total_canvases"] = compute["canvases"] + compute.get("first_canvases", 0)
+        if init is not None:  # a later run of a chain, from the previous run's export
+            shipped["init"] = init
+            compute["earlier"] = earlier
+        compute["total_train_seconds"] = compute["train_seconds"] + sum(r["train_seconds"] for r in earlier)
+        compute["total_canvases"] = compute["canvases"] + sum(r["canvases"] for r in earlier)
         dense_total = (compute["total_train_seconds"], compute["total_canvases"])
         out["dense"] = {**shipped, "command": dense_command, "export": export, "compute": compute}
 
@@ -225,8 +276,8 @@ def main(argv=None) -> int:
     ap.add_argument("--dense", type=Path, required=True)
     ap.add_argument("--supernet", type=Path, required=True)
     ap.add_argument("--dense-recipe", default=RECIPES["dense"],
-                    help="the recipe that trained --dense (default: task_dense.toml); one whose [model] init is "
-                         "task_dense.toml's exported checkpoint (task_dense_cycle2.toml) ships the two-run chain")
+                    help="the recipe that trained --dense (default: task_dense.toml); one whose [model] init is an "
+                         "earlier run's export (task_dense_cycle3.toml) ships the whole chain")
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--length", type=int, default=256, help="val canvases of the recorded metrics")
     ap.add_argument("--threads", type=int, default=2)
