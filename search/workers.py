@@ -68,15 +68,19 @@ def ray_init_local(num_cpus: Optional[int] = None, address: Optional[str] = None
         env_address = os.environ.pop("RAY_ADDRESS", None)
         try:
             for attempt in range(LOCAL_START_ATTEMPTS):
+                before = _child_pids()
                 try:
                     ray.init(address="local", num_cpus=num_cpus, include_dashboard=dashboard,
                              dashboard_host="127.0.0.1", _node_ip_address="127.0.0.1", runtime_env=runtime_env,
                              log_to_driver=False, configure_logging=False)
                     break
                 except Exception as e:  # noqa: BLE001 - Ray raises a bare Exception when its raylet is late
-                    ray.shutdown()  # the processes of the failed start
+                    if "timed out during startup" not in str(e):
+                        raise
+                    # the failed start's GCS / raylet: Ray never registered the node, so ray.shutdown() cannot stop them
+                    _terminate(_child_pids() - before)
                     if attempt + 1 == LOCAL_START_ATTEMPTS:
-                        what = " ".join(str(e).split()) or type(e).__name__
+                        what = " ".join(str(e).split())
                         raise RayStartError(
                             f"the embedded Ray did not start ({LOCAL_START_ATTEMPTS} tries): {what}; fix: rerun when "
                             "the machine is less busy (`sparsesearch resume EXP` continues a started experiment; "
@@ -85,6 +89,54 @@ def ray_init_local(num_cpus: Optional[int] = None, address: Optional[str] = None
             if env_address is not None:
                 os.environ["RAY_ADDRESS"] = env_address
     return ray
+
+
+def _child_pids() -> set:
+    """PIDs of this process's direct children (Linux ``/proc``; an empty set where there is none)."""
+    me, out = os.getpid(), set()
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return out
+    for e in entries:
+        if not e.isdigit():
+            continue
+        try:
+            with open(f"/proc/{e}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue  # exited meanwhile
+        fields = stat[stat.rfind(b")") + 2:].split()  # after "pid (comm) ": state, ppid, ...
+        if len(fields) > 1 and int(fields[1]) == me:
+            out.add(int(e))
+    return out
+
+
+def _terminate(pids: set, timeout_s: float = 5.0) -> None:
+    """SIGTERM ``pids``, then SIGKILL whatever is left after ``timeout_s``; reap them."""
+    import signal
+
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except OSError:
+            pass
+    deadline = time.time() + timeout_s
+    left = set(pids)
+    while left and time.time() < deadline:
+        for pid in list(left):
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0]:
+                    left.discard(pid)
+            except ChildProcessError:
+                left.discard(pid)
+        time.sleep(0.05)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except OSError:
+            pass
 
 
 class ClusterUnreachableError(UserError):

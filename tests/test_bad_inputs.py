@@ -511,28 +511,40 @@ def test_address_auto_is_resolved_as_ray_init_resolves_it(monkeypatch):
 
 def test_embedded_ray_that_does_not_start_is_retried_then_one_error(monkeypatch):
     """Ray raises a bare Exception when its raylet is not up within 30 s (a machine busy with other work): the
-    embedded start is tried again once, then refused as a RayStartError (one line, with the fix), not a traceback."""
+    processes the failed start left are stopped, the embedded start is tried again once, then refused as a
+    RayStartError (one line, with the fix), not a traceback. Any other start failure is raised as it is."""
+    import subprocess
+
     import ray
 
     from search import workers
 
-    calls, downs = [], []
+    calls, left = [], []
 
     def late(**kw):
         calls.append(kw["address"])
+        left.append(subprocess.Popen(["sleep", "60"]))  # what a failed start leaves: a child process
         if len(calls) <= fails:
             raise Exception("The current node timed out during startup. This could happen because ...")
 
     monkeypatch.setattr(ray, "is_initialized", lambda: False)
     monkeypatch.setattr(ray, "init", late)
-    monkeypatch.setattr(ray, "shutdown", lambda: downs.append(1))
     fails = 1  # late once: the second try starts it
-    assert workers.ray_init_local(num_cpus=1) is ray and calls == ["local", "local"] and len(downs) == 1
-    calls.clear(), downs.clear()
+    assert workers.ray_init_local(num_cpus=1) is ray and calls == ["local", "local"]
+    assert left[0].poll() is not None and left[1].poll() is None  # the failed start's child stopped, not the good one
+    left[1].kill(), left[1].wait()
+    calls.clear(), left.clear()
     fails = workers.LOCAL_START_ATTEMPTS  # late every time: one error line naming the cause and the fix
     with pytest.raises(workers.RayStartError, match=r"did not start \(2 tries\): The current node timed out .*fix:"):
         workers.ray_init_local(num_cpus=1)
-    assert len(calls) == len(downs) == workers.LOCAL_START_ATTEMPTS
+    assert len(calls) == workers.LOCAL_START_ATTEMPTS and all(p.poll() is not None for p in left)
+
+    def broken(**kw):
+        raise ValueError("bad runtime_env")
+
+    monkeypatch.setattr(ray, "init", broken)
+    with pytest.raises(ValueError, match="bad runtime_env"):  # not a late raylet: no retry, no RayStartError
+        workers.ray_init_local(num_cpus=1)
 
 
 def test_evaluator_at_another_resolution_than_the_predictor(own):
