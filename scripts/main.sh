@@ -2,7 +2,7 @@
 # The main job on a fresh machine: set-up, then a real search on real data with the embedded defaults.
 #   1. the supernet: the shipped weights (experiments/fashion_mosaic/weights, sha256-checked), or with
 #      SPARSESEARCH_FROM_SCRATCH=1 the project's own recipes from scratch (task_dense.toml, task_dense_cycle2.toml,
-#      then task_supernet.toml and task_supernet_long.toml: hours on this CPU; all resumable, and on a GPU with
+#      task_dense_cycle3.toml, then task_supernet.toml and task_supernet_long.toml: hours on this CPU; all resumable, and on a GPU with
 #      SPARSESEARCH_TRAIN_DEVICE=cuda, which no session of this project has had to try)
 #   2. profile its CPU latency at the search resolution (448 px) and fit the predictor
 #   3. NSGA-II search, 2 Ray workers (embedded, 127.0.0.1), budget 60 % of dense latency, 448 px sparse scenes
@@ -18,7 +18,7 @@ weights=experiments/fashion_mosaic/weights
 mkdir -p "$run"
 if [ ! -f "$run/supernet.safetensors" ]; then
   if [ -n "${SPARSESEARCH_FROM_SCRATCH:-}" ]; then
-    echo "== 1/4 training the task model and its supernet from scratch (task_dense.toml, task_dense_cycle2.toml, task_supernet.toml, task_supernet_long.toml)"
+    echo "== 1/4 training the task model and its supernet from scratch (task_dense.toml, task_dense_cycle2.toml, task_dense_cycle3.toml, task_supernet.toml, task_supernet_long.toml)"
     bash experiments/fashion_mosaic/reproduce.sh dense supernet
     src=runs/task/supernet48
   else

@@ -62,6 +62,9 @@ def test_shipped_supernet_continues_the_shipped_dense_model_at_the_search_resolu
     assert sup["arch"].get("window_importance", "magnitude") in ("magnitude", "centred")
     assert sup["img_size"] >= 448 and "scene" in sup["metrics"]
     dc = dense["training"]["shipped"]["compute"]  # everything the dense model took from scratch
+    assert dc["total_canvases"] == dc["canvases"] + sum(r["canvases"] for r in dc.get("earlier", []))
+    assert dc["total_train_seconds"] == pytest.approx(
+        dc["train_seconds"] + sum(r["train_seconds"] for r in dc.get("earlier", [])))
     sc = sup["training"]["shipped"]["compute"]
     assert sc["dense_canvases"] == dc.get("total_canvases", dc["canvases"])
     assert sc["total_canvases"] == sc["dense_canvases"] + sc.get("first_adapt_canvases", 0) + sc["canvases"]
@@ -132,7 +135,7 @@ def _ship(argv, capsys):
 @pytest.mark.parametrize("case", ["wrong_recipe", "missing_sidecar", "missing_recipe"])
 def test_ship_weights_refuses_what_does_not_fit_in_one_line_before_writing_anything(case, tmp_path, capsys):
     """ship_weights.py checks every sidecar and recipe before its first write: a dense model shipped under a recipe
-    that did not train it (the shipped one is task_dense_cycle2.toml's run, not task_dense.toml's), a checkpoint
+    that did not train it (the shipped one is task_dense_cycle3.toml's run, not task_dense.toml's), a checkpoint
     without its sidecar, a recipe that is not there: one `sparsesearch: error:` line, exit 2, --out not created."""
     out = tmp_path / "weights"
     argv = ["--dense", WEIGHTS / "dense.safetensors", "--supernet", WEIGHTS / "supernet.safetensors", "--out", out]

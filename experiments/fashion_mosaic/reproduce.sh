@@ -6,8 +6,7 @@
 #   bash experiments/fashion_mosaic/reproduce.sh [STEP ...]     (default: every step)
 #
 # Steps: diagnose speed dense width supernet ship main validate window efficiency ranking baselines fork samplers
-#        dimap quick full (and, not by default, continue: task_dense.toml on to its last epoch; cycle3: a third
-#        cosine cycle of the dense model, task_dense_cycle3.toml, not shipped yet). `width` (the
+#        dimap quick full (and, not by default, continue: task_dense.toml on to its last epoch). `width` (the
 #        narrower model) runs before `baselines`, which puts it beside the front when its output exists.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -16,8 +15,15 @@ py=.venv/bin/python
 ss=.venv/bin/sparsesearch
 dev=${SPARSESEARCH_TRAIN_DEVICE:+--device $SPARSESEARCH_TRAIN_DEVICE}  # e.g. SPARSESEARCH_TRAIN_DEVICE=cuda
 R=experiments/fashion_mosaic/results
+all=(diagnose speed dense width supernet ship main validate window efficiency ranking baselines fork samplers dimap quick full)
 steps=("$@")
-[ ${#steps[@]} -eq 0 ] && steps=(diagnose speed dense width supernet ship main validate window efficiency ranking baselines fork samplers dimap quick full)
+[ ${#steps[@]} -eq 0 ] && steps=("${all[@]}")
+for s in "${steps[@]}"; do
+  case " ${all[*]} continue " in
+    *" $s "*) ;;
+    *) echo "sparsesearch: error: reproduce.sh: unknown step '$s'; fix: name steps among: ${all[*]} continue" >&2; exit 2 ;;
+  esac
+done
 want() { local s; for s in "${steps[@]}"; do [ "$s" = "$1" ] && return 0; done; return 1; }
 
 if want diagnose; then  # section R0: controlled probes, one lever each, 3072 canvases, seeds 0-2
@@ -30,12 +36,16 @@ fi
 want speed && $py bench/train_speed.py
 W=experiments/fashion_mosaic/weights
 if want dense; then  # the shipped dense model: epoch 187 of task_dense.toml's 220, exported (float16), then a second
-  # cosine cycle from it (task_dense_cycle2.toml, 48 epochs): hours; each run resumable. A copy of the shipped model
-  # in runs/task/dense_c2 (what the supernet step makes when this step has not run) stands in: delete it to train.
-  if ! cmp -s runs/task/dense_c2.safetensors $W/dense.safetensors; then
+  # cosine cycle from it (task_dense_cycle2.toml, 48 epochs), exported, then a third (task_dense_cycle3.toml, 96
+  # epochs): hours; each run resumable. A copy of the shipped model in runs/task/dense_c3 (what the supernet step
+  # makes when this step has not run) stands in: delete it to train.
+  if ! cmp -s runs/task/dense_c3.safetensors $W/dense.safetensors; then
     $ss supernet train $dev experiments/fashion_mosaic/task_dense.toml --resume --stop-after 187
     [ -f runs/task/dense187.safetensors ] || $ss supernet export runs/task/dense.safetensors runs/task/dense187.safetensors
     $ss supernet train $dev experiments/fashion_mosaic/task_dense_cycle2.toml --resume
+    [ -f runs/task/dense_c2_f16.safetensors ] ||
+      $ss supernet export runs/task/dense_c2.safetensors runs/task/dense_c2_f16.safetensors
+    $ss supernet train $dev experiments/fashion_mosaic/task_dense_cycle3.toml --resume
     $py experiments/fashion_mosaic/plot_training.py runs/task/dense.safetensors --out $R/task_dense_curve.png  # first run
   fi
 fi
@@ -44,6 +54,9 @@ if want width; then  # the width baseline (0.75x), by the dense step's chain and
   [ -f runs/task/dense_w24_187.safetensors ] ||
     $ss supernet export runs/task/dense_w24.safetensors runs/task/dense_w24_187.safetensors
   $ss supernet train $dev experiments/fashion_mosaic/task_dense_w24_cycle2.toml --resume
+  [ -f runs/task/dense_w24_c2_f16.safetensors ] ||
+    $ss supernet export runs/task/dense_w24_c2.safetensors runs/task/dense_w24_c2_f16.safetensors
+  $ss supernet train $dev experiments/fashion_mosaic/task_dense_w24_cycle3.toml --resume
 fi
 if want continue; then  # not a default step: task_dense.toml on from epoch 187 to its 220 (R1's epoch-220 row),
   # after exporting epoch 187 for the cycle-2 run
@@ -51,25 +64,22 @@ if want continue; then  # not a default step: task_dense.toml on from epoch 187 
   [ -f runs/task/dense187.safetensors ] || $ss supernet export runs/task/dense.safetensors runs/task/dense187.safetensors
   $ss supernet train $dev experiments/fashion_mosaic/task_dense.toml --resume
 fi
-if want cycle3; then  # not a default step: a third cosine cycle (96 epochs) from the shipped dense model (issue 13)
-  $ss supernet train $dev experiments/fashion_mosaic/task_dense_cycle3.toml --resume
-fi
-# runs/task/dense_c2: what the dense step trained, else a copy of the shipped dense model
-dense_or_shipped() { [ -f runs/task/dense_c2.safetensors ] || { mkdir -p runs/task && cp $W/dense.safetensors runs/task/dense_c2.safetensors && cp $W/dense.json runs/task/dense_c2.json; }; }
-if want supernet; then  # SparseViT adaptation of runs/task/dense_c2: 24 epochs, then 24 more (task_supernet_long.toml)
+# runs/task/dense_c3: what the dense step trained, else a copy of the shipped dense model
+dense_or_shipped() { [ -f runs/task/dense_c3.safetensors ] || { mkdir -p runs/task && cp $W/dense.safetensors runs/task/dense_c3.safetensors && cp $W/dense.json runs/task/dense_c3.json; }; }
+if want supernet; then  # SparseViT adaptation of runs/task/dense_c3: 24 epochs, then 24 more (task_supernet_long.toml)
   dense_or_shipped
   $ss supernet train $dev experiments/fashion_mosaic/task_supernet.toml --resume
   [ -f runs/task/supernet24.safetensors ] || { cp runs/task/supernet.safetensors runs/task/supernet24.safetensors
                                                cp runs/task/supernet.json runs/task/supernet24.json; }
   $ss supernet train $dev experiments/fashion_mosaic/task_supernet_long.toml --resume
 fi
-if want ship; then  # the shipped dense model stays as it is when runs/task/dense_c2 is its unchanged copy
-  d=runs/task/dense_c2.safetensors
+if want ship; then  # the shipped dense model stays as it is when runs/task/dense_c3 is its unchanged copy
+  d=runs/task/dense_c3.safetensors
   if cmp -s $d $W/dense.safetensors; then
     $py experiments/fashion_mosaic/ship_weights.py --dense $W/dense.safetensors --supernet runs/task/supernet48.safetensors
   else
     $py experiments/fashion_mosaic/ship_weights.py --dense $d --supernet runs/task/supernet48.safetensors \
-        --dense-recipe experiments/fashion_mosaic/task_dense_cycle2.toml
+        --dense-recipe experiments/fashion_mosaic/task_dense_cycle3.toml
   fi
 fi
 want main && bash scripts/main.sh
@@ -91,14 +101,15 @@ if want ranking; then  # R1 / R2: window ranking against the oracle (all ratios;
       --ratios 0.6 0.65 --rankings centred oracle --json > $R/window_ranking_060.json
 fi
 width=()  # the narrower model beside the front, once the width step has trained it
-[ -f runs/task/dense_w24_c2.safetensors ] && width=(--baseline "width 0.75x=runs/task/dense_w24_c2.safetensors")
+narrow=runs/task/dense_w24_c3.safetensors
+[ -f $narrow ] && width=(--baseline "width 0.75x=$narrow")
 if want baselines; then
   $py experiments/fashion_mosaic/baselines.py --checkpoint runs/main/supernet.safetensors \
       --exp runs/main/search --out $R "${width[@]}"
   [ ${#width[@]} -eq 0 ] ||  # R2: margin over the narrower model on five canvas sets
   $py experiments/fashion_mosaic/retention_noise.py --exp runs/main/search --checkpoint runs/main/supernet.safetensors \
       --config '[[.4,.4],[.4,.4],[.4,.4,.4,.4,.4,.4],[0,0]]' --config '[[.7,.7],[.7,.7],[.1,.1,.6,.6,.6,.6],[.3,.3]]' \
-      --seeds 12345 1001 2002 3003 4004 --against runs/task/dense_w24_c2.safetensors --out $R/narrow_margin.json
+      --seeds 12345 1001 2002 3003 4004 --against $narrow --out $R/narrow_margin.json
 fi
 want fork && $py bench/fork_efficiency.py --parent runs/main/search --fraction 0.5
 want samplers && $py experiments/fashion_mosaic/compare_samplers.py --checkpoint runs/main/supernet.safetensors --predictor runs/main/latency_cpu_448.json

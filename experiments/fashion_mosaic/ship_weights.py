@@ -127,16 +127,21 @@ def dense_chain(recipe: str, training: dict) -> tuple[str, list, dict | None]:
         init as ``{file, sha256}`` or None).
 
     Raises:
-        ShipError, CheckpointError: an init without a sidecar, or one no recipe of the chain made."""
+        ShipError, CheckpointError, TrainSpecError: an init without a sidecar, one no recipe of the chain made, or
+        a recipe that does not load."""
     from supernet.checkpoint import read_sidecar
     from supernet.fileio import sha256_file
 
     command = train_command(recipe, training)
     earlier: list = []
     init, _ = recipe_paths(recipe)
-    last_init = {"file": init, "sha256": sha256_file(ROOT / init)} if init else None
+    last_init, owner = None, recipe
     while init is not None:
-        meta = read_sidecar(ROOT / init)
+        meta = read_sidecar(ROOT / init)  # first: a missing file is its one-line CheckpointError
+        if not (ROOT / init).is_file():
+            raise ShipError(f"{init} ({owner}'s [model] init) not found; fix: run the chain's export step again")
+        if last_init is None:
+            last_init = {"file": init, "sha256": sha256_file(ROOT / init)}
         prev = recipe_of(meta, init)
         tr = check_trained_by(meta, prev, init)
         seconds, canvases = history_compute(meta)
@@ -149,7 +154,7 @@ def dense_chain(recipe: str, training: dict) -> tuple[str, list, dict | None]:
                    f"{init}; }} && {command}")
         if len(earlier) > 16:
             raise ShipError(f"{recipe}: its chain of [model] init files loops; fix: start the first run from scratch")
-        init = prev_init
+        init, owner = prev_init, prev
     return command, earlier, last_init
 
 
