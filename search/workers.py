@@ -92,51 +92,29 @@ def ray_init_local(num_cpus: Optional[int] = None, address: Optional[str] = None
 
 
 def _child_pids() -> set:
-    """PIDs of this process's direct children (Linux ``/proc``; an empty set where there is none)."""
-    me, out = os.getpid(), set()
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return out
-    for e in entries:
-        if not e.isdigit():
-            continue
-        try:
-            with open(f"/proc/{e}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue  # exited meanwhile
-        fields = stat[stat.rfind(b")") + 2:].split()  # after "pid (comm) ": state, ppid, ...
-        if len(fields) > 1 and int(fields[1]) == me:
-            out.add(int(e))
-    return out
+    """PIDs of this process's direct children (psutil, which Ray ships and puts on ``sys.path`` once imported)."""
+    import psutil
+
+    return {c.pid for c in psutil.Process().children()}
 
 
 def _terminate(pids: set, timeout_s: float = 5.0) -> None:
     """SIGTERM ``pids``, then SIGKILL whatever is left after ``timeout_s``; reap them."""
-    import signal
+    import psutil
 
+    procs = []
     for pid in pids:
         try:
-            os.kill(pid, signal.SIGTERM)
-        except OSError:
+            procs.append(psutil.Process(pid))
+            procs[-1].terminate()
+        except psutil.NoSuchProcess:
             pass
-    deadline = time.time() + timeout_s
-    left = set(pids)
-    while left and time.time() < deadline:
-        for pid in list(left):
-            try:
-                if os.waitpid(pid, os.WNOHANG)[0]:
-                    left.discard(pid)
-            except ChildProcessError:
-                left.discard(pid)
-        time.sleep(0.05)
-    for pid in left:
+    for p in psutil.wait_procs(procs, timeout=timeout_s)[1]:
         try:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        except OSError:
+            p.kill()
+        except psutil.NoSuchProcess:
             pass
+    psutil.wait_procs(procs, timeout=timeout_s)
 
 
 class ClusterUnreachableError(UserError):
