@@ -189,6 +189,34 @@ def cmd_measure(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_confirm(a: argparse.Namespace) -> int:
+    from .confirm import confirm_front
+
+    c = confirm_front(Path(a.exp_dir), canvases=a.canvases, z=a.z, max_candidates=a.max_candidates, seed=a.seed,
+                      threads=a.threads, progress=not a.no_progress)
+    lines = [f"re-scored {c['n']} configs of {a.exp_dir} on {c['canvases']} canvases (the front and those within "
+             + (f"{c['margin'] * 100:.2f} points of it: z {c['z']:g} x the search subset's paired noise)"
+                if c.get("margin") is not None else "nothing else: no first-rung scores to estimate the noise)")]
+    if c["n"]:
+        metric = c["metric"]
+        lines.append(f"dense {metric} {c['dense_value']:.4f} on the same canvases")
+        lines.append(f"{'trial':>6} {'predicted ms':>13} {'of dense':>9} {'search':>8} {'confirmed':>10} "
+                     f"{'retention':>10}  confirmed front")
+        for r in c["members"]:
+            lines.append(f"{r['trial_number']:>6} {r['predicted_latency_ms']:>13.2f} {r['predicted_vs_dense']:>9.3f} "
+                         f"{r['search_value']:>8.4f} {r['confirmed_value']:>10.4f} {r['retention']:>10.4f}  "
+                         f"{'*' if r['confirmed_pareto'] else ''}")
+        b = c["best"]
+        if b:
+            lines.append(f"most accurate on the confirmed front: trial {b['trial_number']} {b['config']}, "
+                         f"{metric} {b['confirmed_value']:.4f} ({b['retention'] * 100:.1f} % of dense) at "
+                         f"{b['predicted_vs_dense']:.3f} of dense predicted latency")
+        lines.append(f"written: {a.exp_dir}/confirmed.json and the confirmed_metric / is_confirmed_pareto columns of "
+                     f"{a.exp_dir}/front.parquet")
+    _emit(c, a.json, "\n".join(lines))
+    return 0
+
+
 def cmd_submit(a: argparse.Namespace) -> int:
     from .cluster import submit
 
@@ -347,6 +375,18 @@ def build_parser() -> argparse.ArgumentParser:
     r = add("measure", cmd_measure, "measure the end-to-end latency of the front members on this device")
     r.add_argument("exp_dir")
     r.add_argument("--repeats", type=_positive_int, default=11, help="timed runs per config (drift-corrected)")
+    r.add_argument("--no-progress", action="store_true")
+    r.add_argument("--json", action="store_true")
+
+    r = add("confirm", cmd_confirm, "re-score the front and the configs within the search's noise of it on more "
+                                    "canvases (the front a larger evaluation set confirms)")
+    r.add_argument("exp_dir")
+    r.add_argument("--canvases", type=_positive_int, default=256, help="validation canvases (more than the search's)")
+    r.add_argument("--z", type=_positive_float, default=1.0,
+                   help="paired standard deviations of the search subset's noise that keep a config a candidate")
+    r.add_argument("--max-candidates", type=_positive_int, default=24, help="re-scored configs at most")
+    r.add_argument("--seed", type=_seed, help="another canvas set (default: the search's, extended)")
+    r.add_argument("--threads", type=_positive_int, help="torch threads (default: all cores)")
     r.add_argument("--no-progress", action="store_true")
     r.add_argument("--json", action="store_true")
 

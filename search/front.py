@@ -17,13 +17,16 @@ rank                     int64      non-domination rank among feasible trials (0
 predicted_latency_ms     float64    predicted latency (ms)
 measured_latency_ms      float64    end-to-end latency measured on this device by ``sparsesearch measure``
                                     (NaN until measured)
+confirmed_metric         float64    the metric re-scored on more canvases by ``sparsesearch confirm`` (NaN for a
+                                    config it did not re-score)
+is_confirmed_pareto      bool       on the front of the confirmed scores (metric, predicted latency)
 macs                     int64      analytic MACs per image
 canvases                 int64      evaluation canvases the metric covers
 config                   string     nested per-stage ratios (JSON)
 config_hash              string     identity of (config, checkpoint)
 =======================  =========  =====================================================================
 
-It is rewritten atomically after every generation of a search (and by ``sparsesearch measure``), so
+It is rewritten atomically after every generation of a search (and by ``sparsesearch measure`` / ``confirm``), so
 it can be opened at any time with pandas, DuckDB or a spreadsheet (``sparsesearch pareto --format csv``).
 """
 from __future__ import annotations
@@ -37,12 +40,14 @@ import pandas as pd
 
 from supernet.fileio import atomic_write
 
-__all__ = ["FRONT_FILE", "MEASURED_FILE", "front_table", "write_front_table", "read_front_table",
+__all__ = ["FRONT_FILE", "MEASURED_FILE", "CONFIRMED_FILE", "front_table", "write_front_table", "read_front_table",
            "nondomination_ranks", "FrontTable"]
 
 FRONT_FILE = "front.parquet"
 #: Measured end-to-end latencies of ``sparsesearch measure`` (config_hash -> record).
 MEASURED_FILE = "measured.json"
+#: Metrics re-scored on more canvases by ``sparsesearch confirm`` (config_hash -> record).
+CONFIRMED_FILE = "confirmed.json"
 
 
 def nondomination_ranks(points: np.ndarray, senses: Sequence[str]) -> np.ndarray:
@@ -71,7 +76,8 @@ def nondomination_ranks(points: np.ndarray, senses: Sequence[str]) -> np.ndarray
 
 
 def front_table(trials: pd.DataFrame, metric: str, *, maximize: bool = True, budget_ms: Optional[float] = None,
-                experiment: str = "", measured: Optional[Dict[str, Any]] = None) -> pd.DataFrame:
+                experiment: str = "", measured: Optional[Dict[str, Any]] = None,
+                confirmed: Optional[Dict[str, Any]] = None) -> pd.DataFrame:
     """The front table of a trial log (see the module docstring).
 
     Args:
@@ -81,15 +87,17 @@ def front_table(trials: pd.DataFrame, metric: str, *, maximize: bool = True, bud
         budget_ms: the latency budget (ms) or None.
         experiment: the experiment name written in every row.
         measured: ``{config_hash: {"measured_latency_ms": float, ...}}`` of ``sparsesearch measure``.
+        confirmed: ``{config_hash: {"confirmed_value": float, "confirmed_pareto": bool, ...}}`` of
+            ``sparsesearch confirm``.
     """
     from .trial_log import final_trials
 
     cols = ["experiment", "trial_number", "status", "feasible", "is_pareto", "rank", metric, "predicted_latency_ms",
-            "measured_latency_ms", "macs", "canvases", "config", "config_hash"]
+            "measured_latency_ms", "confirmed_metric", "is_confirmed_pareto", "macs", "canvases", "config", "config_hash"]
     if trials is None or not len(trials):
         return pd.DataFrame({c: pd.Series(dtype=t) for c, t in zip(cols, [
-            "string", "int64", "string", "bool", "bool", "int64", "float64", "float64", "float64", "int64", "int64",
-            "string", "string"])})
+            "string", "int64", "string", "bool", "bool", "int64", "float64", "float64", "float64", "float64", "bool",
+            "int64", "int64", "string", "string"])})
     fin = final_trials(trials)
     lat = fin["predicted_latency_ms"].astype("float64").to_numpy()
     val = pd.to_numeric(fin[metric], errors="coerce").astype("float64").to_numpy()
@@ -103,6 +111,11 @@ def front_table(trials: pd.DataFrame, metric: str, *, maximize: bool = True, bud
     measured = measured or {}
     mlat = np.asarray([float((measured.get(h) or {}).get("measured_latency_ms", np.nan))
                        for h in fin["config_hash"]], dtype=np.float64)
+    confirmed = confirmed or {}
+    cval = np.asarray([float((confirmed.get(h) or {}).get("confirmed_value", np.nan)) for h in fin["config_hash"]],
+                      dtype=np.float64)
+    cfront = np.asarray([bool((confirmed.get(h) or {}).get("confirmed_pareto", False)) for h in fin["config_hash"]],
+                        dtype=bool)
     out = pd.DataFrame({
         "experiment": pd.Series([experiment] * len(fin), dtype="string"),
         "trial_number": fin["trial_number"].astype("int64").to_numpy(),
@@ -113,6 +126,8 @@ def front_table(trials: pd.DataFrame, metric: str, *, maximize: bool = True, bud
         metric: val,
         "predicted_latency_ms": lat,
         "measured_latency_ms": mlat,
+        "confirmed_metric": cval,
+        "is_confirmed_pareto": cfront,
         "macs": pd.to_numeric(fin["macs"], errors="coerce").fillna(0).astype("int64").to_numpy(),
         "canvases": (pd.to_numeric(fin["canvases"], errors="coerce").fillna(-1).astype("int64").to_numpy()
                      if "canvases" in fin else np.full(len(fin), -1, dtype=np.int64)),
@@ -136,17 +151,25 @@ def read_front_table(exp_dir: Path) -> pd.DataFrame:
     return pd.read_parquet(Path(exp_dir) / FRONT_FILE)
 
 
+def read_confirmed(exp_dir: Path) -> Dict[str, Any]:
+    """``EXP_DIR/confirmed.json`` (``{config_hash: record}``), or {} when the front was never confirmed."""
+    return _read_records(exp_dir, CONFIRMED_FILE, "confirmed-front file", "sparsesearch confirm")
+
+
 def read_measured(exp_dir: Path) -> Dict[str, Any]:
     """``EXP_DIR/measured.json`` (``{config_hash: record}``), or {} when the front was never measured."""
+    return _read_records(exp_dir, MEASURED_FILE, "measured-latency file", "sparsesearch measure")
+
+
+def _read_records(exp_dir: Path, name: str, what: str, command: str) -> Dict[str, Any]:
     from supernet.fileio import read_json
 
     from .runner import ResumeError
 
-    path = Path(exp_dir) / MEASURED_FILE
+    path = Path(exp_dir) / name
     if not path.exists():
         return {}
-    data = read_json(path, "measured-latency file", "fix: delete it and run `sparsesearch measure` again",
-                     ResumeError)
+    data = read_json(path, what, f"fix: delete it and run `{command}` again", ResumeError)
     return data.get("configs", {}) if isinstance(data, dict) else {}
 
 
@@ -178,6 +201,7 @@ class FrontTable:
                 [self.frame, new[[c for c in new.columns if c in self.frame.columns]]], ignore_index=True)
         maximize = search.policy.directions[0] == "maximize"
         table = front_table(self.frame, search.metric, maximize=maximize, budget_ms=search.budget,
-                            experiment=search.spec.name, measured=read_measured(self.exp_dir))
+                            experiment=search.spec.name, measured=read_measured(self.exp_dir),
+                            confirmed=read_confirmed(self.exp_dir))
         write_front_table(self.exp_dir, table)
         self.seconds += time.perf_counter() - t0

@@ -7,7 +7,8 @@ the session's median dense time: :func:`latency.profiler.measure_configs_drift`)
 setting (device, threads, batch size, search resolution). It reports the share of members within +-10 %
 of their predicted latency (absolute, and relative to the dense model, which is what a
 ``budget_fraction`` decides on) and flags members whose measured latency breaks the budget; the values
-go to ``EXP_DIR/measured.json`` and the ``measured_latency_ms`` column of ``EXP_DIR/front.parquet``.
+go to ``EXP_DIR/measured.json`` and the ``measured_latency_ms`` column of ``EXP_DIR/front.parquet``. After
+``sparsesearch confirm`` the members of the confirmed front are measured too.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 import numpy as np
+import pandas as pd
 
 from supernet.fileio import atomic_write_json
 
@@ -51,7 +53,7 @@ def measure_front(exp_dir, *, repeats: int = 11, warmup: int = 3, progress: bool
     from latency.profiler import _make_input, _session, measure_configs_drift
     from supernet.checkpoint import load_checkpoint
 
-    from .front import MEASURED_FILE, front_table, write_front_table
+    from .front import MEASURED_FILE, front_table, read_confirmed, write_front_table
     from .pareto import pareto_front
     from .policy import SearchPolicy
     from .runner import load_frozen_spec
@@ -70,6 +72,12 @@ def measure_front(exp_dir, *, repeats: int = 11, warmup: int = 3, progress: bool
     fin = final_trials(df) if len(df) else df
     front = pareto_front(fin, ((metric, "max" if maximize else "min"), ("predicted_latency_ms", "min")),
                          budget_ms=policy.budget) if len(fin) else fin
+    confirmed = read_confirmed(exp_dir)
+    extra = {h for h, r in confirmed.items() if r.get("confirmed_pareto")} - set(front["config_hash"]) if len(fin) \
+        else set()
+    if extra:  # the front ``sparsesearch confirm`` re-scored is measured beside the search's own
+        front = pd.concat([front, fin[fin["config_hash"].isin(extra)]], ignore_index=True).sort_values(
+            "predicted_latency_ms", kind="stable").reset_index(drop=True)
     pred = policy.predictor
     fp = pred.fingerprint
     from latency.validate import predictor_device
@@ -110,6 +118,7 @@ def measure_front(exp_dir, *, repeats: int = 11, warmup: int = 3, progress: bool
             "repeats": int(repeats), "dense_ms_measured": float(m.reference_ms),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
         write_front_table(exp_dir, front_table(df, metric, maximize=maximize, budget_ms=policy.budget,
-                                               experiment=spec.name, measured=records))
+                                               experiment=spec.name, measured=records,
+                                               confirmed=read_confirmed(exp_dir)))
     out["seconds"] = time.perf_counter() - t0
     return out

@@ -397,7 +397,7 @@ def test_run_into_a_folder_with_parts_but_no_experiment_json(exp, own):
     assert parts(exp) == before and not (exp / "experiment.json").exists()
 
 
-@pytest.mark.parametrize("command", ["resume", "pareto", "measure"])
+@pytest.mark.parametrize("command", ["resume", "pareto", "measure", "confirm"])
 def test_not_an_experiment_directory(tmp_path, command):
     code, out, err = cli(command, tmp_path)
     assert_user_error(code, err, tmp_path, out=out)
@@ -413,6 +413,8 @@ def test_spec_toml_is_copied_into_the_experiment(finished):
     ("--n-trials", ("resume", "EXP", "--n-trials", "abc")), ("--budget-ms", ("pareto", "EXP", "--budget-ms", "nan")),
     ("--budget-ms", ("pareto", "EXP", "--budget-ms", "-1")), ("--budget-ms", ("pareto", "EXP", "--budget-ms", "inf")),
     ("--repeats", ("measure", "EXP", "--repeats", "0")),
+    ("--canvases", ("confirm", "EXP", "--canvases", "0")), ("--z", ("confirm", "EXP", "--z", "nan")),
+    ("--max-candidates", ("confirm", "EXP", "--max-candidates", "-1")),
     ("--budget-fraction", ("fork", "EXP", "--out", "NEW", "--budget-fraction", "1.5")),
     ("--threads", ("latency", "profile", "--checkpoint", "CK", "--threads", "0", "--out", "x.json")),
     ("--n", ("latency", "validate", "--predictor", "PR", "--checkpoint", "CK", "--n", "-3")),

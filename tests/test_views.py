@@ -79,8 +79,8 @@ def test_partial_trials_never_enter_the_front(searched):
 def test_front_table_schema_and_flags(searched):
     ft = pd.read_parquet(searched["exp"] / "front.parquet")
     assert list(ft.columns) == ["experiment", "trial_number", "status", "feasible", "is_pareto", "rank", "miou",
-                                "predicted_latency_ms", "measured_latency_ms", "macs", "canvases", "config",
-                                "config_hash"]
+                                "predicted_latency_ms", "measured_latency_ms", "confirmed_metric",
+                                "is_confirmed_pareto", "macs", "canvases", "config", "config_hash"]
     assert len(ft) == ft["trial_number"].nunique() == 32
     assert (ft.loc[ft["is_pareto"], "rank"] == 0).all() and (ft.loc[~ft["feasible"], "rank"] == -1).all()
 
@@ -205,6 +205,68 @@ def test_measure_writes_measured_latency_of_the_front(searched, tmp_path):
     r = run_cli("pareto", str(exp), "--json", check=True)
     front = json.loads(r.stdout)["front"]
     assert all(f["measured_latency_ms"] > 0 for f in front)
+
+
+def test_confirm_subset_noise_and_candidates_on_hand_made_values():
+    from search.confirm import select_candidates, subset_noise
+
+    rng = np.random.default_rng(0)
+    s, m, n = 0.08, 16, 64  # per-canvas spread; each config's score is a mean over its canvases
+    true = rng.uniform(0.6, 0.8, 400)
+    canv = true[:, None] + rng.normal(0, s, (400, n))
+    first, full = canv[:, :m].mean(1), canv.mean(1)
+    sd = subset_noise(first, full, m, n)
+    assert sd == pytest.approx(s / np.sqrt(n), rel=0.15)  # the full subset's own error, from first-rung pairs only
+    assert subset_noise(first[:3], full[:3], m, n) is None and subset_noise(first, full, n, n) is None
+    lat = [10.0, 20.0, 30.0, 25.0, 35.0, 40.0]
+    val = [0.50, 0.60, 0.70, 0.595, 0.69, 0.40]
+    assert select_candidates(lat, val, None, 10) == [0, 1, 2]  # the front only
+    assert select_candidates(lat, val, 0.011, 10) == [0, 1, 3, 2, 4]  # + 25 ms (0.005 behind) and 35 ms (0.01)
+    assert select_candidates(lat, val, 0.011, 4) == [0, 1, 3, 2]  # the front first, then the nearest
+    assert select_candidates(lat, [-v for v in val], 0.011, 10, maximize=False) == [0, 1, 3, 2, 4]
+
+
+def test_confirm_rescores_the_front_neighbourhood_on_more_canvases(searched, tmp_path):
+    from search.evaluators import build_evaluator
+    from search.trial_log import final_trials, load_trials
+    from supernet.checkpoint import load_checkpoint, read_sidecar
+
+    exp = tmp_path / "exp"
+    shutil.copytree(searched["exp"], exp)
+    before = {p.name: p.read_bytes() for p in (exp / "trials").glob("part-*")}
+    r = run_cli("confirm", str(exp), "--canvases", "32", "--z", "1", "--max-candidates", "5", "--json",
+                "--no-progress", check=True)
+    c = json.loads(r.stdout)
+    front = {f["trial_number"] for f in searched["summary"]["front"]}
+    got = {x["trial_number"] for x in c["members"]}
+    assert c["n"] == len(c["members"]) <= 5 and c["margin"] > 0 and c["canvases"] == 32
+    assert got & front and (front <= got or len(got) == 5)  # the front first, then its neighbours
+    # the confirmed values are the built-in evaluator's on 32 canvases of the search's seed (its 16 come first)
+    model, meta = load_checkpoint(searched["ck"], img_size=112)
+    model.eval()
+    ev = build_evaluator("fashion_mosaic", subset_size=32, batch_size=16, split="val", meta=meta,
+                         img_size=[112, 112], mosaic={})
+    x = c["members"][0]
+    model.set_sparsity(x["config"])
+    assert ev(model)["miou"] == pytest.approx(x["confirmed_value"], abs=1e-9)
+    assert x["retention"] == pytest.approx(x["confirmed_value"] / c["dense_value"])
+    ft = pd.read_parquet(exp / "front.parquet")
+    done = ft[ft["config_hash"].isin([m["config_hash"] for m in c["members"]])]
+    assert len(done) == c["n"] and done["confirmed_metric"].notna().all()
+    assert ft.loc[~ft["config_hash"].isin(done["config_hash"]), "confirmed_metric"].isna().all()
+    assert set(ft.loc[ft["is_confirmed_pareto"], "trial_number"]) == {m["trial_number"] for m in c["members"]
+                                                                       if m["confirmed_pareto"]}
+    assert json.loads((exp / "confirmed.json").read_text())["canvases"] == 32
+    assert {p.name: p.read_bytes() for p in (exp / "trials").glob("part-*")} == before  # the log is untouched
+    # measure keeps the confirmed columns; asking for fewer canvases than the search's is one error line, exit 2
+    run_cli("measure", str(exp), "--repeats", "1", "--no-progress", check=True)
+    ft = pd.read_parquet(exp / "front.parquet")
+    assert ft["confirmed_metric"].notna().sum() == c["n"]
+    # ... and measures the confirmed front beside the search's own
+    assert ft.loc[ft["is_confirmed_pareto"] | ft["is_pareto"], "measured_latency_ms"].notna().all()
+    bad = run_cli("confirm", str(exp), "--canvases", "16", "--no-progress")
+    assert bad.returncode == 2 and bad.stderr.count("sparsesearch: error:") == 1 and "--canvases" in bad.stderr
+    assert json.loads((exp / "confirmed.json").read_text())["canvases"] == 32  # nothing recorded was rewritten
 
 
 def test_joint_pareto_of_two_experiments_names_each_point(searched, tmp_path):
