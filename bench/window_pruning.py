@@ -99,10 +99,10 @@ def main(argv=None) -> dict:
         from supernet.checkpoint import load_checkpoint
 
         model = load_checkpoint(a.checkpoint, img_size=a.img_size)[0].backbone.eval().to(a.device)
-        name = f"{Path(a.checkpoint).name} backbone"
+        model_name = f"{Path(a.checkpoint).name} backbone"
     else:
         model = SparseSwin.from_timm("swin_tiny_patch4_window7_224", img_size=a.img_size).eval().to(a.device)
-        name = "swin_tiny_patch4_window7_224 backbone"
+        model_name = "swin_tiny_patch4_window7_224 backbone"
     fn = Backbone(model)
     x = torch.randn(bs, 3, a.img_size, a.img_size, device=a.device)
     if a.checkpoint:  # real canvases: the window ranking (which windows run) follows the content
@@ -163,7 +163,7 @@ def main(argv=None) -> dict:
     worst = max(r["latency_over_macs"] for r in results)
     by = {r["config"]: r for r in results}
     out = dict(
-        benchmark="window_pruning", model=name, img_size=a.img_size,
+        benchmark="window_pruning", model=model_name, img_size=a.img_size,
         batch_size=bs, device=a.device, threads=torch.get_num_threads(), torch=torch.__version__,
         cpu=platform.processor() or platform.machine(), repeats=a.repeats, dense_macs=dense_macs,
         results=results, worst_latency_over_macs=worst,

@@ -204,6 +204,32 @@ def test_retention_noise_script(experiment, tmp_path, capsys):
     assert e.value.code == 2 and "missing.safetensors not found" in capsys.readouterr().err
 
 
+def test_dimap_vs_magnitude_script_on_several_canvas_sets(experiment, tmp_path):
+    """experiments/fashion_mosaic/dimap_vs_magnitude.py: one set gives the plain table; several sets are scored
+    paired and each magnitude method's loss against DIMAP is reported per set, as mean +- std."""
+    sys.path.insert(0, ROOT)
+    from experiments.fashion_mosaic import dimap_vs_magnitude
+
+    d, spec, summary = experiment
+    base = ["--checkpoint", str(d / "tiny.safetensors"), "--ratios", "0.5", "--length", "4", "--threads", "1"]
+    singles = []
+    for seed in ("1", "2"):
+        dimap_vs_magnitude.main(base + ["--seeds", seed, "--out", str(tmp_path / seed), "--json"])
+        singles.append(json.loads((tmp_path / seed / "dimap_vs_magnitude.json").read_text()))
+    assert singles[0]["dense_miou"] != singles[1]["dense_miou"]  # another seed: other canvases
+    dimap_vs_magnitude.main(base + ["--seeds", "1", "2", "--out", str(tmp_path / "both")])
+    both = json.loads((tmp_path / "both" / "dimap_vs_magnitude.json").read_text())
+    row = both["rows"][0]
+    assert both["dense_per_set"] == [s["dense_miou"] for s in singles]  # the same canvases, set by set
+    for k in ("dimap", "uniform magnitude", "global magnitude"):
+        assert row["per_set"][k] == [s["rows"][0][k] for s in singles]
+        assert row[k] == pytest.approx(sum(row["per_set"][k]) / 2)
+    m = [100 * (a - b) for a, b in zip(row["per_set"]["dimap"], row["per_set"]["global magnitude"])]
+    assert row["dimap minus global magnitude"]["mean"] == pytest.approx(sum(m) / 2)
+    assert row["dimap minus global magnitude"]["sets_above"] == sum(x > 0 for x in m)
+    assert "DIMAP's margin" in (tmp_path / "both" / "dimap_vs_magnitude.md").read_text()
+
+
 def test_rescore_script(experiment, tmp_path):
     """experiments/fashion_mosaic/rescore.py: checkpoints scored densely, paired, on named canvas layouts."""
     sys.path.insert(0, ROOT)
@@ -267,3 +293,12 @@ def test_compare_samplers_script_continues_a_shorter_or_killed_run(experiment, t
     assert sorted(again.index) == list(range(7)) and (again.loc[list(range(4))] == first).all()
     res = json.loads((tmp_path / "out" / "sampler_comparison.json").read_text())
     assert res["trials"] == 7 and len(res["summary"]["random"]["per_seed"]) == 1
+    # the work folder belongs to one checkpoint / predictor / budget / subset: another is refused, nothing rewritten
+    before = {f: f.read_bytes() for f in (tmp_path / "work").rglob("*") if f.is_file()}
+    for swap in (["--subset", "5"], ["--budget-fraction", "0.9"]):
+        bad = list(argv)
+        bad[bad.index(swap[0]) + 1] = swap[1]
+        with pytest.raises(SystemExit) as e:
+            compare_samplers.main(bad + ["--trials", "8"])
+        assert e.value.code == 2
+    assert {f: f.read_bytes() for f in (tmp_path / "work").rglob("*") if f.is_file()} == before

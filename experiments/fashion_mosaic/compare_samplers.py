@@ -65,7 +65,20 @@ def main(argv=None):
               if k in ("img_size", "min_items", "max_items", "min_scale", "max_scale", "threshold", "noise")}
     mosaic_toml = "{" + ", ".join(f"{k} = {v}" for k, v in mosaic.items()) + "}"
     work = Path(a.work).resolve()
+    # the memo and the finished runs are only valid for one checkpoint, predictor, budget and canvas subset:
+    # a work folder made with others is refused, never silently reused
+    from search.spec import file_sha256
+    made_with = {"checkpoint_sha256": file_sha256(a.checkpoint), "predictor_sha256": file_sha256(a.predictor),
+                 "budget_fraction": a.budget_fraction, "subset": a.subset, "mosaic": mosaic}
+    stamp = work / "comparison.json"
+    if stamp.exists() and json.loads(stamp.read_text()) != made_with:
+        p.error(f"{work} holds runs made with another checkpoint, predictor, budget or subset ({stamp}); "
+                f"fix: pass a new --work folder, or delete that one")
+    if not stamp.exists() and (work / "memo.sqlite").exists():
+        p.error(f"{work} holds a memo of unknown origin; fix: pass a new --work folder, or delete that one")
     work.mkdir(parents=True, exist_ok=True)
+    if not stamp.exists():
+        stamp.write_text(json.dumps(made_with, indent=1))
     db = work / "memo.sqlite"
     curves, final = {}, {}
     for sampler in a.samplers:
