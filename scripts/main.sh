@@ -49,5 +49,5 @@ $ss pareto "$exp" --plot "$exp/front.png" --history
 if [ ! -f "$exp/confirmed.json" ] || [ -n "$(find "$exp/trials" -newer "$exp/confirmed.json" -print -quit)" ]; then
   $ss confirm "$exp" --canvases 256
 fi
-$ss measure "$exp" --repeats 7
+$ss measure "$exp" --repeats 21
 echo "experiment: $exp (plot $exp/front.png, table $exp/front.parquet); live view: .venv/bin/optuna-dashboard $exp/study.journal; query: .venv/bin/sparsesearch pareto $exp --json; resume or extend: .venv/bin/sparsesearch resume $exp --n-trials 400"
