@@ -43,11 +43,11 @@ else
   echo "== 3/4 NSGA-II search with 2 Ray workers at 448 px (experiments/fashion_mosaic/search_main.toml)"
   $ss run experiments/fashion_mosaic/search_main.toml
 fi
-echo "== 4/4 Pareto front, confirmed on 256 canvases, and its latency measured end to end"
-$ss pareto "$exp" --plot "$exp/front.png" --history
-# (again only when trials were added since the last confirmation)
+echo "== 4/4 the front confirmed on 256 canvases, the Pareto table + plot, and its latency measured end to end"
+# (confirm again only when trials were added since the last confirmation)
 if [ ! -f "$exp/confirmed.json" ] || [ -n "$(find "$exp/trials" -newer "$exp/confirmed.json" -print -quit)" ]; then
   $ss confirm "$exp" --canvases 256
 fi
+$ss pareto "$exp" --plot "$exp/front.png" --history
 $ss measure "$exp" --repeats 21
 echo "experiment: $exp (plot $exp/front.png, table $exp/front.parquet); live view: .venv/bin/optuna-dashboard $exp/study.journal; query: .venv/bin/sparsesearch pareto $exp --json; resume or extend: .venv/bin/sparsesearch resume $exp --n-trials 400"

@@ -11,8 +11,10 @@ __all__ = ["pareto_report", "plot_front"]
 
 
 def plot_front(df, front, metric: str, reference: Dict[str, Any], budget_ms: Optional[float], path: str,
-               title: str = "") -> str:
-    """PNG: every trial (grey: rejected at their predicted latency), the front, references, budget line."""
+               title: str = "", confirmed: Optional[list] = None) -> str:
+    """PNG: every trial (grey: rejected at their predicted latency), the front, references, budget line, and the
+    front ``sparsesearch confirm`` re-scored (``confirmed``: records with ``predicted_latency_ms``,
+    ``confirmed_value``, ``canvases``), when given."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -31,6 +33,12 @@ def plot_front(df, front, metric: str, reference: Dict[str, Any], budget_ms: Opt
         ax.step(front["predicted_latency_ms"], front[metric], where="post", color="tab:red", lw=1.5)
         ax.scatter(front["predicted_latency_ms"], front[metric], s=24, color="tab:red", zorder=3,
                    label=f"Pareto front ({len(front)})")
+    if confirmed:
+        cx = [r["predicted_latency_ms"] for r in confirmed]
+        cy = [r["confirmed_value"] for r in confirmed]
+        ax.step(cx, cy, where="post", color="tab:purple", lw=1.2, ls=":")
+        ax.scatter(cx, cy, s=24, marker="D", facecolors="none", edgecolors="tab:purple", zorder=3,
+                   label=f"confirmed front ({len(confirmed)}, on {confirmed[0].get('canvases', '?')} canvases)")
     markers = iter("s^vD<>")
     for name, ref in reference.items():
         m = (ref.get("metrics") or {}).get(metric)
@@ -170,12 +178,25 @@ def pareto_report(exp_dirs, budget_ms: Optional[float] = None, plot: Optional[st
         dm = reference["dense"]["metrics"][metric]
         out["front_vs_dense"] = [{"trial_number": r["trial_number"], "latency_ratio": r["predicted_latency_ms"] / dense_ms,
                                   "metric_retention": r[metric] / dm if dm else None} for r in out["front"]]
+    confirmed = None
+    if len(dirs) == 1:  # the front `sparsesearch confirm` re-scored on more canvases, when it ran
+        from .front import CONFIRMED_FILE, read_confirmed
+
+        recs = read_confirmed(dirs[0])
+        if recs:
+            from supernet.fileio import read_json
+
+            n_canvases = (read_json(dirs[0] / CONFIRMED_FILE, "confirmed-front file", "fix: delete it and run "
+                                    "`sparsesearch confirm` again", UserError) or {}).get("canvases")
+            confirmed = sorted(({**r, "canvases": n_canvases} for r in recs.values() if r.get("confirmed_pareto")),
+                               key=lambda r: r["predicted_latency_ms"])
+            out["confirmed_front"] = confirmed
     if history and len(dirs) == 1:
         h = hypervolume_history(fin, objectives, ref_point=[0.0, ref_lat], by="generation", budget_ms=budget)
         out["history"] = h.to_dict("records")
     if plot:
         out["plot"] = plot_front(fin, front, metric, reference, budget, plot_path,
-                                 title=f"{', '.join(names)}: {len(fin)} trials")
+                                 title=f"{', '.join(names)}: {len(fin)} trials", confirmed=confirmed)
     lines = [f"{'experiments' if len(names) > 1 else 'experiment'} {', '.join(names)} "
              f"({', '.join(str(d) for d in dirs)}): {len(fin)} trials, front of {len(front_df)}"
              + (f" under {budget:g} ms" if budget else "") + f", hypervolume {hv:.4g}",
@@ -187,6 +208,12 @@ def pareto_report(exp_dirs, budget_ms: Optional[float] = None, plot: Optional[st
         lines.append((f"{r['experiment'][:14]:>14} " if len(names) > 1 else "")
                      + f"{r['trial_number']:>6} {r['generation']:>4} {r[metric]:>8.4f} {r['predicted_latency_ms']:>11.2f} "
                      f"{meas_txt} {r['macs'] / 1e9:>7.3f}  {json.dumps(r['config'])}")
+    if confirmed:
+        lines.append(f"confirmed front (`sparsesearch confirm`, {confirmed[0]['canvases']} canvases):")
+        for r in confirmed:
+            lines.append(f"  trial {r['trial_number']:>5} {metric} {r['confirmed_value']:.4f} "
+                         f"({r['retention'] * 100:.1f} % of dense) @ {r['predicted_latency_ms']:.2f} ms  "
+                         f"{json.dumps(r['config'])}")
     if reference:
         lines.append("reference points:")
         for name, ref in reference.items():

@@ -257,6 +257,10 @@ def test_confirm_rescores_the_front_neighbourhood_on_more_canvases(searched, tmp
     assert set(ft.loc[ft["is_confirmed_pareto"], "trial_number"]) == {m["trial_number"] for m in c["members"]
                                                                        if m["confirmed_pareto"]}
     assert json.loads((exp / "confirmed.json").read_text())["canvases"] == 32
+    rep = json.loads(run_cli("pareto", str(exp), "--json", "--plot", str(tmp_path / "f.png"), check=True).stdout)
+    on_front = sorted((m for m in c["members"] if m["confirmed_pareto"]), key=lambda m: m["predicted_latency_ms"])
+    assert [r["trial_number"] for r in rep["confirmed_front"]] == [m["trial_number"] for m in on_front]
+    assert [r["confirmed_value"] for r in rep["confirmed_front"]] == [m["confirmed_value"] for m in on_front]
     assert {p.name: p.read_bytes() for p in (exp / "trials").glob("part-*")} == before  # the log is untouched
     # measure keeps the confirmed columns; asking for fewer canvases than the search's is one error line, exit 2
     run_cli("measure", str(exp), "--repeats", "1", "--no-progress", check=True)
