@@ -110,7 +110,6 @@ def confirm_front(exp_dir, *, canvases: int = 256, z: float = 1.0, max_candidate
     import torch
 
     from supernet.checkpoint import load_checkpoint, read_sidecar
-
     from supernet.evaluate import DEFAULT_VAL_SEED
 
     from .evaluators import build_evaluator
@@ -145,7 +144,8 @@ def confirm_front(exp_dir, *, canvases: int = 256, z: float = 1.0, max_candidate
         return out
     val = np.asarray(fin[metric], dtype=np.float64)
     lat = np.asarray(fin["predicted_latency_ms"], dtype=np.float64)
-    feasible = fin["status"].isin(["complete", "cached"]).to_numpy() & np.isfinite(val) & np.isfinite(lat)
+    # a ``cached`` row is the same computation as a ``complete`` one: re-scoring its twin covers it
+    feasible = (fin["status"] == "complete").to_numpy() & np.isfinite(val) & np.isfinite(lat)
     if policy.budget is not None:
         feasible &= lat <= policy.budget
     rows = fin[feasible].reset_index(drop=True)
