@@ -195,7 +195,7 @@ def confirm_front(exp_dir, *, canvases: int = 256, z: float = 1.0, max_candidate
                "predicted_vs_dense": float(r["predicted_latency_ms"]) / policy.dense_ms,
                "search_value": float(r[metric]), "confirmed_value": float(conf[j]),
                "retention": float(conf[j] / dense_value) if dense_value else math.nan,
-               "confirmed_pareto": bool(on_front[j])}
+               "confirmed_pareto": bool(on_front[j]), "canvases": int(canvases)}
         out["members"].append(rec)
         records[rec["config_hash"]] = rec
     best = [r for r in out["members"] if r["confirmed_pareto"]]

@@ -180,15 +180,11 @@ def pareto_report(exp_dirs, budget_ms: Optional[float] = None, plot: Optional[st
                                   "metric_retention": r[metric] / dm if dm else None} for r in out["front"]]
     confirmed = None
     if len(dirs) == 1:  # the front `sparsesearch confirm` re-scored on more canvases, when it ran
-        from .front import CONFIRMED_FILE, read_confirmed
+        from .front import read_confirmed
 
         recs = read_confirmed(dirs[0])
         if recs:
-            from supernet.fileio import read_json
-
-            n_canvases = (read_json(dirs[0] / CONFIRMED_FILE, "confirmed-front file", "fix: delete it and run "
-                                    "`sparsesearch confirm` again", UserError) or {}).get("canvases")
-            confirmed = sorted(({**r, "canvases": n_canvases} for r in recs.values() if r.get("confirmed_pareto")),
+            confirmed = sorted((r for r in recs.values() if r.get("confirmed_pareto")),
                                key=lambda r: r["predicted_latency_ms"])
             out["confirmed_front"] = confirmed
     if history and len(dirs) == 1:
@@ -209,7 +205,7 @@ def pareto_report(exp_dirs, budget_ms: Optional[float] = None, plot: Optional[st
                      + f"{r['trial_number']:>6} {r['generation']:>4} {r[metric]:>8.4f} {r['predicted_latency_ms']:>11.2f} "
                      f"{meas_txt} {r['macs'] / 1e9:>7.3f}  {json.dumps(r['config'])}")
     if confirmed:
-        lines.append(f"confirmed front (`sparsesearch confirm`, {confirmed[0]['canvases']} canvases):")
+        lines.append(f"confirmed front (`sparsesearch confirm`, {confirmed[0].get('canvases', '?')} canvases):")
         for r in confirmed:
             lines.append(f"  trial {r['trial_number']:>5} {metric} {r['confirmed_value']:.4f} "
                          f"({r['retention'] * 100:.1f} % of dense) @ {r['predicted_latency_ms']:.2f} ms  "
