@@ -182,9 +182,8 @@ def confirm_front(exp_dir, *, canvases: int = 256, z: float = 1.0, max_candidate
     for cfg in it:
         model.set_sparsity(cfg)
         scores.append(float(scorer(model)[metric]))
-    model.set_sparsity(dense_cfg)
     dense_value, conf = scores[0], np.asarray(scores[1:], dtype=np.float64)
-    clat = np.asarray([rows["predicted_latency_ms"].iloc[i] for i in idx], dtype=np.float64)
+    clat = rows["predicted_latency_ms"].to_numpy(dtype=np.float64)[idx]
     on_front = non_dominated_mask(np.stack([conf, clat], 1), ["max" if maximize else "min", "min"]) if len(idx) \
         else np.zeros(0, dtype=bool)
     records: Dict[str, Any] = {}

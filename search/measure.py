@@ -118,7 +118,6 @@ def measure_front(exp_dir, *, repeats: int = 11, warmup: int = 3, progress: bool
             "repeats": int(repeats), "dense_ms_measured": float(m.reference_ms),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
         write_front_table(exp_dir, front_table(df, metric, maximize=maximize, budget_ms=policy.budget,
-                                               experiment=spec.name, measured=records,
-                                               confirmed=read_confirmed(exp_dir)))
+                                               experiment=spec.name, measured=records, confirmed=confirmed))
     out["seconds"] = time.perf_counter() - t0
     return out
