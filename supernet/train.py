@@ -67,6 +67,7 @@ from .data import NUM_SEG_CLASSES, DatasetNotFoundError, FashionMosaic, MosaicSp
 from .evaluate import (DEFAULT_VAL_SEED, REFERENCE_RATIOS, evaluate_config, format_table, reference_table,
                        resolve_device)
 from .losses import seg_loss
+from .parallel import Rank, average_gradients, check_ranks_agree, rank_batches
 from .seg import SegSupernet
 from .sparse_swin import DEFAULT_RATIOS
 
@@ -211,9 +212,13 @@ class TrainSection(BaseModel):
 
     ``device``: where the model trains and is evaluated ("cpu", "cuda", "cuda:N"); the canvases are drawn on the
     CPU and moved there per batch, and checkpoints are written from CPU copies, so a run started on one device
-    resumes on another (``device`` and ``threads`` are not part of the resume check). A resume is bit-exact on
-    the CPU; on a GPU it is close, not equal (non-deterministic kernels; the CUDA generator is not saved, which
-    matters only with ``drop_path_rate`` > 0, and the recipes use 0).
+    resumes on another (``device``, ``threads`` and ``processes`` are not part of the resume check). A resume is
+    bit-exact on the CPU with the same ``processes``; on a GPU it is close, not equal (non-deterministic kernels;
+    the CUDA generator is not saved, which matters only with ``drop_path_rate`` > 0, and the recipes use 0).
+
+    ``processes``: data-parallel ranks on the CPU (:mod:`supernet.parallel`), each on ``batch_size / processes``
+    canvases of every batch with ``threads / processes`` torch threads (at least 1); gradients are averaged across
+    ranks before each step. On a small CPU two one-thread processes train faster than one two-thread process.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -227,6 +232,7 @@ class TrainSection(BaseModel):
     warmup_steps: int = Field(0, ge=0)
     seed: int = Field(0, ge=0)
     threads: Optional[int] = Field(None, ge=1)
+    processes: int = Field(1, ge=1, le=64)
     device: str = "cpu"
     sampling: Literal["reference", "sandwich", "dense"] = "reference"
     sandwich_random: int = Field(1, ge=0)
@@ -351,6 +357,13 @@ class TrainConfig(BaseModel):
         if self.data.img_size != self.model.img_size:
             raise ValueError(f"[data] img_size {self.data.img_size} != [model] img_size {self.model.img_size}; "
                              "set one of them")
+        p = self.train.processes
+        if p > 1 and self.train.batch_size % p:
+            raise ValueError(f"[train] batch_size {self.train.batch_size} is not a multiple of [train] processes {p}: "
+                             "each process takes an equal part of every batch")
+        if p > 1 and self.lowres.epochs and self.lowres.batch_size % p:
+            raise ValueError(f"[lowres] batch_size {self.lowres.batch_size} is not a multiple of [train] processes "
+                             f"{p}: each process takes an equal part of every batch")
         if self.data.train_length < self.train.batch_size:
             raise ValueError(f"[data] train_length {self.data.train_length} < [train] batch_size "
                              f"{self.train.batch_size}: no full batch per epoch")
@@ -598,7 +611,8 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 
 def train_step(model: SegSupernet, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
                configs: Sequence[Any], grad_clip: float = 0.0, class_weight: Optional[torch.Tensor] = None,
-               loss: Optional[Dict[str, Any]] = None, bf16: bool = False) -> float:
+               loss: Optional[Dict[str, Any]] = None, bf16: bool = False,
+               reduce: Optional[Callable[[torch.nn.Module, float], float]] = None) -> float:
     """One optimizer step: cross-entropy at each config, gradients accumulated (loss averaged).
 
     Args:
@@ -612,9 +626,11 @@ def train_step(model: SegSupernet, optimizer: torch.optim.Optimizer, images: tor
         loss: ``{"kind", "bg_weight", "aux_weight", "at"}`` of :func:`supernet.losses.seg_loss` (default:
             pixel cross-entropy at full resolution with ``class_weight``).
         bf16: bfloat16 autocast of the forward pass (on the device ``images`` are on).
+        reduce: data-parallel ranks: ``reduce(model, loss)`` averages the accumulated gradients across ranks and
+            returns the mean loss (:func:`supernet.parallel.average_gradients`), before clipping and the step.
 
     Returns:
-        The mean loss over the configs (float).
+        The mean loss over the configs (float; over the ranks too with ``reduce``).
     """
     optimizer.zero_grad(set_to_none=True)
     total = 0.0
@@ -627,10 +643,13 @@ def train_step(model: SegSupernet, optimizer: torch.optim.Optimizer, images: tor
                 value = seg_loss(model, images, labels, **loss)
         (value / len(configs)).backward()
         total += float(value.detach())
+    total /= len(configs)
+    if reduce is not None:
+        total = reduce(model, total)
     if grad_clip > 0:
         torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
     optimizer.step()
-    return total / len(configs)
+    return total
 
 
 # --------------------------------------------------------------------------------------------
@@ -646,6 +665,7 @@ def _config_fingerprint(cfg: TrainConfig | Dict[str, Any]) -> Dict[str, Any]:
     """What must not change across a resume (threads, data_dir and paths may), of a spec or its JSON dump."""
     d = json.loads(json.dumps(cfg)) if isinstance(cfg, dict) else cfg.model_dump(mode="json")
     d["train"].pop("threads", None)
+    d["train"].pop("processes", None)
     d["train"].pop("device", None)
     d["data"].pop("data_dir", None)
     d["data"].pop("val_min_items", None)  # validation layout: scores, never trains
@@ -740,11 +760,12 @@ def _warm_resume(cfg: TrainConfig, ckpt: Path, model: SegSupernet, optimizer: to
 # the loop
 # --------------------------------------------------------------------------------------------
 def _epoch_loader(cfg: TrainConfig, dataset: FashionMosaic, epoch: int, phase: Optional[Phase] = None,
-                  phase_epoch: Optional[int] = None) -> torch.utils.data.DataLoader:
+                  phase_epoch: Optional[int] = None, rank: Optional[Rank] = None) -> torch.utils.data.DataLoader:
     """Shuffled canvases of one epoch; the order depends only on (seed, epoch).
 
     ``dataset`` holds the canvases of ``phase`` (default: the full-size phases, where ``epoch``
-    counts full-size epochs); ``phase_epoch`` is the epoch inside that dataset.
+    counts full-size epochs); ``phase_epoch`` is the epoch inside that dataset. With a data-parallel
+    ``rank``, that rank's part of every batch (:func:`supernet.parallel.rank_batches`).
     """
     n = phase.length if phase is not None else cfg.data.train_length
     bs = phase.batch_size if phase is not None else cfg.train.batch_size
@@ -752,6 +773,8 @@ def _epoch_loader(cfg: TrainConfig, dataset: FashionMosaic, epoch: int, phase: O
     g = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + epoch)
     offset = e * n if cfg.data.fresh_canvases else 0
     order = (torch.randperm(n, generator=g) + offset).tolist()
+    if rank is not None and rank.world > 1:
+        order, bs = rank_batches(order, bs, rank.rank, rank.world), bs // rank.world
     return torch.utils.data.DataLoader(dataset, batch_size=bs, sampler=order, drop_last=True)
 
 
@@ -765,7 +788,8 @@ def _sidecar_extras(cfg: TrainConfig) -> Dict[str, Any]:
 
 
 def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
-          log: Optional[Callable[[str], None]] = None, stop_after: Optional[int] = None) -> Dict[str, Any]:
+          log: Optional[Callable[[str], None]] = None, stop_after: Optional[int] = None,
+          _rank: Optional[Rank] = None) -> Dict[str, Any]:
     """Train the supernet of ``cfg``; write the checkpoint after every epoch; return the final metrics.
 
     Args:
@@ -778,6 +802,9 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
         log: one-line messages (default: ``tqdm.write`` to stderr when ``progress``, else silent).
         stop_after: stop once this many epochs of the run are complete (checkpoint + state written),
             to split a run across jobs; continue later with ``resume=True``.
+        _rank: set by :func:`supernet.parallel.launch` in each data-parallel process. With ``[train] processes`` >
+            1 a call without it starts that many processes (:mod:`supernet.parallel`; ``log`` is then rank 0's
+            default) and returns rank 0's result.
 
     Returns:
         The metrics written into the sidecar: the :func:`supernet.evaluate.reference_table` result
@@ -793,16 +820,30 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
     """
     from tqdm.auto import tqdm
 
-    if log is None:
-        log = (lambda s: tqdm.write(s, file=sys.stderr)) if progress else (lambda s: None)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
     t = cfg.train
     try:
         device = resolve_device(t.device)
     except ValueError as e:
         raise TrainSpecError(f"[train] device {t.device!r}: {e}; fix: set [train] device = \"cpu\" (or pass "
                              "--device cpu), or train on a machine with that device") from None
+    if t.processes > 1 and _rank is None:
+        if device.type != "cpu":
+            raise TrainSpecError(f"[train] processes = {t.processes} trains data-parallel on the CPU, not on "
+                                 f"{device}; fix: set [train] processes = 1 to train on {device}")
+        from .parallel import launch
+
+        return launch(cfg, t.processes, resume=resume, progress=progress, stop_after=stop_after)
+    world = _rank.world if _rank is not None else 1
+    main = _rank is None or _rank.main
+    if not main:
+        progress, log = False, (lambda s: None)
+    if log is None:
+        log = (lambda s: tqdm.write(s, file=sys.stderr)) if progress else (lambda s: None)
+    all_threads = t.threads or torch.get_num_threads()
+    threads = max(1, all_threads // world)  # each rank's share of the threads
+    if t.threads or world > 1:
+        torch.set_num_threads(threads)
+    reduce = (lambda m, loss: average_gradients(m, loss, world)) if world > 1 else None
     ckpt = Path(cfg.output.checkpoint)
     ckpt.parent.mkdir(parents=True, exist_ok=True)
     spath = state_path(ckpt)
@@ -880,22 +921,24 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
             phase = ph.name
             bar.set_description(f"epoch {epoch + 1}/{cfg.total_epochs} {phase}")
             model.train()
+            if world > 1:  # DropPath draws per rank, reproducible from (seed, epoch, rank) whatever was resumed
+                torch.manual_seed((t.seed * 1_000_003 + epoch) * 64 + _rank.rank)
             t0 = time.perf_counter()
             losses: List[float] = []
             n_img = 0
             if ph.name == "lowres":
-                loader = _epoch_loader(cfg, low_dataset, epoch, ph, phase_epoch=epoch)
+                loader = _epoch_loader(cfg, low_dataset, epoch, ph, phase_epoch=epoch, rank=_rank)
             else:  # full-size epochs keep their canvases whether or not a lowres phase came first
-                loader = _epoch_loader(cfg, dataset, epoch - lo.epochs)
+                loader = _epoch_loader(cfg, dataset, epoch - lo.epochs, rank=_rank)
             for images, labels in loader:
                 if device.type != "cpu":
                     images, labels = images.to(device, non_blocking=True), labels.to(device, non_blocking=True)
                 configs = step_configs(t.sampling, depths, t.ratios, rng, t.sandwich_random, not ph.sparse)
                 loss = train_step(model, optimizer, images, labels, configs, t.grad_clip, class_weight, loss_spec,
-                                  t.bf16)
+                                  t.bf16, reduce)
                 scheduler.step()
                 step += 1
-                n_img += images.shape[0]
+                n_img += images.shape[0] * world
                 losses.append(loss)
                 loss_ema = loss if loss_ema is None else 0.9 * loss_ema + 0.1 * loss
                 dt = time.perf_counter() - t0
@@ -908,10 +951,12 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
                                      "last_loss": losses[-1], "lr_end": float(optimizer.param_groups[0]["lr"]),
                                      "seconds": seconds, "canvases": n_img, "canvases_per_s": n_img / max(seconds, 1e-9),
                                      "device": device.type}
-            if t.val_each_epoch:
+            if t.val_each_epoch and main:
+                torch.set_num_threads(all_threads)  # the other ranks wait at the barrier below
                 entry["val_dense"] = evaluate_config(model, None, length=t.val_each_epoch_length or cfg.data.val_length,
                                                      batch_size=t.eval_batch_size, spec=cfg.data.val_mosaic(),
                                                      seed=cfg.data.val_seed)
+                torch.set_num_threads(threads)
             history.append(entry)
             train_seconds += seconds
             canvases_seen += n_img
@@ -922,15 +967,23 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
                    f"{entry['val_dense']['item_class_acc']:.3f})" if "val_dense" in entry else ""))
             training = {"config": cfg.model_dump(mode="json"), "epoch": epoch, "epochs": cfg.total_epochs,
                         "step": step, "complete": False, "history": history, "state_file": spath.name}
-            save_checkpoint(model, ckpt, arch=arch, training=training, metrics=None, **extras)
-            _save_state(spath, epoch=epoch, step=step, optimizer=optimizer, scheduler=scheduler, rng=rng,
-                        weights_sha256=sha256_file(ckpt), cfg=cfg, history=history)
+            if world > 1:
+                check_ranks_agree(model)
+            if main:
+                save_checkpoint(model, ckpt, arch=arch, training=training, metrics=None, **extras)
+                _save_state(spath, epoch=epoch, step=step, optimizer=optimizer, scheduler=scheduler, rng=rng,
+                            weights_sha256=sha256_file(ckpt), cfg=cfg, history=history)
+            if world > 1:
+                torch.distributed.barrier()
             if stop_after is not None and epoch >= stop_after and epoch < cfg.total_epochs:
                 log(f"stopping after epoch {epoch}/{cfg.total_epochs}; continue with resume")
                 return {"complete": False, "epoch": epoch, "step": step, "checkpoint": str(ckpt)}
     finally:
         bar.close()
 
+    if not main:  # rank 0 evaluates and writes the final checkpoint
+        return {"complete": True, "epoch": epoch, "step": step, "checkpoint": str(ckpt)}
+    torch.set_num_threads(all_threads)
     log(f"evaluating dense and uniform {', '.join(f'{r:g}' for r in t.eval_ratios)} on "
         f"{cfg.data.val_length} val canvases")
     t0 = time.perf_counter()
