@@ -7,13 +7,18 @@ that drift of a shared machine hits both; each config's latency ratio is the med
 rounds of that round's sparse / dense time (paired: a shared CPU drifts by 10 % within seconds, which a ratio
 of two medians taken seconds apart carries), beside the medians of both times.
 
+``--flush-denormal`` runs the process with denormal floats flushed to zero (``torch.set_flush_denormal``, set
+before any thread pool starts; off by default, as PyTorch ships): timm's shifted-window mask (-100 on cross-region
+pairs) makes softmax produce denormal probabilities (exp(-100) ~ 4e-44), which x86 CPUs compute tens of times
+slower than normal floats, so the shifted blocks of the stock model pay for them (RESULTS.md R2).
+
 With ``--checkpoint X.safetensors`` the backbone is that supernet's (e.g. the shipped task model at the
 search resolution, ``--img-size 448``) instead of a randomly initialised Swin-T; the timings do not
 depend on the weights, the window ranking does.
 
 Usage:
     python bench/window_pruning.py [--checkpoint X.safetensors] [--img-size 672] [--repeats 10]
-        [--device cpu|cuda] [--threads T] [--compare-paths] [--out bench/results/window_pruning.json] [--json]
+        [--device cpu|cuda] [--threads T] [--flush-denormal] [--compare-paths] [--out bench/results/window_pruning.json] [--json]
 
 Writes JSON (per config: latency ms, dense ms, latency ratio sparse/dense, MACs ratio, and
 latency ratio / MACs ratio) and prints a table, then a one-line summary.
@@ -83,6 +88,8 @@ def main(argv=None) -> dict:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--flush-denormal", action="store_true",
+                   help="flush denormal floats to zero in this process (default: off, as PyTorch ships)")
     p.add_argument("--configs", default=None, help="comma-separated subset of config names")
     p.add_argument("--out", default="bench/results/window_pruning.json")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
@@ -91,6 +98,8 @@ def main(argv=None) -> dict:
                         "supernet.sparse_swin.UNPADDED_PATH = 'partition'), interleaved with the default one")
     a = p.parse_args(argv)
     from supernet import sparse_swin
+    if a.flush_denormal and not torch.set_flush_denormal(True):
+        p.error("--flush-denormal: this CPU does not support flushing denormals (no SSE3)")
     if a.threads:
         torch.set_num_threads(a.threads)
     bs = a.batch_size or (4 if a.device == "cuda" else 1)
@@ -164,10 +173,10 @@ def main(argv=None) -> dict:
     by = {r["config"]: r for r in results}
     out = dict(
         benchmark="window_pruning", model=model_name, img_size=a.img_size,
-        batch_size=bs, device=a.device, threads=torch.get_num_threads(), torch=torch.__version__,
+        batch_size=bs, device=a.device, threads=torch.get_num_threads(), flush_denormal=bool(a.flush_denormal), torch=torch.__version__,
         cpu=platform.processor() or platform.machine(), repeats=a.repeats, dense_macs=dense_macs,
         results=results, worst_latency_over_macs=worst,
-        summary=(f"window_pruning {a.device} {a.img_size}px b{bs}: worst latency/MACs ratio {worst:.3f}; "
+        summary=(f"window_pruning {a.device} {a.img_size}px b{bs}{' flush-denormal' if a.flush_denormal else ''}: worst latency/MACs ratio {worst:.3f}; "
                  + "; ".join(f"{k} {by[k]['latency_ratio']:.3f} (MACs {by[k]['macs_ratio']:.3f})"
                              for k in ("uniform0.6", "cfg3") if k in by)
                  + (f"; previous (partition) path worst {max(r['partition_latency_over_macs'] for r in results):.3f}"

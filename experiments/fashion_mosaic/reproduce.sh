@@ -33,7 +33,7 @@ if want diagnose; then  # section R0: controlled probes, one lever each, 3072 ca
   $py experiments/fashion_mosaic/diagnose.py base itemw --canvases 3072 --threads 1 --val 128 --seed 2
   $py experiments/fashion_mosaic/diagnose.py --linear-probe runs/diag/base_s0.pt runs/diag/itemw_s0.pt
 fi
-want speed && $py bench/train_speed.py
+want speed && $py bench/train_speed.py && $py bench/train_parallel.py --rounds 4 --canvases 512
 W=experiments/fashion_mosaic/weights
 if want dense; then  # the shipped dense model: epoch 187 of task_dense.toml's 220, exported (float16), then a second
   # cosine cycle from it (task_dense_cycle2.toml, 48 epochs), exported, then a third (task_dense_cycle3.toml, 96
@@ -91,8 +91,14 @@ if want validate; then  # section R2: the predictor at the search resolution, va
   $ss latency validate --predictor $P --checkpoint runs/main/supernet.safetensors --spread \
       --n 100 --repeats 11 --plot $R/latency_validation_448_spread.png --json > $R/latency_validation_448_spread.json
 fi
-want window && $py bench/window_pruning.py --checkpoint runs/main/supernet.safetensors --img-size 448 --threads 1 \
-    --out bench/results/window_pruning_448.json
+if want window; then  # R2: at the search resolution, with denormals flushed, and at 672 px
+  $py bench/window_pruning.py --checkpoint runs/main/supernet.safetensors --img-size 448 --threads 1 \
+      --out bench/results/window_pruning_448.json
+  $py bench/window_pruning.py --checkpoint runs/main/supernet.safetensors --img-size 448 --threads 1 --flush-denormal \
+      --out bench/results/window_pruning_448_flush_denormal.json
+  $py bench/window_pruning.py --checkpoint runs/main/supernet.safetensors --img-size 672 --threads 1 \
+      --out bench/results/window_pruning_672_supernet.json
+fi
 want efficiency && $py bench/search_efficiency.py --spec experiments/fashion_mosaic/search_main.toml
 if want ranking; then  # R1 / R2: window ranking against the oracle (all ratios; then uniform 0.6 / 0.65, the 0.60 budget)
   $py experiments/fashion_mosaic/oracle_windows.py --checkpoint runs/main/supernet.safetensors --length 256 --json \
