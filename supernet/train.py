@@ -40,7 +40,8 @@ Spec (TOML), every key optional::
     [lowres]  epochs, img_size, min_items, max_items, train_length, batch_size, lr: dense epochs on
               smaller canvases first (progressive resizing, see :class:`LowresSection`)
     [train]   batch_size, dense_epochs, adapt_epochs, lr, adapt_lr, weight_decay, warmup_steps, seed,
-              threads, sampling, sandwich_random, ratios, grad_clip, background_weight, eval_ratios,
+              threads, processes (data-parallel ranks, :mod:`supernet.parallel`), sampling, sandwich_random,
+              ratios, grad_clip, background_weight, eval_ratios,
               eval_batch_size, val_each_epoch
     [output]  checkpoint (relative to the spec file's folder)
 """
