@@ -5,7 +5,7 @@ give 1.6x one thread), while P processes of one thread each run side by side (me
 ``bench/train_parallel.py``). Each rank holds the whole model and optimizer, computes the loss and gradients of
 ``batch_size / P`` canvases of the step's batch (the same canvases a single process would use, split in order),
 and the gradients are averaged across ranks (one all-reduce over a flat buffer, ``torch.distributed`` with the
-gloo backend on 127.0.0.1) before clipping and the AdamW step, so every rank applies the same update and the
+gloo backend on the loopback interface) before clipping and the AdamW step, so every rank applies the same update and the
 ranks' weights stay equal bit for bit. The update is the gradient of the mean of the ranks' losses: the same as
 one process's for a per-canvas mean, and close to it for the item-weighted loss (normalised per rank's canvases).
 
@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import datetime
 import os
+import pickle
 import signal
+import sys
 import tempfile
 import time
 import traceback
@@ -61,6 +63,8 @@ def average_gradients(model: torch.nn.Module, loss: float, world: int) -> float:
         The mean loss over the ranks.
     """
     grads = [p.grad for p in model.parameters() if p.grad is not None]
+    if not grads:  # every block skipped (the same on every rank: same configs): nothing to average
+        return float(loss)
     flat = torch.cat([g.reshape(-1) for g in grads] + [torch.tensor([float(loss)], dtype=grads[0].dtype)])
     dist.all_reduce(flat)
     flat /= world
@@ -102,28 +106,42 @@ def rank_batches(order: List[int], batch_size: int, rank: int, world: int) -> Li
     return [order[b * batch_size + rank * part + j] for b in range(n) for j in range(part)]
 
 
-def _die_with_parent() -> None:
+#: How long a rank waits in a collective for the others (rank 0 validates and writes while they wait).
+COLLECTIVE_TIMEOUT = datetime.timedelta(minutes=30)
+
+
+def _die_with_parent(parent: int) -> None:
     """Linux: this rank gets SIGTERM when the launching process dies (even by ``kill -9``), so no rank is left
-    behind holding the CPU."""
+    behind holding the CPU; a parent already gone before the request ends the rank at once."""
     try:
         import ctypes
 
         ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     except Exception:  # noqa: BLE001 - other platforms: ranks end when their collective calls fail
         pass
+    if os.getppid() != parent:
+        os._exit(1)
 
 
-def _rank_main(rank: int, world: int, init_file: str, cfg: Any, kwargs: Dict[str, Any], queue: Any) -> None:
-    _die_with_parent()
+def _rank_main(rank: int, world: int, init_file: str, cfg: Any, kwargs: Dict[str, Any], queue: Any,
+               parent: int) -> None:
+    _die_with_parent(parent)
+    if sys.platform.startswith("linux"):  # the ranks' gloo connections stay on this machine's loopback
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
     try:
         dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world,
-                                timeout=datetime.timedelta(hours=6))
+                                timeout=COLLECTIVE_TIMEOUT)
         from .train import train
 
         out = train(cfg, _rank=Rank(rank, world), **kwargs)
         queue.put(("ok", rank, out))
     except BaseException as e:  # noqa: BLE001 - reported to the launcher, which re-raises it
-        queue.put(("error", rank, (type(e).__name__, str(e), traceback.format_exc())))
+        try:
+            exc = pickle.dumps(e)
+            pickle.loads(exc)
+        except Exception:  # noqa: BLE001 - an exception that does not pickle travels as its name and text
+            exc = None
+        queue.put(("error", rank, (type(e).__name__, str(e), traceback.format_exc(), exc)))
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -143,7 +161,10 @@ def launch(cfg: Any, world: int, **kwargs: Any) -> Dict[str, Any]:
     Raises:
         TrainSpecError, CheckpointError, DatasetNotFoundError: as :func:`supernet.train.train` raised them on a
             rank (same type and message).
-        RuntimeError: a rank failed otherwise, or died without a word (its exit code is given).
+        Exception: any other exception a rank raised, re-raised with its type (e.g. ``OSError`` for a checkpoint
+            folder it cannot write), chained to the rank's traceback.
+        RuntimeError: a rank was killed by a signal (the OOM killer, ``kill -9``) or died without a word (its exit
+            code is given), or its exception did not pickle.
     """
     import torch.multiprocessing as mp
 
@@ -153,41 +174,64 @@ def launch(cfg: Any, world: int, **kwargs: Any) -> Dict[str, Any]:
 
     ctx = mp.get_context("spawn")
     queue = ctx.SimpleQueue()
+    results: Dict[int, Any] = {}
+    errors: Dict[int, Tuple[str, str, str, Optional[bytes]]] = {}
     with tempfile.TemporaryDirectory(prefix="sparsesearch-dp-") as tmp:
         init_file = os.path.join(tmp, "init")
-        procs = [ctx.Process(target=_rank_main, args=(r, world, init_file, cfg, kwargs, queue), daemon=True)
-                 for r in range(world)]
-        for p in procs:
-            p.start()
-        results: Dict[int, Any] = {}
-        error: Optional[Tuple[int, Tuple[str, str, str]]] = None
+        procs = [ctx.Process(target=_rank_main, args=(r, world, init_file, cfg, kwargs, queue, os.getpid()),
+                             daemon=True) for r in range(world)]
         try:
-            while len(results) < world and error is None:
+            for p in procs:
+                p.start()
+            while len(results) < world and not errors:
                 while not queue.empty():
                     kind, rank, payload = queue.get()
-                    if kind == "ok":
-                        results[rank] = payload
-                    elif error is None:
-                        error = (rank, payload)
-                if error is None and len(results) < world:
-                    dead = [(i, p.exitcode) for i, p in enumerate(procs)
-                            if p.exitcode is not None and i not in results]
-                    if dead and queue.empty():
-                        error = (dead[0][0], ("RuntimeError", f"training rank {dead[0][0]} exited with code "
-                                              f"{dead[0][1]} without a result", ""))
+                    (results if kind == "ok" else errors)[rank] = payload
+                if not errors and len(results) < world:
+                    if any(p.exitcode is not None and i not in results for i, p in enumerate(procs)):
+                        time.sleep(0.5)  # a rank's last message may still be on its way
+                        if queue.empty():
+                            break
                     else:
                         time.sleep(0.05)
+            if len(results) < world:  # a failure: the other ranks may be dying of it too; collect their words
+                deadline = time.monotonic() + 2.0
+                while time.monotonic() < deadline and any(p.exitcode is None for p in procs):
+                    time.sleep(0.05)
+                while not queue.empty():
+                    kind, rank, payload = queue.get()
+                    (results if kind == "ok" else errors)[rank] = payload
         finally:
             for p in procs:
-                if p.is_alive() and (error is not None or len(results) < world):
+                if p.is_alive() and len(results) < world:
                     p.terminate()
             for p in procs:
-                p.join(timeout=30)
-    if error is not None:
-        rank, (name, msg, tb) = error
+                if p.pid is not None:
+                    p.join(timeout=30)
+                    if p.is_alive():
+                        p.kill()
+                        p.join()
+    if len(results) < world:
+        codes = {i: p.exitcode for i, p in enumerate(procs)}
+        killed = [i for i, c in codes.items() if c is not None and c < 0 and i not in errors and i not in results]
+        if killed:  # a rank killed by a signal (the OOM killer, kill -9) is the cause; the others' errors follow from it
+            i = killed[0]
+            raise RuntimeError(f"training rank {i} was killed by signal {-codes[i]} (out of memory?); the ranks' exit "
+                               f"codes: {codes}; continue the run with --resume")
+        if not errors:
+            i = next(i for i in range(world) if i not in results)
+            raise RuntimeError(f"training rank {i} exited with code {codes[i]} without a result; continue the run "
+                               "with --resume")
+        # a rank's own error, not the connection errors the others got when it left; a user error is raised on
+        # every rank alike (the lowest rank's is reported)
+        own = [r for r, e in errors.items() if e[0] not in ("DistBackendError", "DistNetworkError", "DistError")]
+        rank = min(own or errors)
+        name, msg, tb, exc = errors[rank]
         known = {"TrainSpecError": TrainSpecError, "CheckpointError": CheckpointError,
                  "DatasetNotFoundError": DatasetNotFoundError}
         if name in known:
             raise known[name](msg)
+        if exc is not None:
+            raise pickle.loads(exc) from RuntimeError(f"training rank {rank} failed:\n{tb}")
         raise RuntimeError(f"training rank {rank} failed: {name}: {msg}\n{tb}")
     return results[0]

@@ -913,6 +913,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
     elif t.background_weight != 1.0:  # class 0 = background, most of the pixels of a canvas
         class_weight = torch.ones(NUM_SEG_CLASSES, device=device)
         class_weight[0] = t.background_weight
+    if world > 1:  # the same weights on every rank before the first step (built from the seed, or resumed)
+        check_ranks_agree(model)
     bar = tqdm(total=total_steps, initial=step, disable=not progress, unit="step", dynamic_ncols=True,
                mininterval=1.0 if sys.stderr.isatty() else 30.0, file=sys.stderr)
     loss_ema = None
@@ -953,7 +955,7 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
                                      "seconds": seconds, "canvases": n_img, "canvases_per_s": n_img / max(seconds, 1e-9),
                                      "device": device.type}
             if t.val_each_epoch and main:
-                torch.set_num_threads(all_threads)  # the other ranks wait at the barrier below
+                torch.set_num_threads(all_threads)  # the other ranks wait in check_ranks_agree below
                 entry["val_dense"] = evaluate_config(model, None, length=t.val_each_epoch_length or cfg.data.val_length,
                                                      batch_size=t.eval_batch_size, spec=cfg.data.val_mosaic(),
                                                      seed=cfg.data.val_seed)
@@ -984,7 +986,8 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
 
     if not main:  # rank 0 evaluates and writes the final checkpoint
         return {"complete": True, "epoch": epoch, "step": step, "checkpoint": str(ckpt)}
-    torch.set_num_threads(all_threads)
+    if world > 1:
+        torch.set_num_threads(all_threads)
     log(f"evaluating dense and uniform {', '.join(f'{r:g}' for r in t.eval_ratios)} on "
         f"{cfg.data.val_length} val canvases")
     t0 = time.perf_counter()
