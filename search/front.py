@@ -11,7 +11,10 @@ experiment               string     experiment name (several experiments can sha
 trial_number             int64      trial number
 status                   string     complete / cached / partial / failed / rejected
 feasible                 bool       a full measurement (complete / cached) within the latency budget
-is_pareto                bool       on the Pareto front of the feasible trials (metric, predicted latency)
+is_pareto                bool       on the Pareto front of the feasible trials (metric, predicted latency); an
+                                    exact repeat of a front point (a cached trial of the same computation) is
+                                    rank 0 but not flagged: the lowest trial number stands for it, as ``pareto``
+                                    lists the front (:func:`search.pareto.pareto_front`)
 rank                     int64      non-domination rank among feasible trials (0 = the front), -1 otherwise
 <metric>                 float64    the spec's metric (NaN when not measured)
 predicted_latency_ms     float64    predicted latency (ms)
@@ -19,7 +22,8 @@ measured_latency_ms      float64    end-to-end latency measured on this device b
                                     (NaN until measured)
 confirmed_metric         float64    the metric re-scored on more canvases by ``sparsesearch confirm`` (NaN for a
                                     config it did not re-score)
-is_confirmed_pareto      bool       on the front of the confirmed scores (metric, predicted latency)
+is_confirmed_pareto      bool       on the front of the confirmed scores (metric, predicted latency); the trial
+                                    ``confirm`` re-scored, not its cached repeats
 macs                     int64      analytic MACs per image
 canvases                 int64      evaluation canvases the metric covers
 config                   string     nested per-stage ratios (JSON)
@@ -114,14 +118,25 @@ def front_table(trials: pd.DataFrame, metric: str, *, maximize: bool = True, bud
     confirmed = confirmed or {}
     cval = np.asarray([float((confirmed.get(h) or {}).get("confirmed_value", np.nan)) for h in fin["config_hash"]],
                       dtype=np.float64)
-    cfront = np.asarray([bool((confirmed.get(h) or {}).get("confirmed_pareto", False)) for h in fin["config_hash"]],
-                        dtype=bool)
+    numbers = fin["trial_number"].astype("int64").to_numpy()
+    is_pareto = ranks == 0
+    seen = set()
+    for i in sorted(np.flatnonzero(is_pareto), key=lambda i: numbers[i]):  # exact repeats: the first trial stands
+        if (val[i], lat[i]) in seen:
+            is_pareto[i] = False
+        seen.add((val[i], lat[i]))
+    first_of = {}
+    for i in sorted(range(len(fin)), key=lambda i: numbers[i]):
+        first_of.setdefault(fin["config_hash"].iloc[i], numbers[i])
+    cfront = np.asarray([bool((confirmed.get(h) or {}).get("confirmed_pareto", False))
+                         and int((confirmed.get(h) or {}).get("trial_number", first_of[h])) == n
+                         for h, n in zip(fin["config_hash"], numbers)], dtype=bool)
     out = pd.DataFrame({
         "experiment": pd.Series([experiment] * len(fin), dtype="string"),
         "trial_number": fin["trial_number"].astype("int64").to_numpy(),
         "status": fin["status"].astype("string").to_numpy(),
         "feasible": feasible,
-        "is_pareto": ranks == 0,
+        "is_pareto": is_pareto,
         "rank": ranks,
         metric: val,
         "predicted_latency_ms": lat,

@@ -85,6 +85,26 @@ def test_front_table_schema_and_flags(searched):
     assert (ft.loc[ft["is_pareto"], "rank"] == 0).all() and (ft.loc[~ft["feasible"], "rank"] == -1).all()
 
 
+def test_front_table_flags_a_repeated_front_point_once():
+    """A cached repeat of a front computation (same hash, same values) is rank 0 but not flagged, as ``pareto`` lists
+    the front once; a confirmed front member's flag goes to the trial ``confirm`` re-scored."""
+    from search.front import front_table
+    from search.pareto import pareto_front
+
+    rows = pd.DataFrame({
+        "trial_number": [0, 1, 2, 3], "status": ["complete", "complete", "cached", "complete"],
+        "miou": [0.5, 0.6, 0.6, 0.4], "predicted_latency_ms": [10.0, 12.0, 12.0, 13.0],
+        "macs": [1] * 4, "config": ["[]"] * 4, "config_hash": ["a", "b", "b", "c"], "attempt": [0] * 4,
+    })
+    t = front_table(rows, "miou", budget_ms=20.0, confirmed={"b": {"confirmed_value": 0.61, "confirmed_pareto": True,
+                                                                   "trial_number": 1}})
+    assert t["rank"].tolist() == [0, 0, 0, 1]
+    assert t["is_pareto"].tolist() == [True, True, False, False]
+    assert set(t.loc[t["is_pareto"], "trial_number"]) == set(pareto_front(rows, budget_ms=20.0)["trial_number"])
+    assert t["is_confirmed_pareto"].tolist() == [False, True, False, False]
+    assert t["confirmed_metric"].isna().tolist() == [True, False, False, True]  # the value belongs to the computation
+
+
 def test_front_table_flags_on_hand_made_points():
     from search.front import front_table
 
@@ -252,7 +272,8 @@ def test_confirm_rescores_the_front_neighbourhood_on_more_canvases(searched, tmp
     assert x["retention"] == pytest.approx(x["confirmed_value"] / c["dense_value"])
     ft = pd.read_parquet(exp / "front.parquet")
     done = ft[ft["config_hash"].isin([m["config_hash"] for m in c["members"]])]
-    assert len(done) == c["n"] and done["confirmed_metric"].notna().all()
+    # one row per trial: a computation the search met again (a cached trial) has its rows too, same hash
+    assert done["config_hash"].nunique() == c["n"] and done["confirmed_metric"].notna().all()
     assert ft.loc[~ft["config_hash"].isin(done["config_hash"]), "confirmed_metric"].isna().all()
     assert set(ft.loc[ft["is_confirmed_pareto"], "trial_number"]) == {m["trial_number"] for m in c["members"]
                                                                        if m["confirmed_pareto"]}
