@@ -120,6 +120,9 @@ fi
 want fork && $py bench/fork_efficiency.py --parent runs/main/search --fraction 0.5
 want samplers && $py experiments/fashion_mosaic/compare_samplers.py --checkpoint runs/main/supernet.safetensors --predictor runs/main/latency_cpu_448.json
 want dimap && $py experiments/fashion_mosaic/dimap_vs_magnitude.py --checkpoint runs/main/supernet.safetensors
-want quick && $ss supernet train $dev experiments/fashion_mosaic/task_quick.toml --resume
+if want quick; then  # R1: the quick recipe and its progressive-resizing variant (seed 0; RESULTS.md also has seed 1)
+  $ss supernet train $dev experiments/fashion_mosaic/task_quick.toml --resume
+  $ss supernet train $dev experiments/fashion_mosaic/task_quick_lowres.toml --resume
+fi
 want full && $ss supernet train $dev experiments/fashion_mosaic/task_full.toml --resume
 echo "done: ${steps[*]}"
