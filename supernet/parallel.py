@@ -1,8 +1,9 @@
 """Data-parallel training on the CPU: ``[train] processes = P`` ranks, each on its share of every batch.
 
-On a small CPU the intra-op threads of one process scale poorly on this model's many small operators (2 threads
-give 1.6x one thread), while P processes of one thread each run side by side (measured in RESULTS.md R1,
-``bench/train_parallel.py``). Each rank holds the whole model and optimizer, computes the loss and gradients of
+The intra-op threads of one process scale below linearly on this model's many small operators (2 threads give
+1.5-1.6x one thread); P processes of one thread each are the other way to use P cores. On the project's 2-core CPU
+they break even at the recipes' batch (1.02x, ``bench/train_parallel.py``, RESULTS.md R1), so the recipes keep one
+process; the option is for machines with more cores. Each rank holds the whole model and optimizer, computes the loss and gradients of
 ``batch_size / P`` canvases of the step's batch (the same canvases a single process would use, split in order),
 and the gradients are averaged across ranks (one all-reduce over a flat buffer, ``torch.distributed`` with the
 gloo backend on the loopback interface) before clipping and the AdamW step, so every rank applies the same update and the

@@ -219,7 +219,8 @@ class TrainSection(BaseModel):
 
     ``processes``: data-parallel ranks on the CPU (:mod:`supernet.parallel`), each on ``batch_size / processes``
     canvases of every batch with ``threads / processes`` torch threads (at least 1); gradients are averaged across
-    ranks before each step. On a small CPU two one-thread processes train faster than one two-thread process.
+    ranks before each step. On this project's 2-core CPU two one-thread processes train no faster than one
+    two-thread process (1.02x, ``bench/train_parallel.py``): the option is for machines with more cores.
     """
 
     model_config = ConfigDict(extra="forbid")
