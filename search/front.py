@@ -125,9 +125,8 @@ def front_table(trials: pd.DataFrame, metric: str, *, maximize: bool = True, bud
         if (val[i], lat[i]) in seen:
             is_pareto[i] = False
         seen.add((val[i], lat[i]))
-    first_of = {}
-    for i in sorted(range(len(fin)), key=lambda i: numbers[i]):
-        first_of.setdefault(fin["config_hash"].iloc[i], numbers[i])
+    first_of = dict(fin.sort_values("trial_number").drop_duplicates("config_hash")[["config_hash", "trial_number"]]
+                    .itertuples(index=False, name=None))  # each computation's first trial
     cfront = np.asarray([bool((confirmed.get(h) or {}).get("confirmed_pareto", False))
                          and int((confirmed.get(h) or {}).get("trial_number", first_of[h])) == n
                          for h, n in zip(fin["config_hash"], numbers)], dtype=bool)

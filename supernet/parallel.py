@@ -3,11 +3,11 @@
 The intra-op threads of one process scale below linearly on this model's many small operators (2 threads give
 1.5-1.6x one thread); P processes of one thread each are the other way to use P cores. On the project's 2-core CPU
 they break even at the recipes' batch (1.02x, ``bench/train_parallel.py``, RESULTS.md R1), so the recipes keep one
-process; the option is for machines with more cores. Each rank holds the whole model and optimizer, computes the loss and gradients of
-``batch_size / P`` canvases of the step's batch (the same canvases a single process would use, split in order),
-and the gradients are averaged across ranks (one all-reduce over a flat buffer, ``torch.distributed`` with the
-gloo backend on the loopback interface) before clipping and the AdamW step, so every rank applies the same update and the
-ranks' weights stay equal bit for bit. The update is the gradient of the mean of the ranks' losses: the same as
+process; the option is for machines with more cores. Each rank holds the whole model and optimizer, computes the
+loss and gradients of ``batch_size / P`` canvases of the step's batch (the same canvases a single process would
+use, split in order), and the gradients are averaged across ranks (one all-reduce over a flat buffer,
+``torch.distributed`` with the gloo backend on the loopback interface) before clipping and the AdamW step, so every
+rank applies the same update and the ranks' weights stay equal bit for bit. The update is the gradient of the mean of the ranks' losses: the same as
 one process's for a per-canvas mean, and close to it for the item-weighted loss (normalised per rank's canvases).
 
 Rank 0 alone validates, writes the checkpoint and the training state, logs and draws the progress bar; the
@@ -28,7 +28,6 @@ import sys
 import tempfile
 import time
 import traceback
-from pathlib import Path
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 import torch
