@@ -4,10 +4,12 @@
 #      SPARSESEARCH_FROM_SCRATCH=1 the project's own recipes from scratch (task_dense.toml, task_dense_cycle2.toml,
 #      task_dense_cycle3.toml, then task_supernet.toml and task_supernet_long.toml: hours on this CPU; all resumable, and on a GPU with
 #      SPARSESEARCH_TRAIN_DEVICE=cuda, which no session of this project has had to try)
-#   2. profile its CPU latency at the search resolution (448 px) and fit the predictor
-#   3. NSGA-II search, 2 Ray workers (embedded, 127.0.0.1), budget 60 % of dense latency, 448 px sparse scenes
+#   2. profile its CPU latency at the search resolution (672 px) and fit the predictor
+#   3. NSGA-II search, 2 Ray workers (embedded, 127.0.0.1), budget 60 % of dense latency, 672 px sparse scenes
 #   4. print the Pareto table, write the plot, re-score the front's neighbourhood on 256 canvases (`confirm`: the
-#      search's 64 cannot rank configs a few tenths of a point apart), measure the fronts' latency end to end
+#      search's 64 cannot rank configs a few tenths of a point apart; the 20 nearest), measure the fronts' latency
+#      end to end (11 repeats)
+# (672 px costs ~2.3x per evaluation against 448 px: 160 trials, 20 confirmed, 11 repeats keep it under 30 min.)
 # Steps already done (predictor, finished search) are reused; a killed search resumes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,23 +33,23 @@ if [ ! -f "$run/supernet.safetensors" ]; then
   cp "$src.json" "$run/supernet.json.tmp" && cp "$src.safetensors" "$run/supernet.safetensors.tmp"
   mv "$run/supernet.json.tmp" "$run/supernet.json" && mv "$run/supernet.safetensors.tmp" "$run/supernet.safetensors"
 fi
-if [ ! -f "$run/latency_cpu_448.json" ]; then
-  echo "== 2/4 profiling CPU latency at 448 px -> $run/latency_cpu_448.json"
-  $ss latency profile --checkpoint "$run/supernet.safetensors" --img-size 448 --threads 1 --out "$run/latency_cpu_448.json"
+if [ ! -f "$run/latency_cpu_672.json" ]; then
+  echo "== 2/4 profiling CPU latency at 672 px -> $run/latency_cpu_672.json"
+  $ss latency profile --checkpoint "$run/supernet.safetensors" --img-size 672 --threads 1 --out "$run/latency_cpu_672.json"
 fi
 exp="$run/search"
 if [ -f "$exp/experiment.json" ]; then
   echo "== 3/4 resuming the search in $exp"
   $ss resume "$exp"
 else
-  echo "== 3/4 NSGA-II search with 2 Ray workers at 448 px (experiments/fashion_mosaic/search_main.toml)"
+  echo "== 3/4 NSGA-II search with 2 Ray workers at 672 px (experiments/fashion_mosaic/search_main.toml)"
   $ss run experiments/fashion_mosaic/search_main.toml
 fi
 echo "== 4/4 the front confirmed on 256 canvases, the Pareto table + plot, and its latency measured end to end"
 # (confirm again only when trials were added since the last confirmation)
 if [ ! -f "$exp/confirmed.json" ] || [ -n "$(find "$exp/trials" -newer "$exp/confirmed.json" -print -quit)" ]; then
-  $ss confirm "$exp" --canvases 256
+  $ss confirm "$exp" --canvases 256 --max-candidates 20
 fi
 $ss pareto "$exp" --plot "$exp/front.png" --history
-$ss measure "$exp" --repeats 21
+$ss measure "$exp" --repeats 11
 echo "experiment: $exp (plot $exp/front.png, table $exp/front.parquet); live view: .venv/bin/optuna-dashboard $exp/study.journal; query: .venv/bin/sparsesearch pareto $exp --json; resume or extend: .venv/bin/sparsesearch resume $exp --n-trials 400"

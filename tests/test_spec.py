@@ -370,8 +370,15 @@ def test_shipped_training_recipes_validate(path: Path) -> None:
     assert cfg.total_epochs >= 1
 
 
-def test_the_main_jobs_search_spec_searches_448px_scenes() -> None:
-    spec = load_spec(Path(__file__).resolve().parents[1] / "experiments" / "fashion_mosaic" / "search_main.toml")
-    assert spec.evaluator.img_size == 448 and spec.evaluator.fidelity and spec.space.canonical
+@pytest.mark.parametrize("name,size", [("search_main.toml", 672), ("search_448.toml", 448)])
+def test_the_main_jobs_search_spec_searches_sparse_scenes(name: str, size: int) -> None:
+    """The main job at 672 px (and the earlier rounds' 448 px setting): item count scaled with the canvas area."""
+    from supernet.data import MosaicSpec
+
+    spec = load_spec(Path(__file__).resolve().parents[1] / "experiments" / "fashion_mosaic" / name)
+    assert spec.evaluator.img_size == size and spec.evaluator.fidelity and spec.space.canonical
+    scene = MosaicSpec.scene(size)
+    assert (spec.evaluator.mosaic["min_items"], spec.evaluator.mosaic["max_items"]) == (scene.min_items, scene.max_items)
     assert spec.latency.budget_fraction == 0.6 and spec.workers.num_workers == 2
+    assert f"latency_cpu_{size}.json" in str(spec.latency.predictor)
     assert {"task_quick.toml", "task_full.toml", "task_dense.toml", "task_supernet.toml"} <= {p.name for p in RECIPES}

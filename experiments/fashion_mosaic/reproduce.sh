@@ -83,13 +83,14 @@ if want ship; then  # the shipped dense model stays as it is when runs/task/dens
   fi
 fi
 want main && bash scripts/main.sh
-if want validate; then  # section R2: the predictor at the search resolution, validated straight after a fresh profile
-  P=runs/main/latency_cpu_448_validate.json
-  $ss latency profile --checkpoint runs/main/supernet.safetensors --img-size 448 --threads 1 --out $P --overwrite
+if want validate; then  # section R2: the predictor at the search resolution (672 px; the 448 px files are the earlier
+  # rounds'), validated straight after a fresh profile
+  P=runs/main/latency_cpu_672_validate.json
+  $ss latency profile --checkpoint runs/main/supernet.safetensors --img-size 672 --threads 1 --out $P --overwrite
   $ss latency validate --predictor $P --checkpoint runs/main/supernet.safetensors \
-      --n 100 --repeats 21 --plot $R/latency_validation_448.png --json > $R/latency_validation_448.json
+      --n 100 --repeats 11 --plot $R/latency_validation_672.png --json > $R/latency_validation_672.json
   $ss latency validate --predictor $P --checkpoint runs/main/supernet.safetensors --spread \
-      --n 100 --repeats 11 --plot $R/latency_validation_448_spread.png --json > $R/latency_validation_448_spread.json
+      --n 100 --repeats 11 --plot $R/latency_validation_672_spread.png --json > $R/latency_validation_672_spread.json
 fi
 if want window; then  # R2: at the search resolution, with denormals flushed, and at 672 px
   $py bench/window_pruning.py --checkpoint runs/main/supernet.safetensors --img-size 448 --threads 1 \
@@ -118,7 +119,11 @@ if want baselines; then
       --seeds 12345 1001 2002 3003 4004 --against $narrow --out $R/narrow_margin.json
 fi
 want fork && $py bench/fork_efficiency.py --parent runs/main/search --fraction 0.5
-want samplers && $py experiments/fashion_mosaic/compare_samplers.py --checkpoint runs/main/supernet.safetensors --predictor runs/main/latency_cpu_448.json
+if want samplers; then  # recorded at 448 px (RESULTS.md R3)
+  [ -f runs/main/latency_cpu_448.json ] || $ss latency profile --checkpoint runs/main/supernet.safetensors --img-size 448 \
+      --threads 1 --out runs/main/latency_cpu_448.json
+  $py experiments/fashion_mosaic/compare_samplers.py --checkpoint runs/main/supernet.safetensors --predictor runs/main/latency_cpu_448.json
+fi
 want dimap && $py experiments/fashion_mosaic/dimap_vs_magnitude.py --checkpoint runs/main/supernet.safetensors
 if want quick; then  # R1: the quick recipe and its progressive-resizing variant (seed 0; RESULTS.md also has seed 1)
   $ss supernet train $dev experiments/fashion_mosaic/task_quick.toml --resume
