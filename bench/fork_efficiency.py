@@ -22,6 +22,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench._result import write_result  # noqa: E402
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
@@ -81,10 +83,7 @@ def main(argv=None) -> dict:
                       f"(mean of seeds {a.seeds}; per seed "
                       + ", ".join(f"{r['fork_evaluations_to_target']} vs {r['fresh_evaluations_to_target']}" for r in rows)
                       + ")")
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(out, indent=1, default=str))
-    print(json.dumps(out, default=str) if a.json else out["summary"])
-    return out
+    return write_result(out, a.out, a.json)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,8 @@ from typing import List, NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench._result import write_result  # noqa: E402
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
@@ -236,9 +238,7 @@ def main(argv=None) -> dict:
         fig.savefig(a.plot)
         plt.close(fig)
         out["plot"] = a.plot
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(out, indent=1, default=str))
-    print(json.dumps({k: v for k, v in out.items() if k != "runs"}, default=str) if a.json else out["summary"])
+    write_result(out, a.out, a.json, shown={k: v for k, v in out.items() if k != "runs"})
     return out
 
 

@@ -14,7 +14,6 @@ Usage: python bench/search_overhead.py [--trials 1000] [--scaling-trials 16] [--
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import tempfile
 import textwrap
@@ -22,6 +21,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._result import write_result  # noqa: E402
 
 import os  # noqa: E402
 
@@ -138,9 +139,7 @@ def main(argv=None) -> dict:
                     f"{waste['infeasible_evaluated']} infeasible and {waste['duplicate_evaluated']} duplicate "
                     f"evaluations ({waste['rejected']} rejected, {waste['cached']} cached)"),
     }
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(out, indent=2))
-    print(json.dumps(out) if a.json else out["summary"])
+    write_result(out, a.out, a.json, indent=2)
     return out
 
 

@@ -29,6 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench._result import write_result  # noqa: E402
+
 SETTINGS = {"1x1": (1, 1), "1x2": (1, 2), "2x1": (2, 2)}  # name: (processes, threads in all)
 
 
@@ -75,9 +77,7 @@ def main(argv=None) -> dict:
     out["summary"] = (f"train_parallel: quick recipe, canvases/s relative to 1 process x 2 threads "
                       f"({s['1x2']['canvases_per_s']:.1f}): 2 processes x 1 thread {s['2x1']['ratio_to_1x2']:.2f}x, "
                       f"1 process x 1 thread {s['1x1']['ratio_to_1x2']:.2f}x (median of {a.rounds} side-by-side rounds)")
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(out, indent=1))
-    print(json.dumps(out) if a.json else out["summary"])
+    write_result(out, a.out, a.json)
     return out
 
 

@@ -18,7 +18,6 @@ Usage: python bench/train_speed.py [--rounds 5] [--steps 6] [--batch 16] [--json
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -26,6 +25,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from bench._result import write_result  # noqa: E402
 
 SETTINGS = {
     "before": dict(bf16=False, loss=None),
@@ -95,9 +96,7 @@ def main(argv=None) -> dict:
                       + ", ".join(f"{k} {v['ratio_to_before_1_thread']:.2f}x" for k, v in s.items())
                       + f" ({s['before@1']['canvases_per_s']:.1f} canvases/s at 1 thread before; side by side, "
                         f"median of {a.rounds} rounds)")
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(out, indent=1))
-    print(json.dumps(out) if a.json else out["summary"])
+    write_result(out, a.out, a.json)
     return out
 
 

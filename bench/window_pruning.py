@@ -26,8 +26,6 @@ latency ratio / MACs ratio) and prints a table, then a one-line summary.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import platform
 import statistics
 import sys
@@ -35,6 +33,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench._result import write_result  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -182,13 +182,7 @@ def main(argv=None) -> dict:
                  + (f"; previous (partition) path worst {max(r['partition_latency_over_macs'] for r in results):.3f}"
                     if a.compare_paths else "")),
     )
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(out, indent=2))
-    if a.json:
-        print(json.dumps(out))
-    else:
-        print(out["summary"])
-    return out
+    return write_result(out, a.out, a.json, indent=2)
 
 
 if __name__ == "__main__":

@@ -140,15 +140,17 @@ def strict_json(obj: Any, **dumps_kwargs: Any) -> str:
 _NUM_LIST = re.compile(r"\[\s*([-+0-9.eE,\s]+?)\s*\]")  # a list of numbers, possibly spread over lines
 
 
-def atomic_write_json(path: PathLike, obj: Any, indent: int | None = 1, number_lists_on_one_line: bool = False) -> Path:
+def atomic_write_json(path: PathLike, obj: Any, indent: int | None = 1, number_lists_on_one_line: bool = False,
+                      default: Callable[[Any], Any] | None = None) -> Path:
     """Atomically write ``obj`` as strict JSON (NaN / inf become ``null``, see :func:`to_json_safe`).
 
     Args:
         indent: ``json.dumps``'s indent (``None``: one line).
+        default: ``json.dumps``'s fallback for objects JSON does not know (default: they raise TypeError).
         number_lists_on_one_line: put each list of numbers (shapes, configs, curves) on one line of an indented
             file, as the checkpoint sidecars are written (a match spanning a line break cannot be inside a string).
     """
-    text = strict_json(obj, indent=indent) + "\n"
+    text = strict_json(obj, indent=indent, default=default) + "\n"
     if number_lists_on_one_line and indent is not None:
         text = _NUM_LIST.sub(lambda m: "[" + ", ".join(x.strip() for x in m.group(1).split(",")) + "]"
                              if "\n" in m.group(0) else m.group(0), text)

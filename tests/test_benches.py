@@ -33,3 +33,18 @@ def test_window_pruning_bench_records_the_denormal_setting(tmp_path, capsys):
     for r in rows.values():  # fewer MACs than dense, and a latency measured for both members of every pair
         assert 0 < r["macs_ratio"] < 1 and r["dense_ms"] > 0 and r["sparse_ms"] > 0
         assert abs(r["latency_over_macs"] - r["latency_ratio"] / r["macs_ratio"]) < 2e-3
+
+
+def test_write_result_writes_strict_json_and_prints_the_summary_or_the_object(tmp_path, capsys):
+    from bench._result import write_result
+
+    out = {"summary": "bench: 1.02x", "ratio": float("nan"), "where": tmp_path, "runs": [1, 2]}
+    path = tmp_path / "sub" / "r.json"
+    assert write_result(out, path, False) is out
+    assert capsys.readouterr().out == "bench: 1.02x\n"
+    on_disk = json.loads(path.read_text())
+    assert on_disk["ratio"] is None and on_disk["where"] == str(tmp_path) and on_disk["runs"] == [1, 2]
+    write_result(out, path, True, shown={k: v for k, v in out.items() if k != "runs"})
+    printed = capsys.readouterr().out
+    assert printed.count("\n") == 1 and "runs" not in json.loads(printed)
+    assert json.loads(path.read_text())["runs"] == [1, 2]  # the file keeps everything
