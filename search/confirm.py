@@ -34,6 +34,7 @@ import numpy as np
 from supernet.fileio import atomic_write_json
 
 from .errors import UserError
+from .fidelity import front_gap
 
 __all__ = ["confirm_front", "subset_noise", "select_candidates"]
 
@@ -74,9 +75,10 @@ def select_candidates(latency_ms: Sequence[float], values: Sequence[float], marg
         Indices into the inputs, ordered by latency.
     """
     lat = np.asarray(latency_ms, dtype=np.float64)
-    val = np.asarray(values, dtype=np.float64) * (1.0 if maximize else -1.0)
-    # gap: how far the best config that is no slower is ahead (0 for a front member)
-    gap = np.array([float(val[lat <= l].max() - v) for l, v in zip(lat, val)]) if len(val) else np.zeros(0)
+    pts = list(zip(lat.tolist(), np.asarray(values, dtype=np.float64).tolist()))
+    # gap: how far the best config that is no slower is ahead (0 for a front member); the multi-fidelity rule's
+    # could_enter_front is gap <= margin
+    gap = np.array([front_gap(v, l, pts, maximize) for l, v in pts], dtype=np.float64)
     keep = gap <= (margin if margin is not None else 0.0)
     order = [i for i in np.lexsort((lat, gap)) if keep[i]][:max(1, int(max_candidates))]
     return sorted(order, key=lambda i: (lat[i], i))

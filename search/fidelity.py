@@ -28,7 +28,7 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["subset_key", "paired_margin", "could_enter_front", "first_canvases"]
+__all__ = ["subset_key", "paired_margin", "front_gap", "could_enter_front", "first_canvases"]
 
 
 def subset_key(metric: str, canvases: int) -> str:
@@ -62,6 +62,23 @@ def paired_margin(subset_values: Sequence[float], full_values: Sequence[float], 
     return float(z * math.sqrt(2.0) * e.std(ddof=1))
 
 
+def front_gap(value: float, latency_ms: float, points: Iterable[Tuple[float, float]], maximize: bool = True) -> float:
+    """How far the best of ``points`` that is no slower than ``latency_ms`` is ahead of ``value``.
+
+    Args:
+        value: the candidate's metric.
+        latency_ms: its latency (ms).
+        points: ``(latency_ms, value on the same canvases)`` pairs (the front, or every config).
+        maximize: the metric's direction.
+
+    Returns:
+        The gap in metric units (``> 0``: some no-slower point is better by that much); ``-inf`` when no point is
+        no slower.
+    """
+    sign = 1.0 if maximize else -1.0
+    return max((sign * (v - value) for lat, v in points if lat <= latency_ms), default=-math.inf)
+
+
 def could_enter_front(value: float, latency_ms: float, front: Iterable[Tuple[float, float]], margin: float,
                       maximize: bool = True) -> bool:
     """Whether a candidate scoring ``value`` on the first-rung canvases could still enter the front.
@@ -74,15 +91,10 @@ def could_enter_front(value: float, latency_ms: float, front: Iterable[Tuple[flo
         maximize: the metric's direction.
 
     Returns:
-        False when some member is no slower and better by more than ``margin`` on the same canvases.
+        False when some member is no slower and better by more than ``margin`` on the same canvases
+        (:func:`front_gap` > ``margin``), or ``value`` is not finite.
     """
-    if not math.isfinite(value):
-        return False
-    sign = 1.0 if maximize else -1.0
-    for lat, v in front:
-        if lat <= latency_ms and sign * (v - value) > margin:
-            return False
-    return True
+    return math.isfinite(value) and not front_gap(value, latency_ms, front, maximize) > margin
 
 
 def front_points(rows: Iterable[Tuple[float, float, float]], maximize: bool = True) -> List[Tuple[float, float]]:

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import itertools
+import math
 import json
 
 import numpy as np
 import pytest
 import torch
 
-from search.fidelity import could_enter_front, first_canvases, front_points, paired_margin
+from search.fidelity import could_enter_front, first_canvases, front_gap, front_points, paired_margin
 from search.space import SearchSpace
 from supernet.prefix_cache import StagePrefixCache
 from supernet.seg import SegSupernet
@@ -118,6 +119,7 @@ def test_could_enter_front_stops_only_clearly_dominated_candidates():
     assert could_enter_front(0.55, 9.0, front, margin=0.02)  # faster than every member
     assert not could_enter_front(float("nan"), 9.0, front, margin=0.02)
     assert could_enter_front(0.3, 12.0, front, margin=0.02, maximize=False)  # a loss: lower is better
+    assert front_gap(0.55, 12.0, front) == pytest.approx(0.05) and front_gap(0.55, 9.0, front) == -math.inf
 
 
 def test_paired_margin_needs_enough_pairs_and_scales_with_the_noise():
