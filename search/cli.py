@@ -178,7 +178,7 @@ def cmd_measure(a: argparse.Namespace) -> int:
             lines.append(f"{r['trial_number']:>6} {r['predicted_latency_ms']:>13.2f} {r['measured_latency_ms']:>12.2f} "
                          f"{r['error_pct']:>6.1f}%  {'YES' if r['over_budget'] else ''}")
         if m["over_budget"]:
-            lines.append(f"members over the budget ({m['budget_ms']:.2f} ms) when measured: {m['over_budget']}")
+            lines.append(f"members over the budget when measured ({m['over_budget_rule']}): {m['over_budget']}")
         from latency.validate import speed_drift_warning
 
         drift = speed_drift_warning(m["dense_ms_measured"], m["dense_ms_predicted"])

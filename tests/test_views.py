@@ -217,6 +217,10 @@ def test_measure_writes_measured_latency_of_the_front(searched, tmp_path):
     assert m["n"] == len(searched["summary"]["front"]) > 0
     assert 0.0 <= m["within_10pct"] <= 1.0 and all(x["measured_latency_ms"] > 0 for x in m["members"])
     assert m["speed_drift"] == pytest.approx(m["dense_ms_measured"] / m["dense_ms_predicted"] - 1.0)
+    # budget_fraction 0.9: judged relative to the dense runs measured beside the members, not in absolute ms
+    assert m["over_budget_rule"] == "measured / dense > 0.9"
+    assert [x["over_budget"] for x in m["members"]] == [x["measured_vs_dense"] > 0.9 for x in m["members"]]
+    assert m["over_budget"] == [x["trial_number"] for x in m["members"] if x["over_budget"]]
     ft = pd.read_parquet(exp / "front.parquet")
     measured = ft.loc[ft["is_pareto"], "measured_latency_ms"]
     assert measured.notna().all() and (measured > 0).all()
