@@ -7,9 +7,10 @@
 #   2. profile its CPU latency at the search resolution (672 px) and fit the predictor
 #   3. NSGA-II search, 2 Ray workers (embedded, 127.0.0.1), budget 60 % of dense latency, 672 px sparse scenes
 #   4. print the Pareto table, write the plot, re-score the front's neighbourhood on 256 canvases (`confirm`: the
-#      search's 64 cannot rank configs a few tenths of a point apart; the 20 nearest), measure the fronts' latency
-#      end to end (11 repeats)
-# (672 px costs ~2.3x per evaluation against 448 px: 160 trials, 20 confirmed, 11 repeats keep it under 30 min.)
+#      search's 64 cannot rank configs a few tenths of a point apart; the 12 nearest), measure the fronts' latency
+#      end to end (7 repeats)
+# (an evaluation at 672 px costs 3-4x one at 448 px: 7 profile repeats, 120 trials, 12 confirmed and 7 measure
+#  repeats keep the main job under 30 min; RESULTS.md R2)
 # Steps already done (predictor, finished search) are reused; a killed search resumes.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -35,7 +36,7 @@ if [ ! -f "$run/supernet.safetensors" ]; then
 fi
 if [ ! -f "$run/latency_cpu_672.json" ]; then
   echo "== 2/4 profiling CPU latency at 672 px -> $run/latency_cpu_672.json"
-  $ss latency profile --checkpoint "$run/supernet.safetensors" --img-size 672 --threads 1 --out "$run/latency_cpu_672.json"
+  $ss latency profile --checkpoint "$run/supernet.safetensors" --img-size 672 --threads 1 --repeats 7 --out "$run/latency_cpu_672.json"
 fi
 exp="$run/search"
 if [ -f "$exp/experiment.json" ]; then
@@ -48,8 +49,8 @@ fi
 echo "== 4/4 the front confirmed on 256 canvases, the Pareto table + plot, and its latency measured end to end"
 # (confirm again only when trials were added since the last confirmation)
 if [ ! -f "$exp/confirmed.json" ] || [ -n "$(find "$exp/trials" -newer "$exp/confirmed.json" -print -quit)" ]; then
-  $ss confirm "$exp" --canvases 256 --max-candidates 20
+  $ss confirm "$exp" --canvases 256 --max-candidates 12
 fi
 $ss pareto "$exp" --plot "$exp/front.png" --history
-$ss measure "$exp" --repeats 11
+$ss measure "$exp" --repeats 7
 echo "experiment: $exp (plot $exp/front.png, table $exp/front.parquet); live view: .venv/bin/optuna-dashboard $exp/study.journal; query: .venv/bin/sparsesearch pareto $exp --json; resume or extend: .venv/bin/sparsesearch resume $exp --n-trials 400"
