@@ -13,8 +13,10 @@ canvases, ``v(m)``, beside ``v(n)``. With canvas-to-canvas variance ``s^2`` per 
 variance ``s^2 (1/m - 1/n)`` and ``v(n)`` itself errs by ``s^2 / n``; so the subset score's standard deviation is
 ``sd(e) * sqrt(m / (n - m))`` and a paired comparison of two configs errs by ``sqrt(2)`` times that. A config
 is a candidate when no front member that is no slower beats it by more than ``z`` such paired standard
-deviations (``z`` = 1 by default); the ``max_candidates`` nearest to the front are kept (front members
-first). Without first-rung scores (multi-fidelity off) only the front members are re-scored.
+deviations (``z`` = 1 by default). When more than ``max_candidates`` qualify, those nearest to reordering the
+front are kept (:func:`select_candidates`: configs just behind it and members barely ahead of a faster one,
+before members that lead every faster config by far). Without first-rung scores (multi-fidelity off) only the
+front members are candidates.
 
 The candidates and the dense model are scored on the same canvases (paired), with the built-in evaluator's
 canvas layout and the experiment's frozen spec; the values go to ``EXP_DIR/confirmed.json`` and the
@@ -62,25 +64,35 @@ def subset_noise(first_values: Sequence[float], full_values: Sequence[float], fi
 
 def select_candidates(latency_ms: Sequence[float], values: Sequence[float], margin: Optional[float],
                       max_candidates: int, maximize: bool = True) -> List[int]:
-    """Indices of the configs worth re-scoring: the front, then those within ``margin`` of it.
+    """Indices of the configs worth re-scoring: the front, then those within ``margin`` of it, contested first.
+
+    Each qualifying config has a distance to the front's boundary: a config off the front, its gap behind the
+    best config that is no slower (:func:`search.fidelity.front_gap`, at most ``margin``); a front member, its
+    lead over the best strictly faster config (infinite for the fastest). When more than ``max_candidates``
+    qualify, the nearest are kept: the configs whose confirmed score can reorder the front (the accurate end,
+    where configs differ by tenths of a point) before the members that lead every faster config by far.
 
     Args:
         latency_ms: (n,) predicted latencies of the feasible configs.
         values: (n,) their metric on the search's subset.
         margin: paired noise margin (metric units); None = the front members only.
-        max_candidates: at most this many (front members first, then by their gap to the front).
+        max_candidates: at most this many.
         maximize: the metric's direction.
 
     Returns:
         Indices into the inputs, ordered by latency.
     """
     lat = np.asarray(latency_ms, dtype=np.float64)
-    pts = list(zip(lat.tolist(), np.asarray(values, dtype=np.float64).tolist()))
+    val = np.asarray(values, dtype=np.float64)
+    pts = list(zip(lat.tolist(), val.tolist()))
     # gap: how far the best config that is no slower is ahead (0 for a front member); the multi-fidelity rule's
     # could_enter_front is gap <= margin
     gap = np.array([front_gap(v, l, pts, maximize) for l, v in pts], dtype=np.float64)
+    lead = np.array([-front_gap(v, np.nextafter(l, -np.inf), pts, maximize) for l, v in pts], dtype=np.float64)
+    on_front = gap <= 0.0
     keep = gap <= (margin if margin is not None else 0.0)
-    order = [i for i in np.lexsort((lat, gap)) if keep[i]][:max(1, int(max_candidates))]
+    distance = np.where(on_front, lead, gap)
+    order = [i for i in np.lexsort((lat, distance)) if keep[i]][:max(1, int(max_candidates))]
     return sorted(order, key=lambda i: (lat[i], i))
 
 

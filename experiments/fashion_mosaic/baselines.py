@@ -22,7 +22,8 @@ task at the search resolution (the shipped supernet's: 448 px sparse scenes):
 Usage:
     python experiments/fashion_mosaic/baselines.py --checkpoint experiments/fashion_mosaic/weights/supernet.safetensors \
         --exp runs/main/search [--baseline "width 0.75x=runs/task/w24_adapt.safetensors"] [--length 256] \
-        [--scales 0.5 0.625 0.75 0.875] [--finetune-steps 150] [--threads 1] [--repeats 11] [--out DIR] [--json]
+        [--scales 0.5 0.625 0.75 0.875] [--finetune-steps 150] [--threads 1] [--score-threads 2] [--repeats 11]
+        [--out DIR] [--json]
 
 Writes ``baselines.json``, ``baselines.md`` and ``baselines.png`` under ``--out``.
 """
@@ -155,7 +156,9 @@ def main(argv=None) -> Dict[str, Any]:
     p.add_argument("--scales", type=float, nargs="*", default=[0.5, 0.625, 0.75, 0.875])
     p.add_argument("--uniform", type=float, nargs="*", default=[0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
     p.add_argument("--finetune-steps", type=int, default=150)
-    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--threads", type=int, default=1, help="threads of the latency measurement (the predictor's)")
+    p.add_argument("--score-threads", type=int, default=None,
+                   help="threads of the fine-tunes and the mIoU scoring (default: --threads; not timed)")
     p.add_argument("--repeats", type=int, default=11)
     p.add_argument("--max-front", type=int, default=12, help="front configs kept (evenly spread in latency)")
     p.add_argument("--out", default="experiments/fashion_mosaic/results")
@@ -174,7 +177,8 @@ def main(argv=None) -> Dict[str, Any]:
     from supernet.macs import count_macs
 
     prev_threads = torch.get_num_threads()
-    torch.set_num_threads(a.threads)
+    score_threads = a.score_threads or a.threads
+    torch.set_num_threads(score_threads)
     t0 = time.perf_counter()
     frozen, sspec = load_frozen_spec(Path(a.exp))
     img = int(frozen["search_img_size"][0])
@@ -204,10 +208,9 @@ def main(argv=None) -> Dict[str, Any]:
         points.append({"kind": "resolution", "name": f"{size} px input ({f:g}x)", "model":
                        reduced_resolution(Path(a.checkpoint), img, size), "config": dense_cfg, "scale": f})
         if a.finetune_steps > 0:
-            ft = finetune(reduced_resolution(Path(a.checkpoint), img, size), spec, a.finetune_steps, a.threads)
+            ft = finetune(reduced_resolution(Path(a.checkpoint), img, size), spec, a.finetune_steps, score_threads)
             points.append({"kind": "resolution_ft", "name": f"{size} px input ({f:g}x), fine-tuned {a.finetune_steps} steps",
                            "model": ft, "config": dense_cfg, "scale": f})
-    torch.set_num_threads(a.threads)
     for item in a.baseline:
         name, _, path = item.partition("=")
         bm, _ = load_checkpoint(path, img_size=img)
@@ -219,6 +222,7 @@ def main(argv=None) -> Dict[str, Any]:
         pt["macs"] = pt["model"].macs(pt["config"]) if hasattr(pt["model"], "macs") else int(
             count_macs(pt["model"], img, ratios=pt["config"]))
         pt["params"] = int(sum(q.numel() for q in pt["model"].parameters()))
+    torch.set_num_threads(a.threads)
     x = _make_input(1, (img, img), 0, torch.device("cpu"), torch.float32)
     with torch.inference_mode():
         for pt in points:
@@ -249,7 +253,7 @@ def main(argv=None) -> Dict[str, Any]:
         targets[f"{frac:.2f}"] = row
     rows = [{k: v for k, v in pt.items() if k != "model"} for pt in points]
     out = {"targets": targets, "checkpoint": str(a.checkpoint), "exp": str(a.exp), "metric": metric,
-           "length": a.length, "threads": a.threads, "repeats": a.repeats, "img_size": img,
+           "length": a.length, "threads": a.threads, "score_threads": score_threads, "repeats": a.repeats, "img_size": img,
            "canvases": spec.model_dump(mode="json"), "dense_measured_ms": dms, "points": rows,
            "seconds": time.perf_counter() - t0, "measurement": "drift-corrected against the dense supernet, interleaved"}
     od = Path(a.out)

@@ -86,11 +86,12 @@ want main && bash scripts/main.sh
 if want validate; then  # section R2: the predictor at the search resolution (672 px; the 448 px files are the earlier
   # rounds'), validated straight after a fresh profile
   P=runs/main/latency_cpu_672_validate.json
-  $ss latency profile --checkpoint runs/main/supernet.safetensors --img-size 672 --threads 1 --out $P --overwrite
+  # (the main job's profile settings; 60 held-out configs x 7 repeats per sample: ~5 min each at 672 px)
+  $ss latency profile --checkpoint runs/main/supernet.safetensors --img-size 672 --threads 1 --repeats 7 --out $P --overwrite
   $ss latency validate --predictor $P --checkpoint runs/main/supernet.safetensors \
-      --n 100 --repeats 11 --plot $R/latency_validation_672.png --json > $R/latency_validation_672.json
+      --n 60 --repeats 7 --plot $R/latency_validation_672.png --json > $R/latency_validation_672.json
   $ss latency validate --predictor $P --checkpoint runs/main/supernet.safetensors --spread \
-      --n 100 --repeats 11 --plot $R/latency_validation_672_spread.png --json > $R/latency_validation_672_spread.json
+      --n 60 --repeats 7 --plot $R/latency_validation_672_spread.png --json > $R/latency_validation_672_spread.json
 fi
 if want window; then  # R2: at the search resolution, with denormals flushed, and at 672 px
   $py bench/window_pruning.py --checkpoint runs/main/supernet.safetensors --img-size 448 --threads 1 \
@@ -111,8 +112,10 @@ width=()  # the narrower model beside the front, once the width step has trained
 narrow=runs/task/dense_w24_c3.safetensors
 [ -f $narrow ] && width=(--baseline "width 0.75x=$narrow")
 if want baselines; then
+  # at the main job's 672 px (results/baselines_672/; results/baselines.* are the 448 px round's): scored and
+  # fine-tuned with 2 threads, timed with 1 like the predictor; the 0.875x input (~0.8 of dense) left out
   $py experiments/fashion_mosaic/baselines.py --checkpoint runs/main/supernet.safetensors \
-      --exp runs/main/search --out $R "${width[@]}"
+      --exp runs/main/search --out $R/baselines_672 --score-threads 2 --scales 0.5 0.625 0.75 --max-front 8 "${width[@]}"
   [ ${#width[@]} -eq 0 ] ||  # R2: margin over the narrower model on five canvas sets
   $py experiments/fashion_mosaic/retention_noise.py --exp runs/main/search --checkpoint runs/main/supernet.safetensors \
       --config '[[.4,.4],[.4,.4],[.4,.4,.4,.4,.4,.4],[0,0]]' --config '[[.7,.7],[.7,.7],[.1,.1,.6,.6,.6,.6],[.3,.3]]' \
