@@ -397,6 +397,18 @@ def test_spread_configs_cover_dense_to_sparsest_and_stay_valid():
     assert lo_i > 0.2 and hi_i < 0.6
 
 
+def test_calibration_configs_reach_the_sparse_end_a_budget_drives_a_search_to():
+    """Half the calibration is spread from dense to the sparsest, so the fitted line is not extrapolated there."""
+    from latency.profiler import calibration_configs
+
+    depths, ratios = (2, 2, 6, 2), [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8]
+    cfgs = calibration_configs(depths, ratios, 40, np.random.default_rng(0))
+    assert cfgs.shape == (40, 12) and not cfgs[0].any() and set(np.unique(cfgs)) <= set(ratios)
+    mean = cfgs.mean(1)
+    assert mean[20:].max() > 0.65 and mean[1:20].max() < 0.65  # the sparse end comes from the spread half
+    assert calibration_configs(depths, ratios, 3, np.random.default_rng(0)).shape == (3, 12)
+
+
 def test_validate_spread_sampling(tiny_seg, tiny_table):
     r = validate(Predictor(tiny_table), tiny_seg, n=6, seed=3, progress=False, warmup=1, repeats=2, spread=True)
     assert r["sampling"] == "spread" and r["n"] == 6 and len(r["configs"]) == 6
