@@ -36,7 +36,7 @@ import numpy as np
 from supernet.fileio import atomic_write_json
 
 from .errors import UserError
-from .fidelity import front_gap
+from .fidelity import front_gaps
 
 __all__ = ["confirm_front", "subset_noise", "select_candidates"]
 
@@ -67,7 +67,7 @@ def select_candidates(latency_ms: Sequence[float], values: Sequence[float], marg
     """Indices of the configs worth re-scoring: the front, then those within ``margin`` of it, contested first.
 
     Each qualifying config has a distance to the front's boundary: a config off the front, its gap behind the
-    best config that is no slower (:func:`search.fidelity.front_gap`, at most ``margin``); a front member, its
+    best config that is no slower (:func:`search.fidelity.front_gaps`, at most ``margin``); a front member, its
     lead over the best strictly faster config (infinite for the fastest). When more than ``max_candidates``
     qualify, the nearest are kept: the configs whose confirmed score can reorder the front (the accurate end,
     where configs differ by tenths of a point) before the members that lead every faster config by far.
@@ -84,11 +84,10 @@ def select_candidates(latency_ms: Sequence[float], values: Sequence[float], marg
     """
     lat = np.asarray(latency_ms, dtype=np.float64)
     val = np.asarray(values, dtype=np.float64)
-    pts = list(zip(lat.tolist(), val.tolist()))
     # gap: how far the best config that is no slower is ahead (0 for a front member); the multi-fidelity rule's
     # could_enter_front is gap <= margin
-    gap = np.array([front_gap(v, l, pts, maximize) for l, v in pts], dtype=np.float64)
-    lead = np.array([-front_gap(v, np.nextafter(l, -np.inf), pts, maximize) for l, v in pts], dtype=np.float64)
+    gap = front_gaps(lat, val, lat, val, maximize)
+    lead = -front_gaps(lat, val, lat, val, maximize, strictly_faster=True)
     on_front = gap <= 0.0
     keep = gap <= (margin if margin is not None else 0.0)
     distance = np.where(on_front, lead, gap)

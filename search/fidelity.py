@@ -28,7 +28,7 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["subset_key", "paired_margin", "front_gap", "could_enter_front", "first_canvases"]
+__all__ = ["subset_key", "paired_margin", "front_gap", "front_gaps", "could_enter_front", "first_canvases"]
 
 
 def subset_key(metric: str, canvases: int) -> str:
@@ -62,21 +62,42 @@ def paired_margin(subset_values: Sequence[float], full_values: Sequence[float], 
     return float(z * math.sqrt(2.0) * e.std(ddof=1))
 
 
-def front_gap(value: float, latency_ms: float, points: Iterable[Tuple[float, float]], maximize: bool = True) -> float:
-    """How far the best of ``points`` that is no slower than ``latency_ms`` is ahead of ``value``.
+def front_gaps(latency_ms: Sequence[float], values: Sequence[float], point_latency_ms: Sequence[float],
+               point_values: Sequence[float], maximize: bool = True, strictly_faster: bool = False) -> np.ndarray:
+    """For each query ``(latency_ms[i], values[i])``: how far the best point that is no slower is ahead of it.
 
     Args:
-        value: the candidate's metric.
-        latency_ms: its latency (ms).
-        points: ``(latency_ms, value on the same canvases)`` pairs (the front, or every config).
+        latency_ms: (q,) query latencies (ms).
+        values: (q,) query metric values.
+        point_latency_ms, point_values: (p,) the points (the front, or every config) on the same canvases.
         maximize: the metric's direction.
+        strictly_faster: compare with the strictly faster points only (a front member's lead is minus this).
 
     Returns:
-        The gap in metric units (``> 0``: some no-slower point is better by that much); ``-inf`` when no point is
-        no slower.
+        float64 (q,): the gap in metric units (``> 0``: some no-slower point is better by that much); ``-inf``
+        where no point is no slower. O((p + q) log p).
     """
     sign = 1.0 if maximize else -1.0
-    return max((sign * (v - value) for lat, v in points if lat <= latency_ms), default=-math.inf)
+    q_lat = np.asarray(latency_ms, dtype=np.float64).reshape(-1)
+    q_val = sign * np.asarray(values, dtype=np.float64).reshape(-1)
+    p_lat = np.asarray(point_latency_ms, dtype=np.float64).reshape(-1)
+    if not len(p_lat):
+        return np.full(len(q_lat), -np.inf)
+    order = np.argsort(p_lat, kind="stable")
+    p_lat = p_lat[order]
+    best = np.maximum.accumulate(sign * np.asarray(point_values, dtype=np.float64).reshape(-1)[order])
+    k = np.searchsorted(p_lat, q_lat, side="left" if strictly_faster else "right")
+    ahead = np.where(k > 0, best[np.maximum(k - 1, 0)], -np.inf)
+    return ahead - q_val
+
+
+def front_gap(value: float, latency_ms: float, points: Iterable[Tuple[float, float]], maximize: bool = True) -> float:
+    """How far the best of ``points`` (``(latency_ms, value)`` pairs: the front, or every config) that is no
+    slower than ``latency_ms`` is ahead of ``value``; ``-inf`` when none is no slower (see :func:`front_gaps`)."""
+    pts = list(points)
+    lat = [p[0] for p in pts]
+    val = [p[1] for p in pts]
+    return float(front_gaps([latency_ms], [value], lat, val, maximize)[0])
 
 
 def could_enter_front(value: float, latency_ms: float, front: Iterable[Tuple[float, float]], margin: float,

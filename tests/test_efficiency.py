@@ -122,6 +122,21 @@ def test_could_enter_front_stops_only_clearly_dominated_candidates():
     assert front_gap(0.55, 12.0, front) == pytest.approx(0.05) and front_gap(0.55, 9.0, front) == -math.inf
 
 
+def test_front_gaps_equal_the_pairwise_definition_with_ties_and_both_directions():
+    from search.fidelity import front_gaps
+
+    rng = np.random.default_rng(1)
+    for _ in range(100):
+        n = int(rng.integers(1, 30))
+        lat, val = rng.integers(0, 8, n).astype(float), rng.random(n)  # repeated latencies: ties
+        for maximize, strict in itertools.product((True, False), (False, True)):
+            s = 1.0 if maximize else -1.0
+            ref = [max((s * (vj - vi) for lj, vj in zip(lat, val) if (lj < li if strict else lj <= li)), default=-math.inf)
+                   for li, vi in zip(lat, val)]
+            assert np.allclose(front_gaps(lat, val, lat, val, maximize, strict), ref)
+    assert np.all(front_gaps([1.0], [0.5], [], []) == -math.inf)
+
+
 def test_paired_margin_needs_enough_pairs_and_scales_with_the_noise():
     rng = np.random.default_rng(0)
     full = rng.uniform(0.3, 0.7, 50)
