@@ -7,9 +7,9 @@
 #   2. profile its CPU latency at the search resolution (672 px) and fit the predictor
 #   3. NSGA-II search, 2 Ray workers (embedded, 127.0.0.1), budget 60 % of dense latency, 672 px sparse scenes
 #   4. print the Pareto table, write the plot, re-score the front's neighbourhood on 256 canvases (`confirm`: the
-#      search's 64 cannot rank configs a few tenths of a point apart; the 12 nearest), measure the fronts' latency
-#      end to end (7 repeats)
-# (an evaluation at 672 px costs 3-4x one at 448 px: 7 profile repeats, 120 trials, 12 confirmed and 7 measure
+#      search's 64 cannot rank configs a few tenths of a point apart; the 10 nearest to reordering it), measure
+#      the fronts' latency end to end (7 repeats)
+# (an evaluation at 672 px costs 3-4x one at 448 px: 7 profile repeats, 96 trials, 10 confirmed and 7 measure
 #  repeats keep the main job under 30 min; RESULTS.md R2)
 # Steps already done (predictor, finished search) are reused; a killed search resumes.
 set -euo pipefail
@@ -49,7 +49,7 @@ fi
 echo "== 4/4 the front confirmed on 256 canvases, the Pareto table + plot, and its latency measured end to end"
 # (confirm again only when trials were added since the last confirmation)
 if [ ! -f "$exp/confirmed.json" ] || [ -n "$(find "$exp/trials" -newer "$exp/confirmed.json" -print -quit)" ]; then
-  $ss confirm "$exp" --canvases 256 --max-candidates 12
+  $ss confirm "$exp" --canvases 256 --max-candidates 10
 fi
 $ss pareto "$exp" --plot "$exp/front.png" --history
 $ss measure "$exp" --repeats 7
