@@ -370,9 +370,9 @@ def test_shipped_training_recipes_validate(path: Path) -> None:
     assert cfg.total_epochs >= 1
 
 
-@pytest.mark.parametrize("name,size", [("search_main.toml", 672), ("search_448.toml", 448)])
+@pytest.mark.parametrize("name,size", [("search_main.toml", 448), ("search_672.toml", 672)])
 def test_the_main_jobs_search_spec_searches_sparse_scenes(name: str, size: int) -> None:
-    """The main job at 672 px (and the earlier rounds' 448 px setting): item count scaled with the canvas area."""
+    """The main job at 448 px (and at 672 px, SPARSESEARCH_MAIN_RES=672): item count scaled with the canvas area."""
     from supernet.data import MosaicSpec
 
     spec = load_spec(Path(__file__).resolve().parents[1] / "experiments" / "fashion_mosaic" / name)

@@ -5,7 +5,7 @@
 #
 #   bash experiments/fashion_mosaic/reproduce.sh [STEP ...]     (default: every step)
 #
-# Steps: diagnose speed dense width supernet ship main validate window efficiency ranking baselines fork samplers
+# Steps: diagnose speed dense width supernet ship main main672 validate window efficiency ranking baselines fork samplers
 #        dimap quick full (and, not by default, continue: task_dense.toml on to its last epoch). `width` (the
 #        narrower model) runs before `baselines`, which puts it beside the front when its output exists.
 set -euo pipefail
@@ -15,7 +15,7 @@ py=.venv/bin/python
 ss=.venv/bin/sparsesearch
 dev=${SPARSESEARCH_TRAIN_DEVICE:+--device $SPARSESEARCH_TRAIN_DEVICE}  # e.g. SPARSESEARCH_TRAIN_DEVICE=cuda
 R=experiments/fashion_mosaic/results
-all=(diagnose speed dense width supernet ship main validate window efficiency ranking baselines fork samplers dimap quick full)
+all=(diagnose speed dense width supernet ship main main672 validate window efficiency ranking baselines fork samplers dimap quick full)
 steps=("$@")
 [ ${#steps[@]} -eq 0 ] && steps=("${all[@]}")
 for s in "${steps[@]}"; do
@@ -83,8 +83,9 @@ if want ship; then  # the shipped dense model stays as it is when runs/task/dens
   fi
 fi
 want main && bash scripts/main.sh
-if want validate; then  # section R2: the predictor at the search resolution (672 px; the 448 px files are the earlier
-  # rounds'), validated straight after a fresh profile
+want main672 && SPARSESEARCH_MAIN_RES=672 bash scripts/main.sh  # R2: the main job at 672 px (runs/main/search672)
+if want validate; then  # section R2: the predictor at 672 px (the 448 px files are the fourteenth session's)
+  # validated straight after a fresh profile
   P=runs/main/latency_cpu_672_validate.json
   # (the main job's profile settings; 60 held-out configs x 7 repeats per sample: ~5 min each at 672 px)
   $ss latency profile --checkpoint runs/main/supernet.safetensors --img-size 672 --threads 1 --repeats 7 --out $P --overwrite
@@ -112,10 +113,12 @@ width=()  # the narrower model beside the front, once the width step has trained
 narrow=runs/task/dense_w24_c3.safetensors
 [ -f $narrow ] && width=(--baseline "width 0.75x=$narrow")
 if want baselines; then
-  # at the main job's 672 px (results/baselines_672/; results/baselines.* are the 448 px round's): scored and
-  # fine-tuned with 2 threads, timed with 1 like the predictor; the 0.875x input (~0.8 of dense) left out
   $py experiments/fashion_mosaic/baselines.py --checkpoint runs/main/supernet.safetensors \
-      --exp runs/main/search --out $R/baselines_672 --score-threads 2 --scales 0.5 0.625 0.75 --max-front 8 "${width[@]}"
+      --exp runs/main/search --out $R "${width[@]}"
+  # the 672 px main job's (results/baselines_672/): scored and fine-tuned with 2 threads, timed with 1 like the
+  # predictor; the 0.875x input (~0.8 of dense) left out
+  $py experiments/fashion_mosaic/baselines.py --checkpoint runs/main/supernet.safetensors \
+      --exp runs/main/search672 --out $R/baselines_672 --score-threads 2 --scales 0.5 0.625 0.75 --max-front 8 "${width[@]}"
   [ ${#width[@]} -eq 0 ] ||  # R2: margin over the narrower model on five canvas sets
   $py experiments/fashion_mosaic/retention_noise.py --exp runs/main/search --checkpoint runs/main/supernet.safetensors \
       --config '[[.4,.4],[.4,.4],[.4,.4,.4,.4,.4,.4],[0,0]]' --config '[[.7,.7],[.7,.7],[.1,.1,.6,.6,.6,.6],[.3,.3]]' \
