@@ -17,9 +17,9 @@ batch size / image size:
   head for a :class:`supernet.seg.SegSupernet`, timm's ``norm`` + classifier for a bare
   :class:`supernet.sparse_swin.SparseSwin`);
 * a calibration: ``calib_configs`` configs (dense + random per-stage-sorted ratios from the set, half
-  of them spread from dense to the sparsest: :func:`calibration_configs`) are timed end to end and ``measured = a * table_sum + b`` is fitted by least squares, which
-  captures framework overhead outside the profiled parts (Python dispatch of ``forward_stage``,
-  allocator effects, cache misses between blocks).
+  of them spread from dense to the sparsest: :func:`calibration_configs`) are timed end to end and
+  ``measured = a * table_sum + b`` is fitted by least squares, which captures framework overhead outside
+  the profiled parts (Python dispatch of ``forward_stage``, allocator effects, cache misses between blocks).
 
 Drift correction: a shared CPU changes speed by tens of % within seconds, so every timed run is
 bracketed by dense forwards of the whole model and recorded as a ratio to them; the median ratio
@@ -59,6 +59,7 @@ __all__ = [
     "measure_configs_drift",
     "DriftMeasurement",
     "random_configs",
+    "calibration_configs",
     "kept_window_counts",
     "CALIBRATION_STREAM",
     "VALIDATION_STREAM",
