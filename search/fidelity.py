@@ -85,7 +85,8 @@ def front_gaps(latency_ms: Sequence[float], values: Sequence[float], point_laten
         return np.full(len(q_lat), -np.inf)
     order = np.argsort(p_lat, kind="stable")
     p_lat = p_lat[order]
-    best = np.maximum.accumulate(sign * np.asarray(point_values, dtype=np.float64).reshape(-1)[order])
+    # fmax: a point without a value (NaN) is skipped, not propagated
+    best = np.fmax.accumulate(sign * np.asarray(point_values, dtype=np.float64).reshape(-1)[order])
     k = np.searchsorted(p_lat, q_lat, side="left" if strictly_faster else "right")
     ahead = np.where(k > 0, best[np.maximum(k - 1, 0)], -np.inf)
     return ahead - q_val

@@ -135,6 +135,9 @@ def test_front_gaps_equal_the_pairwise_definition_with_ties_and_both_directions(
                    for li, vi in zip(lat, val)]
             assert np.allclose(front_gaps(lat, val, lat, val, maximize, strict), ref)
     assert np.all(front_gaps([1.0], [0.5], [], []) == -math.inf)
+    # a point without a value (NaN) is skipped, as the member loop it replaced skipped it
+    assert front_gaps([5.0], [0.5], [1.0, 2.0], [float("nan"), 0.6])[0] == pytest.approx(0.1)
+    assert not could_enter_front(0.5, 5.0, [(1.0, float("nan")), (2.0, 0.6)], margin=0.05)
 
 
 def test_paired_margin_needs_enough_pairs_and_scales_with_the_noise():
