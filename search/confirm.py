@@ -15,8 +15,8 @@ variance ``s^2 (1/m - 1/n)`` and ``v(n)`` itself errs by ``s^2 / n``; so the sub
 is a candidate when no front member that is no slower beats it by more than ``z`` such paired standard
 deviations (``z`` = 1 by default). When more than ``max_candidates`` qualify, those nearest to reordering the
 front are kept (:func:`select_candidates`: configs just behind it and members barely ahead of a faster one,
-before members that lead every faster config by far). Without first-rung scores (multi-fidelity off) only the
-front members are candidates.
+before members that lead every faster config by far), each beside the front member it is measured against.
+Without first-rung scores (multi-fidelity off) only the front members are candidates.
 
 The candidates and the dense model are scored on the same canvases (paired), with the built-in evaluator's
 canvas layout and the experiment's frozen spec; the values go to ``EXP_DIR/confirmed.json`` and the
@@ -70,7 +70,9 @@ def select_candidates(latency_ms: Sequence[float], values: Sequence[float], marg
     best config that is no slower (:func:`search.fidelity.front_gaps`, at most ``margin``); a front member, its
     lead over the best strictly faster config (infinite for the fastest). When more than ``max_candidates``
     qualify, the nearest are kept: the configs whose confirmed score can reorder the front (the accurate end,
-    where configs differ by tenths of a point) before the members that lead every faster config by far.
+    where configs differ by tenths of a point) before the members that lead every faster config by far. A config
+    is kept together with its rival (the front member its distance is measured from), so the confirmed front
+    compares the pairs the search could not separate; a pair that no longer fits under the cap is skipped.
 
     Args:
         latency_ms: (n,) predicted latencies of the feasible configs.
@@ -91,8 +93,31 @@ def select_candidates(latency_ms: Sequence[float], values: Sequence[float], marg
     on_front = gap <= 0.0
     keep = gap <= (margin if margin is not None else 0.0)
     distance = np.where(on_front, lead, gap)
-    order = [i for i in np.lexsort((lat, distance)) if keep[i]][:max(1, int(max_candidates))]
-    return sorted(order, key=lambda i: (lat[i], i))
+    # a config is only worth re-scoring beside its rival: the best no-slower config for one behind the front,
+    # the best strictly faster one for a member (both front members); -1 for the fastest member
+    rival = np.where(on_front, _best_faster(lat, val, maximize, strictly=True), _best_faster(lat, val, maximize))
+    cap = max(1, int(max_candidates))
+    chosen: List[int] = []
+    for i in (int(j) for j in np.lexsort((lat, distance)) if keep[j]):
+        unit = [j for j in dict.fromkeys((i, int(rival[i]))) if j >= 0 and j not in chosen]
+        if len(chosen) + len(unit) <= cap:
+            chosen += unit
+        elif not chosen:  # a cap of one: the front member of the nearest pair
+            chosen = [unit[-1] if rival[i] >= 0 else i]
+        if len(chosen) >= cap:
+            break
+    return sorted(chosen, key=lambda i: (lat[i], i))
+
+
+def _best_faster(lat: np.ndarray, val: np.ndarray, maximize: bool, strictly: bool = False) -> np.ndarray:
+    """(n,) index of the best config no slower (``strictly``: strictly faster) than each config; -1 if none."""
+    sign = 1.0 if maximize else -1.0
+    order = np.argsort(lat, kind="stable")
+    v = sign * val[order]
+    best = np.fmax.accumulate(v)
+    pos = np.maximum.accumulate(np.where(v == best, np.arange(len(v)), 0))  # where the running best was set
+    k = np.searchsorted(lat[order], lat, side="left" if strictly else "right") - 1
+    return np.where(k >= 0, order[pos[np.maximum(k, 0)]], -1)
 
 
 def confirm_front(exp_dir, *, canvases: int = 256, z: float = 1.0, max_candidates: int = 24,
