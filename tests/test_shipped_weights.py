@@ -11,7 +11,7 @@ import torch
 from conftest import ROOT
 
 WEIGHTS = ROOT / "experiments" / "fashion_mosaic" / "weights"
-NAMES = ("dense", "supernet")
+NAMES = ("dense", "supernet", "supernet672")
 
 
 def _sums() -> dict:
@@ -73,6 +73,27 @@ def test_shipped_supernet_continues_the_shipped_dense_model_at_the_search_resolu
         cmd.startswith("mkdir -p runs/task && cp experiments/fashion_mosaic/weights/dense.safetensors ")
 
 
+def test_shipped_672_supernet_continues_the_shipped_supernet_on_672_px_scenes():
+    """supernet672 (the 672 px main job's) is task_supernet_672.toml's adaptation of the shipped supernet file as
+    it is now (sha256), on 672 px scenes of 4-18 items; its compute adds to everything before it."""
+    from supernet.checkpoint import read_sidecar
+    from supernet.data import MosaicSpec
+
+    sup, s672 = read_sidecar(WEIGHTS / "supernet.safetensors"), read_sidecar(WEIGHTS / "supernet672.safetensors")
+    assert s672["arch"] == sup["arch"] and s672["img_size"] == 672
+    ds = s672["dataset"]
+    assert (ds["img_size"], ds["min_items"], ds["max_items"]) == (672, MosaicSpec.scene(672).min_items,
+                                                                  MosaicSpec.scene(672).max_items)
+    shipped = s672["training"]["shipped"]
+    assert shipped["recipe"] == "experiments/fashion_mosaic/task_supernet_672.toml"
+    assert shipped["init"]["file"] == "experiments/fashion_mosaic/weights/supernet.safetensors"
+    assert shipped["init"]["sha256"] == _sums()["supernet.safetensors"]
+    assert shipped["init"]["command"] == sup["training"]["shipped"]["command"]
+    c, sc = shipped["compute"], sup["training"]["shipped"]["compute"]
+    assert c["supernet_canvases"] == sc["total_canvases"] and c["total_canvases"] == sc["total_canvases"] + c["canvases"]
+    assert s672["metrics"]["scene"]["img_size"] == 672 and s672["metrics"]["scene"]["length"] == 256
+
+
 def _chain_reads_what_it_wrote(command: str) -> list:
     """Walk a shipped command (steps joined by ' && '): every file a step reads under runs/ was written by an
     earlier step (a recipe's [model] init by a training run, an export or a copy). Returns the recipes trained."""
@@ -95,8 +116,10 @@ def _chain_reads_what_it_wrote(command: str) -> list:
             assert tok[:3] == ["sparsesearch", "supernet", "export"], step
         if tok[:3] == ["sparsesearch", "supernet", "train"]:
             cfg = load_train_spec(ROOT / tok[3])
-            if cfg.model.init:
-                assert rel(cfg.model.init) in written, f"{tok[3]} starts from {rel(cfg.model.init)}, not written before"
+            if cfg.model.init:  # a file under runs/ from an earlier step, or one committed (a shipped file)
+                init = rel(cfg.model.init)
+                assert init in written or (not init.startswith("runs/") and (ROOT / init).is_file()), \
+                    f"{tok[3]} starts from {init}, not written before"
             out = rel(cfg.output.checkpoint)
             written |= {out, out[:-len(".safetensors")] + ".json"}  # a checkpoint is both files
             trained.append(tok[3])
@@ -132,7 +155,7 @@ def _ship(argv, capsys):
     return code, capsys.readouterr()
 
 
-@pytest.mark.parametrize("case", ["wrong_recipe", "missing_sidecar", "missing_recipe"])
+@pytest.mark.parametrize("case", ["wrong_recipe", "missing_sidecar", "missing_recipe", "not_672", "half_pair"])
 def test_ship_weights_refuses_what_does_not_fit_in_one_line_before_writing_anything(case, tmp_path, capsys):
     """ship_weights.py checks every sidecar and recipe before its first write: a dense model shipped under a recipe
     that did not train it (the shipped one is task_dense_cycle3.toml's run, not task_dense.toml's), a checkpoint
@@ -145,6 +168,10 @@ def test_ship_weights_refuses_what_does_not_fit_in_one_line_before_writing_anyth
         argv[1] = lone
     elif case == "missing_recipe":
         argv += ["--dense-recipe", "experiments/fashion_mosaic/no_such_recipe.toml"]
+    elif case == "not_672":  # the 448 px supernet is not task_supernet_672.toml's output
+        argv = ["--supernet672", WEIGHTS / "supernet.safetensors", "--out", out]
+    elif case == "half_pair":
+        argv = argv[:2] + ["--out", out]
     code, cap = _ship(argv, capsys)
     lines = cap.err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and lines[0].startswith("sparsesearch: error: "), cap.err
@@ -153,5 +180,9 @@ def test_ship_weights_refuses_what_does_not_fit_in_one_line_before_writing_anyth
         assert "was not trained by experiments/fashion_mosaic/task_dense.toml" in lines[0] and "[train] lr" in lines[0]
     elif case == "missing_sidecar":
         assert "lone" in lines[0]
+    elif case == "not_672":
+        assert "was not trained by experiments/fashion_mosaic/task_supernet_672.toml" in lines[0]
+    elif case == "half_pair":
+        assert "--dense and --supernet" in lines[0]
     else:
         assert "no_such_recipe.toml" in lines[0]

@@ -383,4 +383,9 @@ def test_the_main_jobs_search_spec_searches_sparse_scenes(name: str, size: int) 
     assert (spec.evaluator.mosaic["min_items"], spec.evaluator.mosaic["max_items"]) == (scene.min_items, scene.max_items)
     assert spec.latency.budget_fraction == 0.6 and spec.workers.num_workers == 2
     assert f"latency_cpu_{size}.json" in str(spec.latency.predictor)
+    # the supernet scripts/main.sh copies there: the shipped one (448 px) or the shipped 672 px one
+    ck, ship = {448: ("supernet", "supernet"), 672: ("supernet_672", "supernet672")}[size]
+    assert spec.supernet.checkpoint.name == f"{ck}.safetensors"
+    main_sh = (Path(__file__).resolve().parents[1] / "scripts" / "main.sh").read_text()
+    assert f"ship={ship} ck={ck} ;;" in " ".join(main_sh.split())
     assert {"task_quick.toml", "task_full.toml", "task_dense.toml", "task_supernet.toml"} <= {p.name for p in RECIPES}

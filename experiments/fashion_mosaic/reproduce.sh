@@ -5,7 +5,7 @@
 #
 #   bash experiments/fashion_mosaic/reproduce.sh [STEP ...]     (default: every step)
 #
-# Steps: diagnose speed dense width supernet ship main main672 validate window efficiency ranking baselines fork samplers
+# Steps: diagnose speed dense width supernet ship supernet672 main main672 validate window efficiency ranking baselines fork samplers
 #        dimap quick full (and, not by default, continue: task_dense.toml on to its last epoch). `width` (the
 #        narrower model) runs before `baselines`, which puts it beside the front when its output exists.
 set -euo pipefail
@@ -15,7 +15,7 @@ py=.venv/bin/python
 ss=.venv/bin/sparsesearch
 dev=${SPARSESEARCH_TRAIN_DEVICE:+--device $SPARSESEARCH_TRAIN_DEVICE}  # e.g. SPARSESEARCH_TRAIN_DEVICE=cuda
 R=experiments/fashion_mosaic/results
-all=(diagnose speed dense width supernet ship main main672 validate window efficiency ranking baselines fork samplers dimap quick full)
+all=(diagnose speed dense width supernet ship supernet672 main main672 validate window efficiency ranking baselines fork samplers dimap quick full)
 steps=("$@")
 [ ${#steps[@]} -eq 0 ] && steps=("${all[@]}")
 for s in "${steps[@]}"; do
@@ -82,16 +82,20 @@ if want ship; then  # the shipped dense model stays as it is when runs/task/dens
         --dense-recipe experiments/fashion_mosaic/task_dense_cycle3.toml
   fi
 fi
+if want supernet672; then  # the shipped supernet adapted further on 672 px scenes (6 epochs, ~35 min), then shipped
+  $ss supernet train $dev experiments/fashion_mosaic/task_supernet_672.toml --resume
+  $py experiments/fashion_mosaic/ship_weights.py --supernet672 runs/task/supernet672.safetensors
+fi
 want main && bash scripts/main.sh
 want main672 && SPARSESEARCH_MAIN_RES=672 bash scripts/main.sh  # R2: the main job at 672 px (runs/main/search672)
 if want validate; then  # section R2: the predictor at 672 px (the 448 px files are the fourteenth session's)
   # validated straight after a fresh profile
   P=runs/main/latency_cpu_672_validate.json
   # (the main job's profile settings; 60 held-out configs x 7 repeats per sample: ~5 min each at 672 px)
-  $ss latency profile --checkpoint runs/main/supernet.safetensors --img-size 672 --threads 1 --repeats 7 --out $P --overwrite
-  $ss latency validate --predictor $P --checkpoint runs/main/supernet.safetensors \
+  $ss latency profile --checkpoint runs/main/supernet_672.safetensors --img-size 672 --threads 1 --repeats 7 --out $P --overwrite
+  $ss latency validate --predictor $P --checkpoint runs/main/supernet_672.safetensors \
       --n 60 --repeats 7 --plot $R/latency_validation_672.png --json > $R/latency_validation_672.json
-  $ss latency validate --predictor $P --checkpoint runs/main/supernet.safetensors --spread \
+  $ss latency validate --predictor $P --checkpoint runs/main/supernet_672.safetensors --spread \
       --n 60 --repeats 7 --plot $R/latency_validation_672_spread.png --json > $R/latency_validation_672_spread.json
 fi
 if want window; then  # R2: at the search resolution, with denormals flushed, and at 672 px
@@ -99,7 +103,7 @@ if want window; then  # R2: at the search resolution, with denormals flushed, an
       --out bench/results/window_pruning_448.json
   $py bench/window_pruning.py --checkpoint runs/main/supernet.safetensors --img-size 448 --threads 1 --flush-denormal \
       --out bench/results/window_pruning_448_flush_denormal.json
-  $py bench/window_pruning.py --checkpoint runs/main/supernet.safetensors --img-size 672 --threads 1 \
+  $py bench/window_pruning.py --checkpoint runs/main/supernet_672.safetensors --img-size 672 --threads 1 \
       --out bench/results/window_pruning_672_supernet.json
 fi
 want efficiency && $py bench/search_efficiency.py --spec experiments/fashion_mosaic/search_main.toml
@@ -117,7 +121,7 @@ if want baselines; then
       --exp runs/main/search --out $R "${width[@]}"
   # the 672 px main job's (results/baselines_672/): scored and fine-tuned with 2 threads, timed with 1 like the
   # predictor; the 0.875x input (~0.8 of dense) left out
-  $py experiments/fashion_mosaic/baselines.py --checkpoint runs/main/supernet.safetensors \
+  $py experiments/fashion_mosaic/baselines.py --checkpoint runs/main/supernet_672.safetensors \
       --exp runs/main/search672 --out $R/baselines_672 --score-threads 2 --scales 0.5 0.625 0.75 --max-front 8 "${width[@]}"
   [ ${#width[@]} -eq 0 ] ||  # R2: margin over the narrower model on five canvas sets
   $py experiments/fashion_mosaic/retention_noise.py --exp runs/main/search --checkpoint runs/main/supernet.safetensors \

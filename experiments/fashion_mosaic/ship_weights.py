@@ -27,7 +27,11 @@ everything from scratch. Every sidecar and recipe is checked (the run
 was made by the recipe it is shipped under; the supernet was adapted from this dense model, where its starting
 file is still there) before anything is written; a mismatch is one ``sparsesearch: error:`` line, exit 2.
 
-``weights/SHA256SUMS`` lists both files (``sha256sum -c`` format).
+``--supernet672 runs/task/supernet672.safetensors`` (alone) ships the 672 px supernet of the 672 px main job
+(``task_supernet_672.toml``: the shipped supernet adapted further on 672 px scenes) as ``supernet672.safetensors``,
+keeping the other two files; its ``metrics.scene`` is measured at 672 px.
+
+``weights/SHA256SUMS`` lists every shipped file (``sha256sum -c`` format); an export replaces its own lines only.
 """
 from __future__ import annotations
 
@@ -46,7 +50,10 @@ OUT = Path(__file__).resolve().parent / "weights"
 OUT_REL = OUT.relative_to(ROOT).as_posix()  # as the reproducing commands spell it
 RECIPES = {"dense": "experiments/fashion_mosaic/task_dense.toml",
            "supernet": "experiments/fashion_mosaic/task_supernet.toml",
-           "supernet_long": "experiments/fashion_mosaic/task_supernet_long.toml"}
+           "supernet_long": "experiments/fashion_mosaic/task_supernet_long.toml",
+           "supernet672": "experiments/fashion_mosaic/task_supernet_672.toml"}
+#: the shipped files, in SHA256SUMS order
+SHIPPED = ("dense", "supernet", "supernet672")
 #: the recipes a dense chain's earlier runs are looked up among (by training fingerprint)
 DENSE_CHAIN_GLOB = "experiments/fashion_mosaic/task_dense*.toml"
 #: task_supernet_long.toml continues task_supernet.toml's output from this file
@@ -273,13 +280,48 @@ def plan(a: argparse.Namespace, dense_meta: dict, sup_meta: dict) -> dict:
     return out
 
 
+def plan_672(a: argparse.Namespace, meta: dict) -> dict:
+    """What ``supernet672.safetensors`` will record: trained by ``task_supernet_672.toml`` from the shipped supernet
+    (``--out``'s ``supernet.safetensors``, sha256 as it is now), compute including everything before it.
+
+    Raises:
+        ShipError, CheckpointError, TrainSpecError: another recipe, another starting file, or no shipped supernet."""
+    from supernet.checkpoint import read_sidecar
+    from supernet.fileio import sha256_file
+
+    recipe = RECIPES["supernet672"]
+    tr = check_trained_by(meta, recipe, str(a.supernet672))
+    init = Path(((tr.get("config") or {}).get("model") or {}).get("init") or "")
+    shipped_sup = a.out / "supernet.safetensors"
+    if not shipped_sup.is_file() or init.resolve() != shipped_sup.resolve():
+        raise ShipError(f"{a.supernet672} was adapted from {init or 'no [model] init'}, not the shipped supernet "
+                        f"{shipped_sup}; fix: train {recipe} (its [model] init is the shipped supernet)")
+    sup = read_sidecar(shipped_sup)["training"]["shipped"]
+    seconds, canvases = history_compute(meta)
+    compute = {"train_seconds": seconds, "canvases": canvases, "epochs": f"{tr.get('epoch')}/{tr.get('epochs')}",
+               "threads": tr["config"].get("train", {}).get("threads"), "source_sha256": meta["weights_sha256"],
+               "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+               "exported": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+               "supernet_train_seconds": float(sup["compute"]["total_train_seconds"]),
+               "supernet_canvases": int(sup["compute"]["total_canvases"])}
+    compute["total_train_seconds"] = compute["supernet_train_seconds"] + seconds
+    compute["total_canvases"] = compute["supernet_canvases"] + canvases
+    return {"recipe": recipe, "command": train_command(recipe, tr),
+            "export": f"python experiments/fashion_mosaic/ship_weights.py --supernet672 {a.supernet672}",
+            "compute": compute,
+            "init": {"file": f"{OUT_REL}/supernet.safetensors", "sha256": sha256_file(shipped_sup),
+                     "command": sup["command"]}}
+
+
 def main(argv=None) -> int:
     from supernet.checkpoint import export_checkpoint, read_sidecar
     from supernet.fileio import atomic_write_text, sha256_file
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--dense", type=Path, required=True)
-    ap.add_argument("--supernet", type=Path, required=True)
+    ap.add_argument("--dense", type=Path)
+    ap.add_argument("--supernet", type=Path)
+    ap.add_argument("--supernet672", type=Path,
+                    help="ship task_supernet_672.toml's output as supernet672.safetensors (alone: the other two stay)")
     ap.add_argument("--dense-recipe", default=RECIPES["dense"],
                     help="the recipe that trained --dense (default: task_dense.toml); one whose [model] init is an "
                          "earlier run's export (task_dense_cycle3.toml) ships the whole chain")
@@ -288,34 +330,50 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args(argv)
-    metas = {"dense": read_sidecar(a.dense), "supernet": read_sidecar(a.supernet)}
-    shipped = plan(a, metas["dense"], metas["supernet"])  # every check before the first write
+    if (a.dense is None) != (a.supernet is None) or (a.dense is None) == (a.supernet672 is None):
+        raise ShipError("pass --dense and --supernet (the task model and its supernet), or --supernet672 alone")
+    if a.supernet672 is not None:
+        srcs = {"supernet672": a.supernet672}
+        metas = {"supernet672": read_sidecar(a.supernet672)}
+        shipped = {"supernet672": plan_672(a, metas["supernet672"])}
+    else:
+        srcs = {"dense": a.dense, "supernet": a.supernet}
+        metas = {"dense": read_sidecar(a.dense), "supernet": read_sidecar(a.supernet)}
+        shipped = plan(a, metas["dense"], metas["supernet"])  # every check before the first write
     a.out.mkdir(parents=True, exist_ok=True)
-    report, sums = {}, []
-    for name, src in (("dense", a.dense), ("supernet", a.supernet)):
+    report, sums = {}, _read_sums(a.out / "SHA256SUMS")
+    for name, src in srcs.items():
         meta = metas[name]
         if name not in shipped:  # the kept dense model
             sha = sha256_file(src)
-            sums.append(f"{sha}  {src.name}")
+            sums[f"{name}.safetensors"] = sha
             report[name] = {"file": str(src), "sha256": sha, "bytes": src.stat().st_size, "kept": True,
                             "dense": meta["metrics"]["dense"], "check": meta["metrics"]["check"], "scene": None}
             continue
         dst = a.out / f"{name}.safetensors"
         export_checkpoint(src, dst, storage_dtype="float16", extra={"shipped": shipped[name]})
         scene = None
-        if name == "supernet":
+        if name != "dense":
             ds = meta.get("dataset") or {}
             scene = int(ds.get("img_size") or meta.get("img_size"))
         metrics = measure(dst, scene, a.length, a.threads)
         metrics["train_source"] = meta.get("metrics")
         export_checkpoint(src, dst, storage_dtype="float16", metrics=metrics, extra={"shipped": shipped[name]})
         sha = sha256_file(dst)
-        sums.append(f"{sha}  {dst.name}")
+        sums[dst.name] = sha
         report[name] = {"file": str(dst), "sha256": sha, "bytes": dst.stat().st_size,
                         "dense": metrics["dense"], "check": metrics["check"], "scene": metrics.get("scene")}
-    atomic_write_text(a.out / "SHA256SUMS", "\n".join(sums) + "\n")
+    order = [f"{n}.safetensors" for n in SHIPPED]
+    atomic_write_text(a.out / "SHA256SUMS", "".join(f"{sums[f]}  {f}\n" for f in order if f in sums))
     print(json.dumps(report, indent=None if a.json else 1))
     return 0
+
+
+def _read_sums(path: Path) -> dict:
+    """``{file name: sha256}`` of a ``sha256sum`` listing (empty when there is none)."""
+    if not path.is_file():
+        return {}
+    return {name: sha for sha, name in (ln.split() for ln in path.read_text().splitlines() if ln.strip())}
 
 
 def cli(argv=None) -> int:
