@@ -36,7 +36,7 @@ import numpy as np
 from supernet.fileio import atomic_write_json
 
 from .errors import UserError
-from .fidelity import front_gaps
+from .fidelity import front_rivals
 
 __all__ = ["confirm_front", "subset_noise", "select_candidates"]
 
@@ -67,7 +67,7 @@ def select_candidates(latency_ms: Sequence[float], values: Sequence[float], marg
     """Indices of the configs worth re-scoring: the front, then those within ``margin`` of it, contested first.
 
     Each qualifying config has a distance to the front's boundary: a config off the front, its gap behind the
-    best config that is no slower (:func:`search.fidelity.front_gaps`, at most ``margin``); a front member, its
+    best config that is no slower (:func:`search.fidelity.front_rivals`, at most ``margin``); a front member, its
     lead over the best strictly faster config (infinite for the fastest). When more than ``max_candidates``
     qualify, the nearest are kept: the configs whose confirmed score can reorder the front (the accurate end,
     where configs differ by tenths of a point) before the members that lead every faster config by far. A config
@@ -88,14 +88,14 @@ def select_candidates(latency_ms: Sequence[float], values: Sequence[float], marg
     val = np.asarray(values, dtype=np.float64)
     # gap: how far the best config that is no slower is ahead (0 for a front member); the multi-fidelity rule's
     # could_enter_front is gap <= margin
-    gap = front_gaps(lat, val, lat, val, maximize)
-    lead = -front_gaps(lat, val, lat, val, maximize, strictly_faster=True)
+    gap, behind_rival = front_rivals(lat, val, lat, val, maximize)
+    ahead, member_rival = front_rivals(lat, val, lat, val, maximize, strictly_faster=True)
     on_front = gap <= 0.0
     keep = gap <= (margin if margin is not None else 0.0)
-    distance = np.where(on_front, lead, gap)
+    distance = np.where(on_front, -ahead, gap)
     # a config is only worth re-scoring beside its rival: the best no-slower config for one behind the front,
     # the best strictly faster one for a member (both front members); -1 for the fastest member
-    rival = np.where(on_front, _best_faster(lat, val, maximize, strictly=True), _best_faster(lat, val, maximize))
+    rival = np.where(on_front, member_rival, behind_rival)
     cap = max(1, int(max_candidates))
     chosen: List[int] = []
     for i in (int(j) for j in np.lexsort((lat, distance)) if keep[j]):
@@ -103,21 +103,10 @@ def select_candidates(latency_ms: Sequence[float], values: Sequence[float], marg
         if len(chosen) + len(unit) <= cap:
             chosen += unit
         elif not chosen:  # a cap of one: the front member of the nearest pair
-            chosen = [unit[-1] if rival[i] >= 0 else i]
+            chosen = [unit[-1]]
         if len(chosen) >= cap:
             break
     return sorted(chosen, key=lambda i: (lat[i], i))
-
-
-def _best_faster(lat: np.ndarray, val: np.ndarray, maximize: bool, strictly: bool = False) -> np.ndarray:
-    """(n,) index of the best config no slower (``strictly``: strictly faster) than each config; -1 if none."""
-    sign = 1.0 if maximize else -1.0
-    order = np.argsort(lat, kind="stable")
-    v = sign * val[order]
-    best = np.fmax.accumulate(v)
-    pos = np.maximum.accumulate(np.where(v == best, np.arange(len(v)), 0))  # where the running best was set
-    k = np.searchsorted(lat[order], lat, side="left" if strictly else "right") - 1
-    return np.where(k >= 0, order[pos[np.maximum(k, 0)]], -1)
 
 
 def confirm_front(exp_dir, *, canvases: int = 256, z: float = 1.0, max_candidates: int = 24,

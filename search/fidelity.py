@@ -28,7 +28,7 @@ from typing import Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["subset_key", "paired_margin", "front_gap", "front_gaps", "could_enter_front", "first_canvases"]
+__all__ = ["subset_key", "paired_margin", "front_gap", "front_gaps", "front_rivals", "could_enter_front", "first_canvases"]
 
 
 def subset_key(metric: str, canvases: int) -> str:
@@ -62,34 +62,49 @@ def paired_margin(subset_values: Sequence[float], full_values: Sequence[float], 
     return float(z * math.sqrt(2.0) * e.std(ddof=1))
 
 
-def front_gaps(latency_ms: Sequence[float], values: Sequence[float], point_latency_ms: Sequence[float],
-               point_values: Sequence[float], maximize: bool = True, strictly_faster: bool = False) -> np.ndarray:
-    """For each query ``(latency_ms[i], values[i])``: how far the best point that is no slower is ahead of it.
+def front_rivals(latency_ms: Sequence[float], values: Sequence[float], point_latency_ms: Sequence[float],
+                 point_values: Sequence[float], maximize: bool = True,
+                 strictly_faster: bool = False) -> Tuple[np.ndarray, np.ndarray]:
+    """For each query ``(latency_ms[i], values[i])``: the best point that is no slower, and how far it is ahead.
 
     Args:
         latency_ms: (q,) query latencies (ms).
         values: (q,) query metric values.
         point_latency_ms, point_values: (p,) the points (the front, or every config) on the same canvases.
         maximize: the metric's direction.
-        strictly_faster: compare with the strictly faster points only (a front member's lead is minus this).
+        strictly_faster: compare with the strictly faster points only (a front member's lead is minus the gap).
 
     Returns:
-        float64 (q,): the gap in metric units (``> 0``: some no-slower point is better by that much); ``-inf``
-        where no point is no slower. O((p + q) log p).
+        ``(gaps, rivals)``: float64 (q,) gap in metric units (``> 0``: that point is better by that much; ``-inf``
+        where no point is no slower) and int64 (q,) the index of that point into the points (``-1`` where none).
+        O((p + q) log p).
     """
     sign = 1.0 if maximize else -1.0
     q_lat = np.asarray(latency_ms, dtype=np.float64).reshape(-1)
     q_val = sign * np.asarray(values, dtype=np.float64).reshape(-1)
     p_lat = np.asarray(point_latency_ms, dtype=np.float64).reshape(-1)
     if not len(p_lat):
-        return np.full(len(q_lat), -np.inf)
+        return np.full(len(q_lat), -np.inf), np.full(len(q_lat), -1, dtype=np.int64)
     order = np.argsort(p_lat, kind="stable")
     p_lat = p_lat[order]
-    # fmax: a point without a value (NaN) is skipped, not propagated
-    best = np.fmax.accumulate(sign * np.asarray(point_values, dtype=np.float64).reshape(-1)[order])
+    v = sign * np.asarray(point_values, dtype=np.float64).reshape(-1)[order]
+    best = np.fmax.accumulate(v)  # fmax: a point without a value (NaN) is skipped, not propagated
+    at = np.maximum.accumulate(np.where(v == best, np.arange(len(v)), 0))  # where the running best was set
     k = np.searchsorted(p_lat, q_lat, side="left" if strictly_faster else "right")
-    ahead = np.where(k > 0, best[np.maximum(k - 1, 0)], -np.inf)
-    return ahead - q_val
+    j = np.maximum(k - 1, 0)
+    ahead = np.where(k > 0, best[j], -np.inf)
+    return ahead - q_val, np.where(k > 0, order[at[j]], -1)
+
+
+def front_gaps(latency_ms: Sequence[float], values: Sequence[float], point_latency_ms: Sequence[float],
+               point_values: Sequence[float], maximize: bool = True, strictly_faster: bool = False) -> np.ndarray:
+    """For each query: how far the best point that is no slower is ahead of it (the gaps of :func:`front_rivals`).
+
+    Returns:
+        float64 (q,): the gap in metric units (``> 0``: some no-slower point is better by that much); ``-inf``
+        where no point is no slower.
+    """
+    return front_rivals(latency_ms, values, point_latency_ms, point_values, maximize, strictly_faster)[0]
 
 
 def front_gap(value: float, latency_ms: float, points: Iterable[Tuple[float, float]], maximize: bool = True) -> float:

@@ -123,7 +123,7 @@ def test_could_enter_front_stops_only_clearly_dominated_candidates():
 
 
 def test_front_gaps_equal_the_pairwise_definition_with_ties_and_both_directions():
-    from search.fidelity import front_gaps
+    from search.fidelity import front_gaps, front_rivals
 
     rng = np.random.default_rng(1)
     for _ in range(100):
@@ -134,6 +134,12 @@ def test_front_gaps_equal_the_pairwise_definition_with_ties_and_both_directions(
             ref = [max((s * (vj - vi) for lj, vj in zip(lat, val) if (lj < li if strict else lj <= li)), default=-math.inf)
                    for li, vi in zip(lat, val)]
             assert np.allclose(front_gaps(lat, val, lat, val, maximize, strict), ref)
+            # the rival is a point of that best value, no slower (strictly faster), -1 where there is none
+            gaps, rivals = front_rivals(lat, val, lat, val, maximize, strict)
+            for i, (g, r) in enumerate(zip(gaps, rivals)):
+                assert (r == -1) == (g == -math.inf)
+                if r >= 0:
+                    assert (lat[r] < lat[i] if strict else lat[r] <= lat[i]) and s * (val[r] - val[i]) == pytest.approx(g)
     assert np.all(front_gaps([1.0], [0.5], [], []) == -math.inf)
     # a point without a value (NaN) is skipped, as the member loop it replaced skipped it
     assert front_gaps([5.0], [0.5], [1.0, 2.0], [float("nan"), 0.6])[0] == pytest.approx(0.1)
