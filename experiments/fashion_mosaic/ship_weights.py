@@ -79,6 +79,22 @@ def history_compute(meta: dict) -> tuple[float, int]:
     return float(sum(h.get("seconds", 0.0) for h in hist)), int(sum(h.get("canvases", 0) for h in hist))
 
 
+def run_compute(meta: dict, training: dict) -> dict:
+    """The compute record of one training run: its seconds and canvases (per-epoch history), epochs, threads, the
+    trained file's sha256, and where and when it is exported."""
+    seconds, canvases = history_compute(meta)
+    return {"train_seconds": seconds, "canvases": canvases,
+            "epochs": f"{training.get('epoch')}/{training.get('epochs')}",
+            "threads": training["config"].get("train", {}).get("threads"), "source_sha256": meta["weights_sha256"],
+            "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
+            "exported": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+
+
+def init_of(training: dict) -> str:
+    """The ``[model] init`` a sidecar's ``training`` config started from ('' for none)."""
+    return ((training.get("config") or {}).get("model") or {}).get("init") or ""
+
+
 def recipe_paths(recipe: str) -> tuple[str | None, str]:
     """A recipe's ``[model] init`` and ``[output] checkpoint``, relative to the repository root."""
     from supernet.train import load_train_spec
@@ -210,8 +226,6 @@ def plan(a: argparse.Namespace, dense_meta: dict, sup_meta: dict) -> dict:
     from supernet.checkpoint import read_sidecar
     from supernet.fileio import sha256_file
 
-    stamp = {"machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-             "exported": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     keep_dense = a.dense.resolve() == (a.out / "dense.safetensors").resolve()
     export = f"python experiments/fashion_mosaic/ship_weights.py --dense {a.dense} --supernet {a.supernet}"
     if a.dense_recipe != RECIPES["dense"]:
@@ -224,10 +238,7 @@ def plan(a: argparse.Namespace, dense_meta: dict, sup_meta: dict) -> dict:
         dense_command = shipped["command"]
     else:
         tr = check_trained_by(dense_meta, a.dense_recipe, str(a.dense))
-        seconds, canvases = history_compute(dense_meta)
-        compute = {"train_seconds": seconds, "canvases": canvases, "epochs": f"{tr.get('epoch')}/{tr.get('epochs')}",
-                   "threads": tr["config"].get("train", {}).get("threads"),
-                   "source_sha256": dense_meta["weights_sha256"], **stamp}
+        compute = run_compute(dense_meta, tr)
         dense_command, earlier, init = dense_chain(a.dense_recipe, tr)
         shipped = {"recipe": a.dense_recipe}
         if init is not None:  # a later run of a chain, from the previous run's export
@@ -238,22 +249,19 @@ def plan(a: argparse.Namespace, dense_meta: dict, sup_meta: dict) -> dict:
         dense_total = (compute["total_train_seconds"], compute["total_canvases"])
         out["dense"] = {**shipped, "command": dense_command, "export": export, "compute": compute}
 
-    tr = sup_meta.get("training") or {}
-    init = ((tr.get("config") or {}).get("model") or {}).get("init") or ""
+    init = init_of(sup_meta.get("training") or {})
     long = Path(init).name == LONG_INIT
     recipe = RECIPES["supernet_long" if long else "supernet"]
     tr = check_trained_by(sup_meta, recipe, str(a.supernet))
-    seconds, canvases = history_compute(sup_meta)
-    compute = {"train_seconds": seconds, "canvases": canvases, "epochs": f"{tr.get('epoch')}/{tr.get('epochs')}",
-               "threads": tr["config"].get("train", {}).get("threads"), "source_sha256": sup_meta["weights_sha256"],
-               **stamp}
+    compute = run_compute(sup_meta, tr)
+    seconds, canvases = compute["train_seconds"], compute["canvases"]
     adapt_meta = sup_meta
     if long:  # task_supernet_long.toml: its compute includes the first adaptation run's (the init's sidecar)
         adapt_meta = read_sidecar(Path(init))
         check_trained_by(adapt_meta, RECIPES["supernet"], init)
         compute["first_adapt_train_seconds"], compute["first_adapt_canvases"] = history_compute(adapt_meta)
     # lineage: the first adaptation run started from the dense model being shipped (when its file is still there)
-    dense_file = ((adapt_meta["training"].get("config") or {}).get("model") or {}).get("init")
+    dense_file = init_of(adapt_meta["training"])
     want = sha256_file(a.dense)
     if dense_file and Path(dense_file).is_file() and sha256_file(dense_file) != want:
         raise ShipError(f"{a.supernet} was adapted from {dense_file}, which is not {a.dense} (sha256 differs); "
@@ -291,21 +299,16 @@ def plan_672(a: argparse.Namespace, meta: dict) -> dict:
 
     recipe = RECIPES["supernet672"]
     tr = check_trained_by(meta, recipe, str(a.supernet672))
-    init = Path(((tr.get("config") or {}).get("model") or {}).get("init") or "")
+    init = Path(init_of(tr))
     shipped_sup = a.out / "supernet.safetensors"
     if not shipped_sup.is_file() or init.resolve() != shipped_sup.resolve():
         raise ShipError(f"{a.supernet672} was adapted from {init or 'no [model] init'}, not the shipped supernet "
                         f"{shipped_sup}; fix: train {recipe} (its [model] init is the shipped supernet)")
     sup = read_sidecar(shipped_sup)["training"]["shipped"]
-    seconds, canvases = history_compute(meta)
-    compute = {"train_seconds": seconds, "canvases": canvases, "epochs": f"{tr.get('epoch')}/{tr.get('epochs')}",
-               "threads": tr["config"].get("train", {}).get("threads"), "source_sha256": meta["weights_sha256"],
-               "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-               "exported": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-               "supernet_train_seconds": float(sup["compute"]["total_train_seconds"]),
+    compute = {**run_compute(meta, tr), "supernet_train_seconds": float(sup["compute"]["total_train_seconds"]),
                "supernet_canvases": int(sup["compute"]["total_canvases"])}
-    compute["total_train_seconds"] = compute["supernet_train_seconds"] + seconds
-    compute["total_canvases"] = compute["supernet_canvases"] + canvases
+    compute["total_train_seconds"] = compute["supernet_train_seconds"] + compute["train_seconds"]
+    compute["total_canvases"] = compute["supernet_canvases"] + compute["canvases"]
     return {"recipe": recipe, "command": train_command(recipe, tr),
             "export": f"python experiments/fashion_mosaic/ship_weights.py --supernet672 {a.supernet672}",
             "compute": compute,
