@@ -82,7 +82,7 @@ if want ship; then  # the shipped dense model stays as it is when runs/task/dens
         --dense-recipe experiments/fashion_mosaic/task_dense_cycle3.toml
   fi
 fi
-if want supernet672; then  # the shipped supernet adapted further on 672 px scenes (6 epochs, ~35 min), then shipped
+if want supernet672; then  # the shipped supernet adapted further on 672 px scenes (6 epochs, 27 min here), then shipped
   $ss supernet train $dev experiments/fashion_mosaic/task_supernet_672.toml --resume
   $py experiments/fashion_mosaic/ship_weights.py --supernet672 runs/task/supernet672.safetensors
 fi
