@@ -147,7 +147,17 @@ def test_baselines_experiment_script(experiment, tmp_path):
     pts = {p["name"]: p for p in out["points"]}
     kinds = [p["kind"] for p in out["points"]]
     assert kinds[:3] == ["dense", "uniform", "uniform"] and kinds[-1] == "narrow"
-    assert kinds.count("resolution") == 1 and kinds.count("resolution_ft") == 1 and 1 <= kinds.count("front") <= 4
+    assert kinds.count("resolution") == 1 and kinds.count("resolution_ft") == 1 and kinds.count("front") >= 1
+    # the front's members: at most 4 evenly spread, plus every member predicted within 10 % of a budget line
+    from search.pareto import pareto_front
+    from search.trial_log import final_trials, load_trials
+
+    dense_pred = json.loads((d / "exp_tiny" / "experiment.json").read_text())["dense_predicted_ms"]
+    front = pareto_front(final_trials(load_trials(d / "exp_tiny")), (("miou", "max"), ("predicted_latency_ms", "min")))
+    near = {f"front trial {int(t)}" for t, ms in zip(front["trial_number"], front["predicted_latency_ms"])
+            if any(abs(ms - f * dense_pred) <= 0.1 * f * dense_pred for f in (0.6, 0.5))}
+    names = {p["name"] for p in out["points"] if p["kind"] == "front"}
+    assert near <= names and len(names - near) <= 4
     assert pts["dense"]["latency_ratio"] == pytest.approx(1.0, abs=0.25)
     assert all(p["measured_ms"] > 0 for p in out["points"])
     # the other checkpoint is the supernet's own weights, run densely: same canvases -> same mIoU, same MACs
@@ -161,6 +171,25 @@ def test_baselines_experiment_script(experiment, tmp_path):
         assert t["front"] is None or t["front_ms"] <= t["budget_ms"]
     assert "vs reduced resolution" in (tmp_path / "baselines.md").read_text()
     assert (tmp_path / "baselines.png").stat().st_size > 1000
+
+
+def test_baselines_pick_front_keeps_members_near_each_budget_line():
+    """The even spread alone can skip the member nearest a budget line (it did at 672 px: trial 46 at 0.466 of dense,
+    dropped by an 8-member spread); every member within +-near of a line is kept besides the spread."""
+    sys.path.insert(0, ROOT)
+    from experiments.fashion_mosaic.baselines import pick_front
+
+    ms = [79.5, 84.5, 87.4, 88.7, 92.7, 96.2, 99.8, 100.0, 108.8, 109.7, 113.7, 119.2, 120.7, 122.8, 127.0]
+    spread = pick_front(ms, 8, [])
+    assert spread == [0, 2, 4, 6, 8, 10, 12, 14]  # both ends, evenly by rank
+    got = pick_front(ms, 8, [0.5 * 214.76, 0.6 * 214.76])
+    assert set(spread) < set(got) and 7 in got and 9 in got and 13 in got
+    assert all(i in spread or any(abs(ms[i] - x) <= 0.1 * x for x in (107.38, 128.86)) for i in got)
+    assert got == sorted(got) and 5 not in got and 3 not in got  # 96.2 is 10.4 % under the 50 % line
+    assert pick_front(ms, 8, [107.38], near=0.0) == spread
+    assert pick_front(ms[:3], 8, []) == [0, 1, 2]
+    with pytest.raises(ValueError):
+        pick_front(ms, 0, [])
 
 
 def test_retention_noise_script(experiment, tmp_path, capsys):

@@ -5,7 +5,8 @@ beats the same dense model at a reduced resolution, and a narrower model, at equ
 searched non-uniform sparsity beats uniform sparsity. This script measures that on the fashion-mosaic
 task at the search resolution (the shipped supernet's: 448 px sparse scenes):
 
-1. the searched Pareto front of an experiment (``--exp``; evenly spread members, both ends kept) and the
+1. the searched Pareto front of an experiment (``--exp``; ``--max-front`` evenly spread members, both ends kept, and
+   every member predicted within ``--near`` of a budget line: :func:`pick_front`) and the
    supernet at uniform sparsity 0.3 ... 0.8 (stages 0-2) are re-scored on ``--length`` validation canvases
    (the search scored them on its small subset: re-scoring removes the winner's curse);
 2. the supernet run densely on canvases downscaled by ``--scales`` before the backbone (the logits are
@@ -38,6 +39,35 @@ from typing import Any, Dict, List, Optional
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+
+
+BUDGET_FRACTIONS = (0.6, 0.5)  # the comparisons' budget lines, fractions of dense measured latency (issue 14)
+
+
+def pick_front(predicted_ms: List[float], max_front: int, lines_ms: List[float], near: float = 0.1) -> List[int]:
+    """Indices of the front members to re-score and measure, in latency order.
+
+    ``max_front`` members evenly spread over the front (by rank in predicted latency, both ends kept), plus every
+    member whose predicted latency lies within ``+-near`` (relative) of a budget line: their measured latency may
+    fall either side of it, and the comparison at the line must not depend on which members the even spread hit.
+
+    Args:
+        predicted_ms: the front's predicted latencies (ms), shape ``(n,)``, ascending.
+        max_front: members of the even spread (>= 1).
+        lines_ms: the budget lines in predicted ms (fraction of dense x dense predicted).
+        near: relative half-width of the band kept around each line (0.1: the predictor's stated +-10 %).
+
+    Raises:
+        ValueError: ``max_front < 1`` or ``near < 0``.
+    """
+    import numpy as np
+
+    if max_front < 1 or near < 0:
+        raise ValueError(f"max_front must be >= 1 and near >= 0, got {max_front} and {near}")
+    n = len(predicted_ms)
+    keep = set(range(n)) if n <= max_front else set(np.round(np.linspace(0, n - 1, max_front)).astype(int).tolist())
+    keep |= {i for i, ms in enumerate(predicted_ms) for line in lines_ms if abs(ms - line) <= near * line}
+    return sorted(keep)
 
 
 def best_at(points: List[Dict[str, Any]], latency_ms: float) -> Optional[Dict[str, Any]]:
@@ -160,12 +190,15 @@ def main(argv=None) -> Dict[str, Any]:
     p.add_argument("--score-threads", type=int, default=None,
                    help="threads of the fine-tunes and the mIoU scoring (default: --threads; not timed)")
     p.add_argument("--repeats", type=int, default=11)
-    p.add_argument("--max-front", type=int, default=12, help="front configs kept (evenly spread in latency)")
+    p.add_argument("--max-front", type=int, default=12,
+                   help="front configs evenly spread over the front (both ends), besides those near a budget line")
+    p.add_argument("--near", type=float, default=0.1,
+                   help="front configs predicted within this relative distance of the 60 %% and 50 %% lines are "
+                        "always kept (default 0.1: the predictor's +-10 %%)")
     p.add_argument("--out", default="experiments/fashion_mosaic/results")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
 
-    import numpy as np
     import torch
 
     from latency.profiler import _make_input, measure_drift
@@ -191,9 +224,9 @@ def main(argv=None) -> Dict[str, Any]:
     fin = final_trials(load_trials(a.exp))
     front_df = pareto_front(fin, ((metric, "max"), ("predicted_latency_ms", "min")))
     front_df = front_df.sort_values("predicted_latency_ms").reset_index(drop=True)
-    if len(front_df) > a.max_front:  # evenly spread over the latency range, both ends kept
-        idx = np.unique(np.round(np.linspace(0, len(front_df) - 1, a.max_front)).astype(int))
-        front_df = front_df.iloc[idx].reset_index(drop=True)
+    lines = [f * float(frozen["dense_predicted_ms"]) for f in BUDGET_FRACTIONS] if "dense_predicted_ms" in frozen else []
+    front_df = front_df.iloc[pick_front(front_df["predicted_latency_ms"].tolist(), a.max_front, lines,
+                                        a.near)].reset_index(drop=True)
 
     points: List[Dict[str, Any]] = []
     dense_cfg = [[0.0] * d for d in depths]
@@ -242,7 +275,7 @@ def main(argv=None) -> Dict[str, Any]:
     front = [pt for pt in points if pt["kind"] == "front"]
     dms = dense["measured_ms"]
     targets = {}
-    for frac in (0.6, 0.5):
+    for frac in BUDGET_FRACTIONS:
         f = best_at(front, frac * dms)
         row = {"budget_ms": frac * dms, "front": f and f["name"], "front_miou": f and f["miou"],
                "front_retention": f and f["miou_retention"], "front_ms": f and f["measured_ms"]}
