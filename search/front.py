@@ -44,8 +44,8 @@ import pandas as pd
 
 from supernet.fileio import atomic_write
 
-__all__ = ["FRONT_FILE", "MEASURED_FILE", "CONFIRMED_FILE", "front_table", "write_front_table", "read_front_table",
-           "nondomination_ranks", "FrontTable"]
+__all__ = ["FRONT_FILE", "MEASURED_FILE", "CONFIRMED_FILE", "front_table", "front_members", "write_front_table",
+           "read_front_table", "nondomination_ranks", "FrontTable"]
 
 FRONT_FILE = "front.parquet"
 #: Measured end-to-end latencies of ``sparsesearch measure`` (config_hash -> record).
@@ -149,6 +149,27 @@ def front_table(trials: pd.DataFrame, metric: str, *, maximize: bool = True, bud
         "config_hash": fin["config_hash"].astype("string").to_numpy(),
     })
     return out.sort_values(["trial_number"]).reset_index(drop=True)
+
+
+def front_members(fin: pd.DataFrame, metric: str, *, maximize: bool = True, budget_ms: Optional[float] = None,
+                  confirmed: Optional[Dict[str, Any]] = None) -> pd.DataFrame:
+    """The configs a front report covers: the search's Pareto front of (metric, predicted latency) among the final
+    trial rows ``fin`` (:func:`search.pareto.pareto_front`), plus every member of the front ``sparsesearch confirm``
+    re-scored (``confirmed_pareto`` in ``confirmed``, :func:`read_confirmed`) that the search's own front lacks, once
+    per config (its first trial). Rows of ``fin``, ascending predicted latency (ms); ``sparsesearch measure`` times
+    them and ``baselines.py`` re-scores them.
+    """
+    from .pareto import pareto_front
+
+    if not len(fin):
+        return fin
+    front = pareto_front(fin, ((metric, "max" if maximize else "min"), ("predicted_latency_ms", "min")),
+                         budget_ms=budget_ms)
+    extra = {h for h, r in (confirmed or {}).items() if r.get("confirmed_pareto")} - set(front["config_hash"])
+    if extra:
+        more = fin[fin["config_hash"].isin(extra)].sort_values("trial_number").drop_duplicates("config_hash")
+        front = pd.concat([front, more], ignore_index=True)
+    return front.sort_values("predicted_latency_ms", kind="stable").reset_index(drop=True)
 
 
 def write_front_table(exp_dir: Path, table: pd.DataFrame) -> Path:

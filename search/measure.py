@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 import numpy as np
-import pandas as pd
 
 from supernet.fileio import atomic_write_json
 
@@ -56,8 +55,7 @@ def measure_front(exp_dir, *, repeats: int = 11, warmup: int = 3, progress: bool
     from latency.profiler import _make_input, _session, measure_configs_drift
     from supernet.checkpoint import load_checkpoint
 
-    from .front import MEASURED_FILE, front_table, read_confirmed, write_front_table
-    from .pareto import pareto_front
+    from .front import MEASURED_FILE, front_members, front_table, read_confirmed, write_front_table
     from .policy import SearchPolicy
     from .runner import load_frozen_spec
     from .space import Config
@@ -73,14 +71,8 @@ def measure_front(exp_dir, *, repeats: int = 11, warmup: int = 3, progress: bool
     maximize = policy.directions[0] == "maximize"
     df = load_trials(exp_dir)
     fin = final_trials(df) if len(df) else df
-    front = pareto_front(fin, ((metric, "max" if maximize else "min"), ("predicted_latency_ms", "min")),
-                         budget_ms=policy.budget) if len(fin) else fin
-    confirmed = read_confirmed(exp_dir)
-    extra = {h for h, r in confirmed.items() if r.get("confirmed_pareto")} - set(front["config_hash"]) if len(fin) \
-        else set()
-    if extra:  # the front ``sparsesearch confirm`` re-scored is measured beside the search's own
-        front = pd.concat([front, fin[fin["config_hash"].isin(extra)]], ignore_index=True).sort_values(
-            "predicted_latency_ms", kind="stable").reset_index(drop=True)
+    confirmed = read_confirmed(exp_dir)  # the front ``sparsesearch confirm`` re-scored is measured beside the search's
+    front = front_members(fin, metric, maximize=maximize, budget_ms=policy.budget, confirmed=confirmed)
     pred = policy.predictor
     fp = pred.fingerprint
     from latency.validate import predictor_device

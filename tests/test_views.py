@@ -105,6 +105,26 @@ def test_front_table_flags_a_repeated_front_point_once():
     assert t["confirmed_metric"].isna().tolist() == [True, False, False, True]  # the value belongs to the computation
 
 
+def test_front_members_add_the_confirmed_front_once_per_config():
+    """``measure`` and ``baselines.py`` cover the search's front plus the confirmed front's members it lacks (a config
+    confirm found better than its search score), once per config, in latency order."""
+    from search.front import front_members
+    from search.trial_log import final_trials
+
+    rows = pd.DataFrame({
+        "trial_number": [0, 1, 2, 3, 4, 5], "status": ["complete", "complete", "complete", "cached", "complete", "complete"],
+        "miou": [0.5, 0.7, 0.45, 0.45, 0.4, 0.8], "predicted_latency_ms": [10.0, 14.0, 12.0, 12.0, 11.0, 30.0],
+        "macs": [1] * 6, "config": ["[]"] * 6, "config_hash": ["a", "b", "c", "c", "d", "e"], "attempt": [0] * 6,
+    })
+    fin = final_trials(rows)
+    assert front_members(fin, "miou")["trial_number"].tolist() == [0, 1, 5]
+    assert front_members(fin, "miou", budget_ms=20.0)["trial_number"].tolist() == [0, 1]
+    conf = {"c": {"confirmed_pareto": True}, "d": {"confirmed_pareto": False}, "b": {"confirmed_pareto": True}}
+    got = front_members(fin, "miou", budget_ms=20.0, confirmed=conf)
+    assert got["trial_number"].tolist() == [0, 2, 1]  # c once (its first trial), between a and b; d is not on it
+    assert front_members(fin.iloc[:0], "miou", confirmed=conf).empty
+
+
 def test_front_table_flags_on_hand_made_points():
     from search.front import front_table
 

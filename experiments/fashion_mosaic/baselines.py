@@ -5,8 +5,9 @@ beats the same dense model at a reduced resolution, and a narrower model, at equ
 searched non-uniform sparsity beats uniform sparsity. This script measures that on the fashion-mosaic
 task at the search resolution (the shipped supernet's: 448 px sparse scenes):
 
-1. the searched Pareto front of an experiment (``--exp``; ``--max-front`` evenly spread members, both ends kept, and
-   every member predicted within ``--near`` of a budget line: :func:`pick_front`) and the
+1. the searched Pareto front of an experiment (``--exp``, with the members of the front ``sparsesearch confirm``
+   re-scored: :func:`search.front.front_members`; ``--max-front`` evenly spread members, both ends kept, and every
+   member predicted within ``--near`` of a budget line: :func:`pick_front`) and the
    supernet at uniform sparsity 0.3 ... 0.8 (stages 0-2) are re-scored on ``--length`` validation canvases
    (the search scored them on its small subset: re-scoring removes the winner's curse);
 2. the supernet run densely on canvases downscaled by ``--scales`` before the backbone (the logits are
@@ -202,7 +203,7 @@ def main(argv=None) -> Dict[str, Any]:
     import torch
 
     from latency.profiler import _make_input, measure_drift
-    from search.pareto import pareto_front
+    from search.front import front_members, read_confirmed
     from search.runner import load_frozen_spec
     from search.trial_log import final_trials, load_trials
     from supernet.checkpoint import load_checkpoint
@@ -222,8 +223,7 @@ def main(argv=None) -> Dict[str, Any]:
     depths = list(model.depths)
     metric = frozen["spec"]["objectives"]["metric"]
     fin = final_trials(load_trials(a.exp))
-    front_df = pareto_front(fin, ((metric, "max"), ("predicted_latency_ms", "min")))
-    front_df = front_df.sort_values("predicted_latency_ms").reset_index(drop=True)
+    front_df = front_members(fin, metric, confirmed=read_confirmed(Path(a.exp)))
     lines = [f * float(frozen["dense_predicted_ms"]) for f in BUDGET_FRACTIONS] if "dense_predicted_ms" in frozen else []
     front_df = front_df.iloc[pick_front(front_df["predicted_latency_ms"].tolist(), a.max_front, lines,
                                         a.near)].reset_index(drop=True)
