@@ -171,6 +171,21 @@ def test_baselines_experiment_script(experiment, tmp_path):
         assert t["front"] is None or t["front_ms"] <= t["budget_ms"]
     assert "vs reduced resolution" in (tmp_path / "baselines.md").read_text()
     assert (tmp_path / "baselines.png").stat().st_size > 1000
+    # every ratio's denominator is the dense reference median, and the budget lines are fractions of it
+    for p in out["points"]:
+        assert p["measured_ms"] == pytest.approx(p["latency_ratio"] * out["dense_measured_ms"])
+    # --rereport re-derives the same comparisons from the JSON alone
+    md = (tmp_path / "baselines.md").read_text()
+    (tmp_path / "baselines.md").unlink()
+    again = baselines.main(["--rereport", "--out", str(tmp_path), "--json"])
+    assert again["dense_measured_ms"] == pytest.approx(out["dense_measured_ms"])
+    for frac, t in out["targets"].items():  # the same points under the same lines (the line to rounding)
+        assert again["targets"][frac].pop("budget_ms") == pytest.approx(t.pop("budget_ms"))
+        assert again["targets"][frac] == t
+    assert (tmp_path / "baselines.md").read_text() == md
+    with pytest.raises(SystemExit) as e:
+        baselines.main(["--out", str(tmp_path)])
+    assert e.value.code == 2
 
 
 def test_baselines_pick_front_keeps_members_near_each_budget_line():

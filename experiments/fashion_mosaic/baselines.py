@@ -18,14 +18,16 @@ task at the search resolution (the shipped supernet's: 448 px sparse scenes):
 4. the end-to-end latency of every point is measured in one session, drift-corrected as the profiler does
    (every timed run between two runs of the dense supernet, order shuffled per repeat, median of ratios x
    the session's median dense time: :func:`latency.profiler.measure_drift`), batch 1, ``--threads``;
-5. comparisons: the best front config at <= 60 % and at <= 50 % of dense measured latency against the best
-   uniform / reduced-resolution / narrower point at the same or lower latency.
+5. comparisons: the best front config at <= 60 % and at <= 50 % of dense measured latency (the median of the
+   interleaved dense reference runs, the denominator of every point's ratio) against the best uniform /
+   reduced-resolution / narrower point at the same or lower latency: :func:`compare_at_budgets`.
 
 Usage:
     python experiments/fashion_mosaic/baselines.py --checkpoint experiments/fashion_mosaic/weights/supernet.safetensors \
         --exp runs/main/search [--baseline "width 0.75x=runs/task/w24_adapt.safetensors"] [--length 256] \
         [--scales 0.5 0.625 0.75 0.875] [--finetune-steps 150] [--threads 1] [--score-threads 2] [--repeats 11]
         [--out DIR] [--json]
+    python experiments/fashion_mosaic/baselines.py --rereport --out DIR   # the comparisons again, from DIR's JSON
 
 Writes ``baselines.json``, ``baselines.md`` and ``baselines.png`` under ``--out``.
 """
@@ -180,8 +182,8 @@ def finetune(net: ReducedInput, spec, steps: int, threads: int, seed: int = 0) -
 
 def main(argv=None) -> Dict[str, Any]:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--checkpoint", required=True, help="the supernet X.safetensors")
-    p.add_argument("--exp", required=True, help="the search's experiment directory")
+    p.add_argument("--checkpoint", help="the supernet X.safetensors (required unless --rereport)")
+    p.add_argument("--exp", help="the search's experiment directory (required unless --rereport)")
     p.add_argument("--baseline", action="append", default=[], metavar="NAME=X.safetensors")
     p.add_argument("--length", type=int, default=256, help="validation canvases")
     p.add_argument("--scales", type=float, nargs="*", default=[0.5, 0.625, 0.75, 0.875])
@@ -197,8 +199,17 @@ def main(argv=None) -> Dict[str, Any]:
                    help="front configs predicted within this relative distance of the 60 %% and 50 %% lines are "
                         "always kept (default 0.1: the predictor's +-10 %%)")
     p.add_argument("--out", default="experiments/fashion_mosaic/results")
+    p.add_argument("--rereport", action="store_true",
+                   help="re-derive the comparisons, table and plot of --out/baselines.json (no scoring or timing)")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
+    if a.rereport:
+        out = rereport(Path(a.out))
+        print(json.dumps({k: v for k, v in out.items() if k != "points"}, default=str) if a.json
+              else (Path(a.out) / "baselines.md").read_text())
+        return out
+    if not a.checkpoint or not a.exp:
+        p.error("--checkpoint and --exp are required (or --rereport)")
 
     import torch
 
@@ -272,33 +283,65 @@ def main(argv=None) -> Dict[str, Any]:
         pt["measured_ms"], pt["latency_ratio"] = float(ms), float(ratio)
     for pt in points:
         pt["miou_retention"] = pt["miou"] / dense["miou"] if dense["miou"] > 0 else float("nan")
-    front = [pt for pt in points if pt["kind"] == "front"]
-    dms = dense["measured_ms"]
+    rows = [{k: v for k, v in pt.items() if k != "model"} for pt in points]
+    dms = float(meas.reference_ms)
+    out = {"targets": compare_at_budgets(rows, dms), "checkpoint": str(a.checkpoint), "exp": str(a.exp),
+           "metric": metric, "length": a.length, "threads": a.threads, "score_threads": score_threads,
+           "repeats": a.repeats, "img_size": img, "canvases": spec.model_dump(mode="json"), "dense_measured_ms": dms,
+           "dense_point_ms": dense["measured_ms"], "points": rows, "seconds": time.perf_counter() - t0,
+           "measurement": MEASUREMENT}
+    md = write_report(out, Path(a.out))
+    print(json.dumps({k: v for k, v in out.items() if k != "points"}, default=str) if a.json else "\n".join(md))
+    torch.set_num_threads(prev_threads)
+    return out
+
+
+MEASUREMENT = ("drift-corrected against the dense supernet, interleaved; budget lines are fractions of the median of "
+               "the dense reference runs (dense_measured_ms), the denominator of every latency_ratio")
+
+
+def compare_at_budgets(rows: List[Dict[str, Any]], dense_ms: float) -> Dict[str, Any]:
+    """The issue-14 comparisons: at each budget line ``frac * dense_ms`` (``BUDGET_FRACTIONS``), the best front point
+    measured at or under it against the best point of every baseline kind at or under it.
+
+    Args:
+        rows: the measured points (``kind``, ``name``, ``miou``, ``miou_retention``, ``measured_ms``).
+        dense_ms: the dense model's measured latency (ms): the median of the interleaved dense reference runs, so a
+            point's ``measured_ms / dense_ms`` is its ``latency_ratio``.
+
+    Returns:
+        ``{"0.60": {"budget_ms", "front", "front_miou", "front_retention", "front_ms", <kind>: {name, miou,
+        measured_ms} | None, "front_minus_<kind>_points": float | None, ...}, "0.50": ...}`` (mIoU points = 100 x
+        the difference).
+    """
+    front = [pt for pt in rows if pt["kind"] == "front"]
     targets = {}
     for frac in BUDGET_FRACTIONS:
-        f = best_at(front, frac * dms)
-        row = {"budget_ms": frac * dms, "front": f and f["name"], "front_miou": f and f["miou"],
+        f = best_at(front, frac * dense_ms)
+        row = {"budget_ms": frac * dense_ms, "front": f and f["name"], "front_miou": f and f["miou"],
                "front_retention": f and f["miou_retention"], "front_ms": f and f["measured_ms"]}
         for kind in ("uniform", "resolution", "resolution_ft", "narrow"):
-            b = best_at([q for q in points if q["kind"] == kind], frac * dms)
+            b = best_at([q for q in rows if q["kind"] == kind], frac * dense_ms)
             row[kind] = b and {"name": b["name"], "miou": b["miou"], "measured_ms": b["measured_ms"]}
             row[f"front_minus_{kind}_points"] = (100 * (f["miou"] - b["miou"])) if (f and b) else None
         targets[f"{frac:.2f}"] = row
-    rows = [{k: v for k, v in pt.items() if k != "model"} for pt in points]
-    out = {"targets": targets, "checkpoint": str(a.checkpoint), "exp": str(a.exp), "metric": metric,
-           "length": a.length, "threads": a.threads, "score_threads": score_threads, "repeats": a.repeats, "img_size": img,
-           "canvases": spec.model_dump(mode="json"), "dense_measured_ms": dms, "points": rows,
-           "seconds": time.perf_counter() - t0, "measurement": "drift-corrected against the dense supernet, interleaved"}
-    od = Path(a.out)
+    return targets
+
+
+def write_report(out: Dict[str, Any], od: Path) -> List[str]:
+    """Write ``baselines.json``, ``baselines.md`` and ``baselines.png`` of a result under ``od``; the markdown lines."""
     od.mkdir(parents=True, exist_ok=True)
     (od / "baselines.json").write_text(json.dumps(out, indent=1, default=str) + "\n")
-    md = [f"| point | mIoU ({a.length} val canvases, {img} px) | retention | item-pixel class acc | measured ms "
-          f"(batch 1, {a.threads} thr) | latency / dense | GMACs |", "|---|---|---|---|---|---|---|"]
+    rows, targets = out["points"], out["targets"]
+    md = [f"| point | mIoU ({out['length']} val canvases, {out['img_size']} px) | retention | item-pixel class acc | "
+          f"measured ms (batch 1, {out['threads']} thr) | latency / dense | GMACs |", "|---|---|---|---|---|---|---|"]
     for pt in sorted(rows, key=lambda r: (r["kind"] != "dense", r["measured_ms"])):
         cfg = f" `{json.dumps(pt['config'])}`" if pt["kind"] == "front" else ""
         md.append(f"| {pt['kind']}: {pt['name']}{cfg} | {pt['miou']:.4f} | {pt['miou_retention']:.3f} | "
                   f"{pt['item_class_acc']:.3f} | {pt['measured_ms']:.2f} | {pt['latency_ratio']:.3f} | {pt['macs'] / 1e9:.3f} |")
-    md += ["", "| budget (of dense measured) | best front | vs uniform | vs reduced resolution | vs reduced resolution, "
+    md += ["", f"Dense: {out['dense_measured_ms']:.2f} ms (median of the interleaved dense reference runs; budget lines "
+           "are fractions of it).", "",
+           "| budget (of dense measured) | best front | vs uniform | vs reduced resolution | vs reduced resolution, "
            "fine-tuned | vs narrower |", "|---|---|---|---|---|---|"]
     for frac, t in targets.items():
         def cell(kind):
@@ -309,9 +352,26 @@ def main(argv=None) -> Dict[str, Any]:
         md.append(f"| {float(frac):.0%} | {fr} | {cell('uniform')} | {cell('resolution')} | {cell('resolution_ft')} | "
                   f"{cell('narrow')} |")
     (od / "baselines.md").write_text("\n".join(md) + "\n")
-    _plot(rows, od / "baselines.png", dms)
-    print(json.dumps({k: v for k, v in out.items() if k != "points"}, default=str) if a.json else "\n".join(md))
-    torch.set_num_threads(prev_threads)
+    _plot(rows, od / "baselines.png", out["dense_measured_ms"])
+    return md
+
+
+def rereport(od: Path) -> Dict[str, Any]:
+    """Re-derive the comparisons, table and plot of ``od/baselines.json`` under the current rules, from its measured
+    points (no scoring or timing): the dense time is the reference median, ``measured_ms / latency_ratio``.
+
+    Raises:
+        FileNotFoundError: no ``baselines.json`` under ``od``.
+    """
+    import statistics
+
+    out = json.loads((Path(od) / "baselines.json").read_text())
+    rows = out["points"]
+    dense = next(r for r in rows if r["kind"] == "dense")
+    dms = statistics.median(r["measured_ms"] / r["latency_ratio"] for r in rows)
+    out.update(dense_measured_ms=dms, dense_point_ms=dense["measured_ms"], targets=compare_at_budgets(rows, dms),
+               measurement=MEASUREMENT)
+    write_report(out, Path(od))
     return out
 
 
