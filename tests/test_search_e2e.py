@@ -238,6 +238,21 @@ def test_retention_noise_script(experiment, tmp_path, capsys):
     assert [r["margin"] for r in va["runs"]] == [0.0, 0.0] and va["margin_std"] == 0.0
     assert [r["margin"] for r in vb["runs"]] == [r["config_miou"] - r["dense_miou"] for r in b["runs"]]
     assert vb["margin_mean"] == pytest.approx(sum(r["margin"] for r in vb["runs"]) / 2)
+    # the checkpoint itself at reduced input resolution, as is and fine-tuned, beside another model: every margin
+    rr = retention_noise.main(["--checkpoint", str(d / "tiny.safetensors"), "--exp", str(d / "exp_tiny"),
+                               "--config", sparse, "--seeds", "1", "2", "--length", "4", "--threads", "1",
+                               "--against", str(d / "tiny.safetensors"), "--against-scale", "0.5",
+                               "--finetune-steps", "2", "--json"])
+    names = list(rr["margins"])
+    assert names[0] == str(d / "tiny.safetensors") and rr["against"] == names[0]
+    assert names[1:] == ["56 px input (0.5x)", "56 px input (0.5x), fine-tuned 2 steps"]
+    assert rr["margin_mean"] == pytest.approx(vb["margin_mean"])  # the first reference keeps the earlier layout
+    for run, old in zip(rr["runs"], vb["runs"]):
+        assert run["config_miou"] == old["config_miou"] and set(run["margins"]) == set(names)
+        assert all(run["margins"][n] == pytest.approx(run["config_miou"] - run["against_mious"][n]) for n in names)
+    low = [r["against_mious"]["56 px input (0.5x)"] for r in rr["runs"]]
+    assert rr["margins"]["56 px input (0.5x)"]["mean"] == pytest.approx(
+        sum(r["config_miou"] for r in rr["runs"]) / 2 - sum(low) / 2)
     with pytest.raises(SystemExit) as e:  # not a config: one argparse error line, exit 2
         retention_noise.main(["--checkpoint", str(d / "tiny.safetensors"), "--exp", str(d / "exp_tiny"),
                               "--config", "[[.8]]*4", "--json"])

@@ -8,16 +8,21 @@ end-to-end latency in the same run, drift-corrected against the dense supernet a
 (:func:`latency.profiler.measure_drift`, batch 1, ``--threads``), so "retention R at latency L of dense" comes
 from one command. With ``--against Y.safetensors`` another dense model (e.g. the narrower baseline) is scored on the
 same canvases of every set, and each config's paired margin over it (config mIoU - its mIoU) is reported with its
-spread. Used for the 99 % target and the narrower-model comparison of RESULTS.md R2.
+spread; ``--against-scale F`` does the same for the checkpoint itself on canvases downscaled by ``F`` (the reduced-
+resolution baseline of ``baselines.py``, and with ``--finetune-steps N`` also its fine-tuned version). Both repeat.
+Used for the 99 % target and the narrower-model and reduced-resolution comparisons of RESULTS.md R2.
 
 Usage:
     python experiments/fashion_mosaic/retention_noise.py --exp runs/main/search \
         --checkpoint runs/main/supernet.safetensors --config '[[.8,.8],[.6,.6],[.2,.2,.4,.4,.4,.4],[.3,.3]]' \
         [--config ANOTHER ...] [--seeds 1001 2002 3003 4004] [--length 256] [--threads 2] [--latency] \
-        [--repeats 11] [--against Y.safetensors] [--out results/retention_noise.json] [--json]
+        [--repeats 11] [--against Y.safetensors ...] [--against-scale 0.625 ...] [--finetune-steps 150] \
+        [--out results/retention_noise.json] [--json]
 
 One ``--config`` writes the recorded layout (``config``, ``runs``, ``retention_mean``, ...); several write
-``{"configs": [that layout per config], ...}``.
+``{"configs": [that layout per config], ...}``. Margins: ``margins`` (``{label: {"mean", "std"}}``) and each run's
+``against_mious`` / ``margins`` cover every reference; ``against`` / ``margin_mean`` / ``margin_std`` and each run's
+``against_miou`` / ``margin`` are the first reference's (the earlier layout).
 """
 from __future__ import annotations
 
@@ -56,8 +61,12 @@ def main(argv=None) -> dict:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--latency", action="store_true", help="also measure each config's latency / dense, drift-corrected")
     p.add_argument("--repeats", type=int, default=11, help="timed runs per config with --latency")
-    p.add_argument("--against", default=None, metavar="Y.safetensors",
+    p.add_argument("--against", action="append", default=[], metavar="Y.safetensors",
                    help="another dense model scored on the same canvases: each config's paired margin over it")
+    p.add_argument("--against-scale", action="append", type=float, default=[], metavar="F",
+                   help="the checkpoint itself on canvases downscaled by F (reduced resolution), as a reference")
+    p.add_argument("--finetune-steps", type=int, default=0,
+                   help="with --against-scale: also the reduced-resolution model fine-tuned this many steps")
     p.add_argument("--out", default=None)
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
@@ -77,24 +86,35 @@ def main(argv=None) -> dict:
     configs = [parse_config(c, p) for c in a.config]
     try:  # a missing or mismatched file is one argparse line (exit 2), not a traceback
         model, meta = load_checkpoint(a.checkpoint, img_size=img)
-        other = load_checkpoint(a.against, img_size=img)[0] if a.against else None
+        others = [(str(y), load_checkpoint(y, img_size=img)[0]) for y in a.against]
     except CheckpointError as e:
         p.error(str(e))
     spec = mosaic_spec(meta, img, dict(sspec.evaluator.mosaic))
+    if a.against_scale:
+        from experiments.fashion_mosaic.baselines import finetune, reduced_resolution
+
+        for f in a.against_scale:
+            size = int(round(f * img / 8) * 8)
+            others.append((f"{size} px input ({f:g}x)", reduced_resolution(Path(a.checkpoint), img, size)))
+            if a.finetune_steps > 0:
+                ft = finetune(reduced_resolution(Path(a.checkpoint), img, size), spec, a.finetune_steps, a.threads)
+                others.append((f"{size} px input ({f:g}x), fine-tuned {a.finetune_steps} steps", ft))
     dense_runs = {}
     per = [[] for _ in configs]
     for seed in a.seeds:
         d = dense_runs[seed] = evaluate_config(model, None, length=a.length, batch_size=8, spec=spec, seed=seed)["miou"]
-        o = (evaluate_config(other, None, length=a.length, batch_size=8, spec=spec, seed=seed)["miou"]
-             if other is not None else None)
+        ref = {name: evaluate_config(o, None, length=a.length, batch_size=8, spec=spec, seed=seed)["miou"]
+               for name, o in others}
         for i, config in enumerate(configs):
             s = evaluate_config(model, config, length=a.length, batch_size=8, spec=spec, seed=seed)["miou"]
             run = {"seed": seed, "dense_miou": d, "config_miou": s, "retention": s / d}
-            if o is not None:
-                run.update(against_miou=o, margin=s - o)
+            if ref:
+                o = next(iter(ref.values()))
+                run.update(against_miou=o, margin=s - o, against_mious=ref,
+                           margins={name: s - v for name, v in ref.items()})
             per[i].append(run)
             if not a.json:
-                vs = f"  {a.against} {o:.4f}  margin {s - o:+.4f}" if o is not None else ""
+                vs = "".join(f"  {name} {v:.4f} margin {s - v:+.4f}" for name, v in ref.items())
                 print(f"seed {seed}: dense {d:.4f}  config {i} {s:.4f}  retention {s / d:.4f}{vs}", flush=True)
     dm = np.array(list(dense_runs.values()))
     results = []
@@ -103,10 +123,14 @@ def main(argv=None) -> dict:
         results.append({"config": config, "img_size": img, "length": a.length, "runs": runs,
                         "retention_mean": float(r.mean()), "retention_std": float(r.std(ddof=1)) if len(r) > 1 else 0.0,
                         "dense_miou_std": float(dm.std(ddof=1)) if len(dm) > 1 else 0.0})
-        if other is not None:
-            m = np.array([x["margin"] for x in runs])
-            results[-1].update(against=str(a.against), margin_mean=float(m.mean()),
-                               margin_std=float(m.std(ddof=1)) if len(m) > 1 else 0.0)
+        if others:
+            margins = {}
+            for name, _ in others:
+                m = np.array([x["margins"][name] for x in runs])
+                margins[name] = {"mean": float(m.mean()), "std": float(m.std(ddof=1)) if len(m) > 1 else 0.0}
+            first = others[0][0]
+            results[-1].update(against=first, margin_mean=margins[first]["mean"], margin_std=margins[first]["std"],
+                               margins=margins)
     if a.latency:
         from latency.profiler import _make_input, measure_drift
 
@@ -131,8 +155,8 @@ def main(argv=None) -> dict:
             print(f"config {i} {json.dumps(res['config'])}: retention {res['retention_mean']:.4f} +- "
                   f"{res['retention_std']:.4f} (std over {len(a.seeds)} sets of {a.length} canvases){lat}; "
                   f"dense mIoU std across sets {res['dense_miou_std']:.4f}")
-            if "margin_mean" in res:
-                print(f"config {i}: margin over {res['against']} {res['margin_mean']:+.4f} +- {res['margin_std']:.4f}")
+            for name, m in res.get("margins", {}).items():
+                print(f"config {i}: margin over {name} {m['mean']:+.4f} +- {m['std']:.4f}")
     return out
 
 
