@@ -123,6 +123,11 @@ if want baselines; then
   # predictor; the 0.875x input (~0.8 of dense) left out
   $py experiments/fashion_mosaic/baselines.py --checkpoint runs/main/supernet_672.safetensors \
       --exp runs/main/search672 --out $R/baselines_672 --score-threads 2 --scales 0.5 0.625 0.75 --max-front 8 "${width[@]}"
+  # R2: the front's best member under the 50 % line against the 416 px input (as is, fine-tuned) on four more sets
+  # (the config is the eighteenth session's trial 46: take the 50 % row of baselines_672/baselines.md)
+  $py experiments/fashion_mosaic/retention_noise.py --exp runs/main/search672 --checkpoint runs/main/supernet_672.safetensors \
+      --config '[[0.8,0.8],[0.6,0.6],[0.6,0.6,0.6,0.6,0.6,0.6],[0.7,0.7]]' --against-scale 0.625 --finetune-steps 150 \
+      --threads 2 --out $R/reduced_res_noise_672.json
   [ ${#width[@]} -eq 0 ] ||  # R2: margin over the narrower model on five canvas sets
   $py experiments/fashion_mosaic/retention_noise.py --exp runs/main/search --checkpoint runs/main/supernet.safetensors \
       --config '[[.4,.4],[.4,.4],[.4,.4,.4,.4,.4,.4],[0,0]]' --config '[[.7,.7],[.7,.7],[.1,.1,.6,.6,.6,.6],[.3,.3]]' \
