@@ -183,9 +183,10 @@ def test_baselines_experiment_script(experiment, tmp_path):
         assert again["targets"][frac].pop("budget_ms") == pytest.approx(t.pop("budget_ms"))
         assert again["targets"][frac] == t
     assert (tmp_path / "baselines.md").read_text() == md
-    with pytest.raises(SystemExit) as e:
-        baselines.main(["--out", str(tmp_path)])
-    assert e.value.code == 2
+    for bad in (["--out", str(tmp_path)], ["--rereport", "--out", str(tmp_path / "none")]):
+        with pytest.raises(SystemExit) as e:  # no --exp; no result to re-derive: one argparse line, exit 2
+            baselines.main(bad)
+        assert e.value.code == 2
 
 
 def test_baselines_pick_front_keeps_members_near_each_budget_line():

@@ -45,6 +45,8 @@ sys.path.insert(0, str(ROOT))
 
 
 BUDGET_FRACTIONS = (0.6, 0.5)  # the comparisons' budget lines, fractions of dense measured latency (issue 14)
+MEASUREMENT = ("drift-corrected against the dense supernet, interleaved; budget lines are fractions of the median of "
+               "the dense reference runs (dense_measured_ms), the denominator of every latency_ratio")
 
 
 def pick_front(predicted_ms: List[float], max_front: int, lines_ms: List[float], near: float = 0.1) -> List[int]:
@@ -203,8 +205,16 @@ def main(argv=None) -> Dict[str, Any]:
                    help="re-derive the comparisons, table and plot of --out/baselines.json (no scoring or timing)")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
+    if a.max_front < 1 or a.near < 0:
+        p.error(f"--max-front must be >= 1 and --near >= 0, got {a.max_front} and {a.near}")
     if a.rereport:
-        out = rereport(Path(a.out))
+        src = Path(a.out) / "baselines.json"
+        try:
+            out = rereport(Path(a.out))
+        except FileNotFoundError:
+            p.error(f"{src} not found: run baselines.py with --checkpoint and --exp first, or pass its --out")
+        except (ValueError, KeyError, StopIteration, ZeroDivisionError) as e:
+            p.error(f"{src} is not a baselines result ({type(e).__name__}: {e}); fix: run baselines.py again")
         print(json.dumps({k: v for k, v in out.items() if k != "points"}, default=str) if a.json
               else (Path(a.out) / "baselines.md").read_text())
         return out
@@ -294,10 +304,6 @@ def main(argv=None) -> Dict[str, Any]:
     print(json.dumps({k: v for k, v in out.items() if k != "points"}, default=str) if a.json else "\n".join(md))
     torch.set_num_threads(prev_threads)
     return out
-
-
-MEASUREMENT = ("drift-corrected against the dense supernet, interleaved; budget lines are fractions of the median of "
-               "the dense reference runs (dense_measured_ms), the denominator of every latency_ratio")
 
 
 def compare_at_budgets(rows: List[Dict[str, Any]], dense_ms: float) -> Dict[str, Any]:
