@@ -156,8 +156,9 @@ def front_members(fin: pd.DataFrame, metric: str, *, maximize: bool = True, budg
     """The configs a front report covers: the search's Pareto front of (metric, predicted latency) among the final
     trial rows ``fin`` (:func:`search.pareto.pareto_front`), plus every member of the front ``sparsesearch confirm``
     re-scored (``confirmed_pareto`` in ``confirmed``, :func:`read_confirmed`) that the search's own front lacks, once
-    per config (its first trial). Rows of ``fin``, ascending predicted latency (ms); ``sparsesearch measure`` times
-    them and ``baselines.py`` re-scores them.
+    per config: the trial ``confirm`` re-scored (its record's ``trial_number``), else the config's first complete or
+    cached trial with a finite metric (as :func:`front_table` flags it). Rows of ``fin``, ascending predicted latency
+    (ms); ``sparsesearch measure`` times them and ``baselines.py`` re-scores them.
     """
     from .pareto import pareto_front
 
@@ -165,9 +166,15 @@ def front_members(fin: pd.DataFrame, metric: str, *, maximize: bool = True, budg
         return fin
     front = pareto_front(fin, ((metric, "max" if maximize else "min"), ("predicted_latency_ms", "min")),
                          budget_ms=budget_ms)
-    extra = {h for h, r in (confirmed or {}).items() if r.get("confirmed_pareto")} - set(front["config_hash"])
+    confirmed = confirmed or {}
+    extra = {h for h, r in confirmed.items() if r.get("confirmed_pareto")} - set(front["config_hash"])
     if extra:
-        more = fin[fin["config_hash"].isin(extra)].sort_values("trial_number").drop_duplicates("config_hash")
+        ok = fin["config_hash"].isin(extra) & fin["status"].isin(["complete", "cached"]) & np.isfinite(
+            pd.to_numeric(fin[metric], errors="coerce").astype("float64"))
+        named = fin["trial_number"].astype("int64") == fin["config_hash"].map(
+            lambda h: int((confirmed.get(h) or {}).get("trial_number", -1)))
+        more = fin[ok].assign(_named=~named[ok]).sort_values(["_named", "trial_number"]).drop_duplicates(
+            "config_hash").drop(columns="_named")
         front = pd.concat([front, more], ignore_index=True)
     return front.sort_values("predicted_latency_ms", kind="stable").reset_index(drop=True)
 

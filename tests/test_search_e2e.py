@@ -183,10 +183,20 @@ def test_baselines_experiment_script(experiment, tmp_path):
         assert again["targets"][frac].pop("budget_ms") == pytest.approx(t.pop("budget_ms"))
         assert again["targets"][frac] == t
     assert (tmp_path / "baselines.md").read_text() == md
-    for bad in (["--out", str(tmp_path)], ["--rereport", "--out", str(tmp_path / "none")]):
-        with pytest.raises(SystemExit) as e:  # no --exp; no result to re-derive: one argparse line, exit 2
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "baselines.json").write_text("[]")
+    (tmp_path / "worse").mkdir()
+    (tmp_path / "worse" / "baselines.json").write_text(json.dumps({"points": [{"kind": "dense", "measured_ms": None}]}))
+    for bad in (["--out", str(tmp_path)], ["--rereport", "--out", str(tmp_path / "none")],
+                ["--rereport", "--out", str(tmp_path / "bad")], ["--rereport", "--out", str(tmp_path / "worse")],
+                ["--rereport", "--out", str(tmp_path / "baselines.json")], ["--rereport", "--out", str(tmp_path),
+                                                                           "--max-front", "0"],
+                ["--rereport", "--out", str(tmp_path), "--near", "nan"]):
+        with pytest.raises(SystemExit) as e:  # one argparse line, exit 2, and the result is left as it was
             baselines.main(bad)
         assert e.value.code == 2
+    assert (tmp_path / "bad" / "baselines.json").read_text() == "[]"
+    assert (tmp_path / "baselines.md").read_text() == md
 
 
 def test_baselines_pick_front_keeps_members_near_each_budget_line():
@@ -252,12 +262,20 @@ def test_retention_noise_script(experiment, tmp_path, capsys):
         assert run["config_miou"] == old["config_miou"] and set(run["margins"]) == set(names)
         assert all(run["margins"][n] == pytest.approx(run["config_miou"] - run["against_mious"][n]) for n in names)
     low = [r["against_mious"]["56 px input (0.5x)"] for r in rr["runs"]]
+    assert low != [r["dense_miou"] for r in rr["runs"]]  # the canvases really were downscaled
     assert rr["margins"]["56 px input (0.5x)"]["mean"] == pytest.approx(
         sum(r["config_miou"] for r in rr["runs"]) / 2 - sum(low) / 2)
     with pytest.raises(SystemExit) as e:  # not a config: one argparse error line, exit 2
         retention_noise.main(["--checkpoint", str(d / "tiny.safetensors"), "--exp", str(d / "exp_tiny"),
                               "--config", "[[.8]]*4", "--json"])
     assert e.value.code == 2
+    for bad in (["--against-scale", "0"], ["--against-scale", "1.5"], ["--finetune-steps", "3"],
+                ["--against-scale", "0.5", "--finetune-steps", "-1"], ["--against-scale", "0.5", "--against-scale", "0.5"],
+                ["--against-scale", "0.01"]):
+        with pytest.raises(SystemExit) as e:  # refused before anything is loaded: one argparse line, exit 2
+            retention_noise.main(["--checkpoint", str(d / "tiny.safetensors"), "--exp", str(d / "exp_tiny"),
+                                  "--config", dense, "--json"] + bad)
+        assert e.value.code == 2
     with pytest.raises(SystemExit) as e:  # a missing --against file: one error line naming it, exit 2
         retention_noise.main(["--checkpoint", str(d / "tiny.safetensors"), "--exp", str(d / "exp_tiny"),
                               "--config", dense, "--against", str(tmp_path / "missing.safetensors"), "--json"])

@@ -123,6 +123,18 @@ def test_front_members_add_the_confirmed_front_once_per_config():
     got = front_members(fin, "miou", budget_ms=20.0, confirmed=conf)
     assert got["trial_number"].tolist() == [0, 2, 1]  # c once (its first trial), between a and b; d is not on it
     assert front_members(fin.iloc[:0], "miou", confirmed=conf).empty
+    # a config whose first trial failed: the trial confirm names, else the first complete one, never the failed row
+    redo = pd.concat([rows.assign(trial_number=rows["trial_number"] + 2), pd.DataFrame({
+        "trial_number": [0, 1], "status": ["failed", "complete"], "miou": [float("nan"), 0.45],
+        "predicted_latency_ms": [12.0, 12.0], "macs": [1, 1], "config": ["[]", "[]"], "config_hash": ["c", "c"],
+        "attempt": [0, 0]})], ignore_index=True)
+    fin2 = final_trials(redo)
+    got = front_members(fin2, "miou", budget_ms=20.0, confirmed=conf)
+    assert got.loc[got["config_hash"] == "c", "trial_number"].tolist() == [1]
+    named = dict(conf, c={"confirmed_pareto": True, "trial_number": 4})
+    got = front_members(fin2, "miou", budget_ms=20.0, confirmed=named)
+    assert got.loc[got["config_hash"] == "c", "trial_number"].tolist() == [4]
+    assert got["status"].isin(["complete", "cached"]).all()
 
 
 def test_front_table_flags_on_hand_made_points():

@@ -52,7 +52,8 @@ MEASUREMENT = ("drift-corrected against the dense supernet, interleaved; budget 
 def pick_front(predicted_ms: List[float], max_front: int, lines_ms: List[float], near: float = 0.1) -> List[int]:
     """Indices of the front members to re-score and measure, in latency order.
 
-    ``max_front`` members evenly spread over the front (by rank in predicted latency, both ends kept), plus every
+    ``max_front`` members evenly spread over the front (by rank in predicted latency, both ends kept when
+    ``max_front >= 2``), plus every
     member whose predicted latency lies within ``+-near`` (relative) of a budget line: their measured latency may
     fall either side of it, and the comparison at the line must not depend on which members the even spread hit.
 
@@ -63,11 +64,11 @@ def pick_front(predicted_ms: List[float], max_front: int, lines_ms: List[float],
         near: relative half-width of the band kept around each line (0.1: the predictor's stated +-10 %).
 
     Raises:
-        ValueError: ``max_front < 1`` or ``near < 0``.
+        ValueError: ``max_front < 1`` or ``near`` not >= 0 (NaN included).
     """
     import numpy as np
 
-    if max_front < 1 or near < 0:
+    if max_front < 1 or not near >= 0:
         raise ValueError(f"max_front must be >= 1 and near >= 0, got {max_front} and {near}")
     n = len(predicted_ms)
     keep = set(range(n)) if n <= max_front else set(np.round(np.linspace(0, n - 1, max_front)).astype(int).tolist())
@@ -198,14 +199,14 @@ def main(argv=None) -> Dict[str, Any]:
     p.add_argument("--max-front", type=int, default=12,
                    help="front configs evenly spread over the front (both ends), besides those near a budget line")
     p.add_argument("--near", type=float, default=0.1,
-                   help="front configs predicted within this relative distance of the 60 %% and 50 %% lines are "
-                        "always kept (default 0.1: the predictor's +-10 %%)")
+                   help="front configs predicted within this relative distance of a budget line (BUDGET_FRACTIONS) "
+                        "are always kept (default 0.1: the predictor's +-10 %%)")
     p.add_argument("--out", default="experiments/fashion_mosaic/results")
     p.add_argument("--rereport", action="store_true",
                    help="re-derive the comparisons, table and plot of --out/baselines.json (no scoring or timing)")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
-    if a.max_front < 1 or a.near < 0:
+    if a.max_front < 1 or not a.near >= 0:  # (a NaN --near is refused too)
         p.error(f"--max-front must be >= 1 and --near >= 0, got {a.max_front} and {a.near}")
     if a.rereport:
         src = Path(a.out) / "baselines.json"
@@ -213,7 +214,9 @@ def main(argv=None) -> Dict[str, Any]:
             out = rereport(Path(a.out))
         except FileNotFoundError:
             p.error(f"{src} not found: run baselines.py with --checkpoint and --exp first, or pass its --out")
-        except (ValueError, KeyError, StopIteration, ZeroDivisionError) as e:
+        except OSError as e:
+            p.error(f"{src} cannot be read ({e.strerror}); fix: pass the --out folder of a baselines.py run")
+        except (ValueError, KeyError, TypeError) as e:
             p.error(f"{src} is not a baselines result ({type(e).__name__}: {e}); fix: run baselines.py again")
         print(json.dumps({k: v for k, v in out.items() if k != "points"}, default=str) if a.json
               else (Path(a.out) / "baselines.md").read_text())
@@ -244,7 +247,8 @@ def main(argv=None) -> Dict[str, Any]:
     depths = list(model.depths)
     metric = frozen["spec"]["objectives"]["metric"]
     fin = final_trials(load_trials(a.exp))
-    front_df = front_members(fin, metric, confirmed=read_confirmed(Path(a.exp)))
+    front_df = front_members(fin, metric, maximize=sspec.objectives.metric_direction == "maximize",
+                             confirmed=read_confirmed(Path(a.exp)))
     lines = [f * float(frozen["dense_predicted_ms"]) for f in BUDGET_FRACTIONS] if "dense_predicted_ms" in frozen else []
     front_df = front_df.iloc[pick_front(front_df["predicted_latency_ms"].tolist(), a.max_front, lines,
                                         a.near)].reset_index(drop=True)
@@ -335,9 +339,8 @@ def compare_at_budgets(rows: List[Dict[str, Any]], dense_ms: float) -> Dict[str,
 
 
 def write_report(out: Dict[str, Any], od: Path) -> List[str]:
-    """Write ``baselines.json``, ``baselines.md`` and ``baselines.png`` of a result under ``od``; the markdown lines."""
-    od.mkdir(parents=True, exist_ok=True)
-    (od / "baselines.json").write_text(json.dumps(out, indent=1, default=str) + "\n")
+    """Write ``baselines.json``, ``baselines.md`` and ``baselines.png`` of a result under ``od``; the markdown lines.
+    The table is built before anything is written (a result it cannot tabulate leaves the files as they were)."""
     rows, targets = out["points"], out["targets"]
     md = [f"| point | mIoU ({out['length']} val canvases, {out['img_size']} px) | retention | item-pixel class acc | "
           f"measured ms (batch 1, {out['threads']} thr) | latency / dense | GMACs |", "|---|---|---|---|---|---|---|"]
@@ -357,6 +360,8 @@ def write_report(out: Dict[str, Any], od: Path) -> List[str]:
         fr = f"{t['front']}: {t['front_miou']:.4f} ({t['front_retention']:.1%} of dense)" if t["front"] else "none"
         md.append(f"| {float(frac):.0%} | {fr} | {cell('uniform')} | {cell('resolution')} | {cell('resolution_ft')} | "
                   f"{cell('narrow')} |")
+    od.mkdir(parents=True, exist_ok=True)
+    (od / "baselines.json").write_text(json.dumps(out, indent=1, default=str) + "\n")
     (od / "baselines.md").write_text("\n".join(md) + "\n")
     _plot(rows, od / "baselines.png", out["dense_measured_ms"])
     return md
@@ -367,13 +372,21 @@ def rereport(od: Path) -> Dict[str, Any]:
     points (no scoring or timing): the dense time is the reference median, ``measured_ms / latency_ratio``.
 
     Raises:
-        FileNotFoundError: no ``baselines.json`` under ``od``.
+        OSError: ``od/baselines.json`` missing or unreadable.
+        ValueError: not a baselines result (not JSON, no dense point, a point without a positive ``measured_ms`` /
+            ``latency_ratio``).
     """
     import statistics
 
     out = json.loads((Path(od) / "baselines.json").read_text())
-    rows = out["points"]
-    dense = next(r for r in rows if r["kind"] == "dense")
+    rows = out.get("points") if isinstance(out, dict) else None
+    if not isinstance(rows, list) or not rows or not all(
+            isinstance(r, dict) and all(isinstance(r.get(k), (int, float)) and r[k] > 0
+                                        for k in ("measured_ms", "latency_ratio", "macs")) for r in rows):
+        raise ValueError("no list of measured points (measured_ms, latency_ratio, macs > 0)")
+    dense = next((r for r in rows if r.get("kind") == "dense"), None)
+    if dense is None:
+        raise ValueError("no dense point")
     dms = statistics.median(r["measured_ms"] / r["latency_ratio"] for r in rows)
     out.update(dense_measured_ms=dms, dense_point_ms=dense["measured_ms"], targets=compare_at_budgets(rows, dms),
                measurement=MEASUREMENT)
@@ -397,8 +410,8 @@ def _plot(rows: List[Dict[str, Any]], path: Path, dense_ms: float) -> None:
         if pts:
             ax.plot([r["measured_ms"] for r in pts], [r["miou"] for r in pts], marker=m, color=c, ms=6,
                     ls="-" if kind in ("front", "uniform", "resolution", "resolution_ft") else "none", label=label)
-    ax.axvline(0.6 * dense_ms, color="grey", ls=":", lw=1, label="60 % of dense")
-    ax.axvline(0.5 * dense_ms, color="grey", ls="--", lw=1, label="50 % of dense")
+    for frac, ls in zip(BUDGET_FRACTIONS, (":", "--", "-.")):
+        ax.axvline(frac * dense_ms, color="grey", ls=ls, lw=1, label=f"{frac:.0%} of dense")
     ax.set_xlabel("measured latency (ms, batch 1)")
     ax.set_ylabel("val mIoU")
     ax.grid(alpha=0.3)

@@ -70,6 +70,15 @@ def main(argv=None) -> dict:
     p.add_argument("--out", default=None)
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
+    if a.finetune_steps < 0 or (a.finetune_steps and not a.against_scale):
+        p.error(f"--finetune-steps {a.finetune_steps}: a number of steps >= 0, with --against-scale")
+    bad = [f for f in a.against_scale if not 0 < f <= 1]
+    if bad:
+        p.error(f"--against-scale {bad[0]:g}: a downscale factor in (0, 1], e.g. 0.625")
+    repeated = [x for x in a.against + [str(f) for f in a.against_scale]
+                if (a.against + [str(f) for f in a.against_scale]).count(x) > 1]
+    if repeated:
+        p.error(f"--against / --against-scale {repeated[0]} given twice; pass each reference once")
 
     import numpy as np
     import torch
@@ -84,6 +93,9 @@ def main(argv=None) -> dict:
     frozen, sspec = load_frozen_spec(Path(a.exp))
     img = int(frozen["search_img_size"][0])
     configs = [parse_config(c, p) for c in a.config]
+    for f in a.against_scale:  # before anything is loaded or fine-tuned
+        if int(round(f * img / 8) * 8) < 8:
+            p.error(f"--against-scale {f:g} leaves less than 8 px of a {img} px canvas; fix: a factor >= {8 / img:.3f}")
     try:  # a missing or mismatched file is one argparse line (exit 2), not a traceback
         model, meta = load_checkpoint(a.checkpoint, img_size=img)
         others = [(str(y), load_checkpoint(y, img_size=img)[0]) for y in a.against]
