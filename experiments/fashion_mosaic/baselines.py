@@ -76,6 +76,11 @@ def pick_front(predicted_ms: List[float], max_front: int, lines_ms: List[float],
     return sorted(keep)
 
 
+def reduced_size(img: int, scale: float) -> int:
+    """The reduced-resolution input side (px) for a ``scale`` of an ``img`` px canvas, rounded to a multiple of 8."""
+    return int(round(scale * img / 8) * 8)
+
+
 def best_at(points: List[Dict[str, Any]], latency_ms: float) -> Optional[Dict[str, Any]]:
     """The point with the highest mIoU among those measured at or under ``latency_ms``."""
     ok = [p for p in points if p["measured_ms"] <= latency_ms]
@@ -262,7 +267,7 @@ def main(argv=None) -> Dict[str, Any]:
         points.append({"kind": "front", "name": f"front trial {int(row['trial_number'])}", "model": model,
                        "config": json.loads(row["config"]), "search_metric": float(row[metric])})
     for f in a.scales:
-        size = int(round(f * img / 8) * 8)
+        size = reduced_size(img, f)
         points.append({"kind": "resolution", "name": f"{size} px input ({f:g}x)", "model":
                        reduced_resolution(Path(a.checkpoint), img, size), "config": dense_cfg, "scale": f})
         if a.finetune_steps > 0:

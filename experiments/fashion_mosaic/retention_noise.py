@@ -75,8 +75,9 @@ def main(argv=None) -> dict:
     bad = [f for f in a.against_scale if not 0 < f <= 1]
     if bad:
         p.error(f"--against-scale {bad[0]:g}: a downscale factor in (0, 1], e.g. 0.625")
-    repeated = [x for x in a.against + [str(f) for f in a.against_scale]
-                if (a.against + [str(f) for f in a.against_scale]).count(x) > 1]
+    from collections import Counter
+
+    repeated = [x for x, n in Counter(a.against + [str(f) for f in a.against_scale]).items() if n > 1]
     if repeated:
         p.error(f"--against / --against-scale {repeated[0]} given twice; pass each reference once")
 
@@ -93,8 +94,10 @@ def main(argv=None) -> dict:
     frozen, sspec = load_frozen_spec(Path(a.exp))
     img = int(frozen["search_img_size"][0])
     configs = [parse_config(c, p) for c in a.config]
+    from experiments.fashion_mosaic.baselines import finetune, reduced_resolution, reduced_size
+
     for f in a.against_scale:  # before anything is loaded or fine-tuned
-        if int(round(f * img / 8) * 8) < 8:
+        if reduced_size(img, f) < 8:
             p.error(f"--against-scale {f:g} leaves less than 8 px of a {img} px canvas; fix: a factor >= {8 / img:.3f}")
     try:  # a missing or mismatched file is one argparse line (exit 2), not a traceback
         model, meta = load_checkpoint(a.checkpoint, img_size=img)
@@ -103,10 +106,8 @@ def main(argv=None) -> dict:
         p.error(str(e))
     spec = mosaic_spec(meta, img, dict(sspec.evaluator.mosaic))
     if a.against_scale:
-        from experiments.fashion_mosaic.baselines import finetune, reduced_resolution
-
         for f in a.against_scale:
-            size = int(round(f * img / 8) * 8)
+            size = reduced_size(img, f)
             others.append((f"{size} px input ({f:g}x)", reduced_resolution(Path(a.checkpoint), img, size)))
             if a.finetune_steps > 0:
                 ft = finetune(reduced_resolution(Path(a.checkpoint), img, size), spec, a.finetune_steps, a.threads)
