@@ -94,7 +94,7 @@ def front_table(trials: pd.DataFrame, metric: str, *, maximize: bool = True, bud
         confirmed: ``{config_hash: {"confirmed_value": float, "confirmed_pareto": bool, ...}}`` of
             ``sparsesearch confirm``.
     """
-    from .trial_log import final_trials
+    from .trial_log import final_trials, measured_mask
 
     cols = ["experiment", "trial_number", "status", "feasible", "is_pareto", "rank", metric, "predicted_latency_ms",
             "measured_latency_ms", "confirmed_metric", "is_confirmed_pareto", "macs", "canvases", "config", "config_hash"]
@@ -105,7 +105,7 @@ def front_table(trials: pd.DataFrame, metric: str, *, maximize: bool = True, bud
     fin = final_trials(trials)
     lat = fin["predicted_latency_ms"].astype("float64").to_numpy()
     val = pd.to_numeric(fin[metric], errors="coerce").astype("float64").to_numpy()
-    feasible = fin["status"].isin(["complete", "cached"]).to_numpy() & np.isfinite(val) & np.isfinite(lat)
+    feasible = measured_mask(fin, metric) & np.isfinite(lat)
     if budget_ms is not None:
         feasible &= lat <= budget_ms
     ranks = np.full(len(fin), -1, dtype=np.int64)
@@ -161,6 +161,7 @@ def front_members(fin: pd.DataFrame, metric: str, *, maximize: bool = True, budg
     (ms); ``sparsesearch measure`` times them and ``baselines.py`` re-scores them.
     """
     from .pareto import pareto_front
+    from .trial_log import measured_mask
 
     if not len(fin):
         return fin
@@ -169,8 +170,7 @@ def front_members(fin: pd.DataFrame, metric: str, *, maximize: bool = True, budg
     confirmed = confirmed or {}
     extra = {h for h, r in confirmed.items() if r.get("confirmed_pareto")} - set(front["config_hash"])
     if extra:
-        ok = fin["config_hash"].isin(extra) & fin["status"].isin(["complete", "cached"]) & np.isfinite(
-            pd.to_numeric(fin[metric], errors="coerce").astype("float64"))
+        ok = fin["config_hash"].isin(extra).to_numpy() & measured_mask(fin, metric)
         named = fin["trial_number"].astype("int64") == fin["config_hash"].map(
             lambda h: int((confirmed.get(h) or {}).get("trial_number", -1)))
         more = fin[ok].assign(_named=~named[ok]).sort_values(["_named", "trial_number"]).drop_duplicates(

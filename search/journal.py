@@ -91,6 +91,8 @@ class StudyJournal:
     def _frozen(self, row: Mapping[str, Any]):
         from optuna.trial import TrialState, create_trial
 
+        from .trial_log import FEASIBLE_STATUSES
+
         status = str(row.get("status"))
         try:
             params = json.loads(row["params_json"]) if isinstance(row.get("params_json"), str) else None
@@ -114,7 +116,7 @@ class StudyJournal:
                                 user_attrs={**user, **({f"{self.metric}_first_rung": float(metrics[self.metric])}
                                                        if metrics and _finite(metrics.get(self.metric)) else {})},
                                 system_attrs=system)
-        if status in ("complete", "cached") and metrics and _finite(metrics.get(self.metric)):
+        if status in FEASIBLE_STATUSES and metrics and _finite(metrics.get(self.metric)):
             values = []
             for name in self.names:
                 if name == self.metric:

@@ -21,7 +21,9 @@ def plot_front(df, front, metric: str, reference: Dict[str, Any], budget_ms: Opt
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
-    ok = df[df["status"].isin(["complete", "cached"])]
+    from .trial_log import FEASIBLE_STATUSES
+
+    ok = df[df["status"].isin(FEASIBLE_STATUSES)]
     ax.scatter(ok["predicted_latency_ms"], ok[metric], s=10, alpha=0.4, color="tab:blue", label=f"trials ({len(ok)})")
     lo = [v for v in ok[metric].tolist() if v == v]
     floor = max(0.0, min(lo) - 0.05) if lo else 0.0

@@ -243,7 +243,7 @@ class _Search:
         """
         from optuna.trial import TrialState, create_trial
 
-        from .trial_log import final_trials, load_trials
+        from .trial_log import FEASIBLE_STATUSES, final_trials, load_trials
 
         # an unreadable part stops the resume (TrialLogError: one line naming the file) before anything
         # is written: skipping it would silently drop its trials
@@ -300,7 +300,7 @@ class _Search:
                                               state=state, user_attrs=user_attrs, system_attrs=sys_attrs))
             self.done_numbers.add(p.number)
             self.counts[status] = self.counts.get(status, 0) + 1
-            if status in ("complete", "cached"):
+            if status in FEASIBLE_STATUSES:
                 self._track_front(metrics, p)
         self.next_number = (int(df["trial_number"].max()) + 1) if len(df) else 0
         pending = _read_pending(self.exp_dir)
@@ -329,7 +329,7 @@ class _Search:
             ResumeError: the parent searched another checkpoint or resolution.
         """
         from .front import nondomination_ranks
-        from .trial_log import final_trials, load_trials
+        from .trial_log import FEASIBLE_STATUSES, final_trials, load_trials
 
         pfrozen, pspec = load_frozen_spec(parent)
         if pfrozen.get("checkpoint_sha256") != self.ckpt_sha or list(pfrozen.get("search_img_size") or []) != \
@@ -340,7 +340,7 @@ class _Search:
         fin = final_trials(df) if len(df) else df
         seeded, candidates = 0, []
         for _, r in fin.iterrows():
-            if r["status"] not in ("complete", "cached") or not isinstance(r.get("params_json"), str):
+            if r["status"] not in FEASIBLE_STATUSES or not isinstance(r.get("params_json"), str):
                 continue
             try:
                 params = json.loads(r["params_json"])

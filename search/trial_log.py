@@ -52,6 +52,7 @@ __all__ = [
     "final_trials",
     "list_parts",
     "load_trials",
+    "measured_mask",
     "ratio_columns",
     "trial_schema",
 ]
@@ -616,6 +617,24 @@ def load_trials(
     if columns is not None:
         df = df[list(columns)]
     return df
+
+
+def measured_mask(rows: pd.DataFrame, metric: str) -> np.ndarray:
+    """Which rows hold a measurement of ``metric``: status in :data:`FEASIBLE_STATUSES` (complete / cached) and a
+    finite value. The one spelling of the rule the front table, the front report and the search's front use.
+
+    Args:
+        rows: trial rows (needs ``status`` and ``metric`` columns; usually :func:`final_trials`).
+        metric: the metric column.
+
+    Returns:
+        bool array of shape ``(len(rows),)``.
+
+    Raises:
+        KeyError: ``status`` or ``metric`` column missing.
+    """
+    val = pd.to_numeric(rows[metric], errors="coerce").astype("float64").to_numpy()
+    return rows["status"].isin(FEASIBLE_STATUSES).to_numpy() & np.isfinite(val)
 
 
 def final_trials(df: pd.DataFrame) -> pd.DataFrame:

@@ -210,6 +210,8 @@ class TrialLogCallback(Callback):
             return {}
 
     def _row(self, trial, status: str, result: Optional[Dict[str, Any]], error: Optional[str]) -> Dict[str, Any]:
+        from .trial_log import FEASIBLE_STATUSES
+
         ctx = self._setup()
         space, metric = ctx["space"], ctx["metric"]
         params = {k: trial.config[k] for k in space.distributions()}
@@ -221,7 +223,7 @@ class TrialLogCallback(Callback):
         generation = int(gens[0]) if gens else (number // pop if pop else 0)
         now = dt.datetime.now(dt.timezone.utc)
         result = result or {}
-        metrics = result.get("metrics") if status in ("complete", "cached") else None
+        metrics = result.get("metrics") if status in FEASIBLE_STATUSES else None
         predicted = result.get("latency_ms")
         pol = ctx["policy"]
         if predicted is None:
@@ -234,7 +236,7 @@ class TrialLogCallback(Callback):
             "predicted_latency_ms": float(predicted), "macs": result.get("macs"),
             "metrics_json": None if metrics is None else json.dumps(metrics),
             "sampler_attrs": json.dumps(attrs), "params_json": json.dumps(params), "error": error,
-            "params": result.get("params") if status in ("complete", "cached") else None,
+            "params": result.get("params") if status in FEASIBLE_STATUSES else None,
             "eval_seconds": result.get("eval_seconds") if status == "complete" else None,
             "worker_id": f"tune-{result['worker_pid']}" if result.get("worker_pid") else None,
             "node": result.get("node"),

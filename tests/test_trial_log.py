@@ -349,3 +349,13 @@ def test_final_trials_empty():
     empty = pd.DataFrame({"trial_number": pd.Series(dtype="int64"),
                           "status": pd.Series(dtype="object")})
     assert final_trials(empty).empty
+
+
+def test_measured_mask_needs_a_measured_status_and_a_finite_metric():
+    from search.trial_log import measured_mask
+
+    rows = pd.DataFrame({"status": ["complete", "cached", "partial", "failed", "rejected", "complete", "cached"],
+                         "miou": [0.5, 0.4, 0.3, np.nan, None, np.nan, float("inf")]})
+    assert measured_mask(rows, "miou").tolist() == [True, True, False, False, False, False, False]
+    with pytest.raises(KeyError):
+        measured_mask(rows, "absent")
