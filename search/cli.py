@@ -434,7 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--threads", type=_positive_int, default=1)
     r.add_argument("--img-size", type=_positive_int, help="the search resolution (default: the checkpoint's)")
     r.add_argument("--repeats", type=_positive_int, default=11, help="timed runs per block x k and per calibration config")
-    r.add_argument("--calib-configs", type=_positive_int, default=40)
+    r.add_argument("--calib-configs", type=_int_at_least(2), default=40)
     r.add_argument("--out", required=True)
     r.add_argument("--overwrite", action="store_true", help="replace an existing --out file (refused without it)")
     r.add_argument("--json", action="store_true")

@@ -193,17 +193,32 @@ def read_front_table(exp_dir: Path) -> pd.DataFrame:
     return pd.read_parquet(Path(exp_dir) / FRONT_FILE)
 
 
+#: Fields every record of ``confirmed.json`` / ``measured.json`` carries as a number (the readers check them).
+CONFIRMED_NUMBERS = ("trial_number", "predicted_latency_ms", "confirmed_value", "retention")
+MEASURED_NUMBERS = ("trial_number", "predicted_latency_ms", "measured_latency_ms")
+
+
 def read_confirmed(exp_dir: Path) -> Dict[str, Any]:
-    """``EXP_DIR/confirmed.json`` (``{config_hash: record}``), or {} when the front was never confirmed."""
-    return _read_records(exp_dir, CONFIRMED_FILE, "confirmed-front file", "sparsesearch confirm")
+    """``EXP_DIR/confirmed.json`` (``{config_hash: record}``), or {} when the front was never confirmed.
+
+    Raises:
+        ResumeError: unreadable, or not ``{"configs": {config_hash: record}}`` with the numbers of
+            :data:`CONFIRMED_NUMBERS` in every record (one line naming the file and the fix).
+    """
+    return _read_records(exp_dir, CONFIRMED_FILE, "confirmed-front file", "sparsesearch confirm", CONFIRMED_NUMBERS)
 
 
 def read_measured(exp_dir: Path) -> Dict[str, Any]:
-    """``EXP_DIR/measured.json`` (``{config_hash: record}``), or {} when the front was never measured."""
-    return _read_records(exp_dir, MEASURED_FILE, "measured-latency file", "sparsesearch measure")
+    """``EXP_DIR/measured.json`` (``{config_hash: record}``), or {} when the front was never measured.
+
+    Raises:
+        ResumeError: unreadable, or not ``{"configs": {config_hash: record}}`` with the numbers of
+            :data:`MEASURED_NUMBERS` in every record.
+    """
+    return _read_records(exp_dir, MEASURED_FILE, "measured-latency file", "sparsesearch measure", MEASURED_NUMBERS)
 
 
-def _read_records(exp_dir: Path, name: str, what: str, command: str) -> Dict[str, Any]:
+def _read_records(exp_dir: Path, name: str, what: str, command: str, numbers: Sequence[str]) -> Dict[str, Any]:
     from supernet.fileio import read_json
 
     from .runner import ResumeError
@@ -211,8 +226,19 @@ def _read_records(exp_dir: Path, name: str, what: str, command: str) -> Dict[str
     path = Path(exp_dir) / name
     if not path.exists():
         return {}
-    data = read_json(path, what, f"fix: delete it and run `{command}` again", ResumeError)
-    return data.get("configs", {}) if isinstance(data, dict) else {}
+    fix = f"fix: delete it and run `{command}` again"
+    data = read_json(path, what, fix, ResumeError)
+    configs = data.get("configs") if isinstance(data, dict) else None
+
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    if not isinstance(configs, dict) or not all(
+            isinstance(r, dict) and isinstance(r.get("config"), list) and all(number(r.get(k)) for k in numbers)
+            for r in configs.values()):
+        raise ResumeError(f"{what} {path} is malformed (expected {{\"configs\": {{config_hash: {{\"config\", "
+                          + ", ".join(f'\"{k}\"' for k in numbers) + f"}}}}}}); {fix}")
+    return configs
 
 
 class FrontTable:

@@ -148,8 +148,8 @@ def pareto_report(exp_dirs, budget_ms: Optional[float] = None, plot: Optional[st
             fin["measured_latency_ms"] = [float((measured.get(h) or {}).get("measured_latency_ms", float("nan")))
                                           for h in fin["config_hash"]]
             parts.append(fin)
-    fin = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["trial_number", "status", metric,
-                                                                                "predicted_latency_ms"])
+    fin = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["trial_number", "generation", "status",
+                                                                                metric, "predicted_latency_ms"])
     objectives = ((metric, "max" if maximize else "min"), ("predicted_latency_ms", "min"))
     if len(dirs) > 1 and len(fin):  # trial numbers repeat across experiments: one front over all rows
         fin = fin.assign(_uid=range(len(fin)))

@@ -36,6 +36,7 @@ from __future__ import annotations
 import datetime as dt
 import fcntl
 import json
+import math
 import os
 import shutil
 import sys
@@ -625,9 +626,16 @@ def _read_reference(exp_dir: Path) -> Optional[Dict[str, Any]]:
         return None
     fix = "fix: delete it; resume evaluates the reference points again (they are not trials)"
     data = read_json(path, "reference-points file", fix, ResumeError)
-    if isinstance(data, dict) and all(isinstance(v, dict) and "config" in v for v in data.values()):
+
+    def number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+    if isinstance(data, dict) and all(
+            isinstance(v, dict) and isinstance(v.get("config"), list) and number(v.get("predicted_latency_ms"))
+            and number(v.get("macs")) and isinstance(v.get("metrics", {}), (dict, type(None))) for v in data.values()):
         return data
-    raise ResumeError(f"reference-points file {path} is malformed; {fix}")
+    raise ResumeError(f"reference-points file {path} is malformed (expected {{name: {{\"config\", "
+                      f"\"predicted_latency_ms\", \"macs\", \"metrics\"}}}}); {fix}")
 
 
 def _reference_points(search: _Search, pool) -> Dict[str, Any]:
@@ -709,12 +717,48 @@ def _worker_pythonpath() -> List[str]:
     return [str(Path(__file__).resolve().parents[1])] + extra
 
 
-def _check_evaluator(spec) -> None:
-    """A ``module:function`` evaluator must import on the driver (the workers get the driver's PYTHONPATH)."""
-    if spec.evaluator.name != "fashion_mosaic":
-        from .evaluators import _import
+def _check_evaluator(spec, policy: SearchPolicy, local: bool = True, where: Optional[str] = None) -> None:
+    """What the workers would find wrong with the spec's evaluator, found on the driver before anything is written.
 
-        _import(spec.evaluator.name)
+    A ``module:function`` evaluator must import (the workers get the driver's PYTHONPATH). The built-in one:
+    its canvases (the checkpoint's dataset spec with ``[evaluator] img_size`` and ``[evaluator.mosaic]`` over it)
+    must make a valid ``MosaicSpec``, its ``[evaluator.kwargs]`` may set only ``seed`` (int) and ``data_dir`` (a
+    folder), and, when the workers run on this machine (``local``), the Fashion-MNIST files must be there.
+    ``where`` names the file the spec came from in the messages (default: the spec's source).
+
+    Raises:
+        EvaluatorError: one line naming the spec file and the fix.
+        supernet.data.DatasetNotFoundError: the IDX files are missing (local workers).
+    """
+    from .evaluators import EvaluatorError, _import, mosaic_spec
+
+    ev = spec.evaluator
+    where = where or getattr(spec, "source", None) or "the spec"
+    if ev.name != "fashion_mosaic":
+        _import(ev.name)
+        return
+    from pydantic import ValidationError
+
+    kw = dict(ev.kwargs)
+    unknown = sorted(set(kw) - {"seed", "data_dir"})
+    if unknown or not isinstance(kw.get("seed", 0), int) or isinstance(kw.get("seed"), bool) \
+            or not isinstance(kw.get("data_dir", ""), str):
+        raise EvaluatorError(f"{where}: [evaluator.kwargs] of the built-in evaluator takes seed (an integer) and "
+                             f"data_dir (a folder) only, got {kw!r}; fix: remove the other keys")
+    try:
+        mosaic_spec(policy.meta, list(policy.img_size), dict(ev.mosaic))
+    except (ValidationError, ValueError, TypeError) as e:
+        if isinstance(e, ValidationError):
+            err = e.errors(include_url=False)[0]
+            why = f"{'.'.join(str(x) for x in err.get('loc', ())) or 'canvas'}: {err.get('msg', '')}"
+        else:
+            why = str(e).splitlines()[0]
+        raise EvaluatorError(f"{where}: [evaluator.mosaic] {dict(ev.mosaic)!r} over the checkpoint's canvases is "
+                             f"not a valid canvas layout ({why}); fix: correct the value") from None
+    if local:
+        from supernet.data import load_fashion_mnist
+
+        load_fashion_mnist("test", kw.get("data_dir"))  # the val / test canvases' items; the error names the fix
 
 
 def _execute(spec, exp_dir: Path, *, n_trials: int, is_resume: bool, address: Optional[str], progress: bool,
@@ -866,7 +910,7 @@ def run(spec, *, address: Optional[str] = None, n_trials: Optional[int] = None, 
     if n_trials is not None and n_trials < 1:
         raise UserError(f"n_trials must be >= 1, got {n_trials}; fix: pass a positive --n-trials")
     policy = SearchPolicy.from_spec(spec)
-    _check_evaluator(spec)
+    _check_evaluator(spec, policy, local=not (address or spec.ray.address))
     if address or spec.ray.address:  # a dead cluster address is an input error too: found before anything is written
         from .workers import check_reachable
 
@@ -915,7 +959,14 @@ def load_frozen_spec(exp_dir: Path):
         first = format_validation_error(e, path).splitlines()[0]
         raise ResumeError(f"{first} (the spec frozen in it no longer validates); fix: restore {path.name} or start a "
                           "new experiment") from None
-    return frozen, spec
+    budget = frozen.get("budget_ms")
+    if budget is not None and not (isinstance(budget, (int, float)) and not isinstance(budget, bool)
+                                   and math.isfinite(budget) and budget > 0):
+        raise ResumeError(f"experiment file {path} is malformed (budget_ms {budget!r} is not a positive number or "
+                          "null); fix: restore it from a backup or start a new experiment (the trial log in trials/ "
+                          "is intact)")
+    # readers take the validated spec (its defaults filled in), never the raw dict
+    return {**frozen, "spec": json.loads(spec.model_dump_json())}, spec
 
 
 def resume(exp_dir, *, n_trials: Optional[int] = None, address: Optional[str] = None, progress: bool = True,
@@ -941,6 +992,7 @@ def resume(exp_dir, *, n_trials: Optional[int] = None, address: Optional[str] = 
     with _Lock(exp_dir):
         _check_frozen(frozen, spec, exp_dir)
         policy = SearchPolicy.from_spec(spec)
+        _check_evaluator(spec, policy, local=not (address or spec.ray.address), where=str(exp_dir / "experiment.json"))
         total = n_trials or spec.n_trials
         return _execute(spec, exp_dir, n_trials=total, is_resume=True, address=address, progress=progress, log=log,
                         policy=policy)
@@ -959,7 +1011,7 @@ def experiment_summary(exp_dir, extra: Optional[Dict[str, Any]] = None) -> Dict[
     from .trial_log import final_trials, load_trials
 
     exp_dir = Path(exp_dir)
-    frozen = read_json(exp_dir / "experiment.json", "experiment file", "fix: restore it", ResumeError)
+    frozen, _ = load_frozen_spec(exp_dir)
     spec = frozen["spec"]
     metric = spec["objectives"]["metric"]
     maximize = spec["objectives"].get("metric_direction", "maximize") == "maximize"
@@ -970,9 +1022,7 @@ def experiment_summary(exp_dir, extra: Optional[Dict[str, Any]] = None) -> Dict[
               for s in ("complete", "partial", "cached", "failed", "rejected")}
     objectives = ((metric, "max" if maximize else "min"), ("predicted_latency_ms", "min"))
     front = pareto_front(fin, objectives, budget_ms=budget) if len(fin) else fin
-    ref = {}
-    if (exp_dir / "reference.json").exists():
-        ref = read_json(exp_dir / "reference.json", "reference-points file", "fix: delete it", ResumeError)
+    ref = _read_reference(exp_dir) or {}
     dense_ms = (ref.get("dense") or {}).get("predicted_latency_ms")
     hv = 0.0
     if len(front):

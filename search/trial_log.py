@@ -70,6 +70,11 @@ FINAL_STATUSES: tuple[str, ...] = ("complete", "rejected", "cached", "partial")
 #: Statuses whose metrics are valid measurements (candidates for the Pareto front).
 FEASIBLE_STATUSES: tuple[str, ...] = ("complete", "cached")
 
+#: Columns every part must hold to be read (the readers index them; later additions such as ``canvases`` are
+#: optional so that older logs stay readable).
+REQUIRED_COLUMNS: tuple[str, ...] = ("trial_number", "generation", "config", "config_hash", "status",
+                                     "predicted_latency_ms", "macs")
+
 #: Version of the column layout, stored in the schema metadata.
 SCHEMA_VERSION = "1"
 
@@ -576,7 +581,7 @@ def load_trials(
         except (pa.ArrowException, OSError) as exc:
             problem = _short_reason(exc)
         else:
-            missing = [c for c in ("trial_number", "status") if c not in table.column_names]
+            missing = [c for c in REQUIRED_COLUMNS if c not in table.column_names]
             if missing:
                 problem = f"not a trial-log part: no column(s) {missing}"
         if problem is not None:

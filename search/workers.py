@@ -435,12 +435,18 @@ class WorkerPool:
 
         Raises:
             WorkerStartError: an actor's ``__init__`` raised (bad evaluator, unreadable checkpoint bytes);
-                the one-line message carries the worker's error.
+                the one-line message carries the worker's error; or the actors were not placed within ``timeout``
+                seconds (the cluster lacks the resources they ask for).
         """
-        from ray.exceptions import RayActorError, RayTaskError
+        from ray.exceptions import GetTimeoutError, RayActorError, RayTaskError
 
         try:
             return self.ray.get([self._loads[i] for i in range(len(self.actors))], timeout=timeout)
+        except GetTimeoutError:
+            have = {k: v for k, v in self.ray.cluster_resources().items() if k in ("CPU", "GPU")}
+            raise WorkerStartError(f"the Ray workers did not start within {timeout:g} s: the cluster ({have}) may "
+                                   "lack the CPUs / GPUs each worker asks for; fix: lower [workers] num_workers, "
+                                   "cpus_per_worker or gpus_per_worker, or add nodes") from None
         except (RayActorError, RayTaskError) as e:
             lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
             cause = next((ln for ln in reversed(lines) if "Error" in ln.split(":")[0]), lines[-1] if lines else "")

@@ -43,7 +43,7 @@ import datetime as _dt
 import json
 import os
 from pathlib import Path
-from typing import Any, Dict, Iterable, Literal, Mapping, Optional, Tuple, Union
+from typing import Annotated, Any, Dict, Iterable, List, Literal, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -297,12 +297,20 @@ class SidecarArch(BaseModel):
     window_importance: Literal["magnitude", "centred"] = "magnitude"
 
 
+class SidecarSearchSpace(BaseModel):
+    """``search_space`` of a sidecar: the activation-sparsity ratios (0..1, below 1) the supernet was adapted for."""
+
+    model_config = ConfigDict(extra="allow")
+    ratios: Optional[List[Annotated[float, Field(ge=0.0, lt=1.0)]]] = Field(None, min_length=1)
+
+
 class Sidecar(BaseModel):
     """The checkpoint sidecar ``X.json`` as a typed model (see the module docstring for the fields)."""
 
     model_config = ConfigDict(extra="allow")
     format_version: int
     arch: SidecarArch
+    search_space: Optional[SidecarSearchSpace] = None
     img_size: Union[int, Tuple[int, int]]
     num_classes: int = Field(ge=1)
     weights_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")

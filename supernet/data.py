@@ -75,7 +75,7 @@ FASHION_STD = 0.3530
 
 _SPLIT_PREFIX = {"train": "train", "test": "t10k"}
 _FIX = (
-    "run `apt-get install dataset-fashion-mnist` (Debian) or put train-images-idx3-ubyte.gz, "
+    "fix: run `apt-get install dataset-fashion-mnist` (Debian) or put train-images-idx3-ubyte.gz, "
     "train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz "
     f"(gzipped or not) into a folder and pass --data-dir / set {ENV_VAR}"
 )
@@ -165,7 +165,7 @@ def resolve_data_dir(root: str | os.PathLike | None = None) -> Path:
         folder, origin = Path(DEFAULT_DATA_DIR), "default location"
     folder = folder.expanduser()
     if not folder.is_dir():
-        raise DatasetNotFoundError(f"Fashion-MNIST folder {folder} ({origin}) does not exist: {_FIX}")
+        raise DatasetNotFoundError(f"Fashion-MNIST folder {folder} ({origin}) does not exist; {_FIX}")
     return folder.resolve()
 
 
@@ -174,7 +174,7 @@ def _find_file(folder: Path, stem: str) -> Path:
         p = folder / name
         if p.is_file():
             return p
-    raise DatasetNotFoundError(f"Fashion-MNIST file {folder / stem}[.gz] not found: {_FIX}")
+    raise DatasetNotFoundError(f"Fashion-MNIST file {folder / stem}[.gz] not found; {_FIX}")
 
 
 def load_fashion_mnist(

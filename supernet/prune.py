@@ -25,9 +25,17 @@ def parse_module_ratios(text: Optional[str]) -> Optional[Dict[str, float]]:
     for item in text.split(","):
         k, sep, v = item.partition("=")
         k = k.strip()
+        bad = ValueError(f"--module-ratios item {item!r}: expected qkv=R, proj=R or mlp=R with 0 <= R < 1; fix: "
+                         "write e.g. --module-ratios qkv=0.3,proj=0.3,mlp=0.5")
         if not sep or k not in ("qkv", "proj", "mlp"):
-            raise ValueError(f"--module-ratios item {item!r}: expected qkv=R, proj=R or mlp=R with 0 <= R < 1")
-        out[k] = float(v)
+            raise bad
+        try:
+            r = float(v)
+        except ValueError:
+            raise bad from None
+        if not 0.0 <= r < 1.0:  # NaN fails too
+            raise bad
+        out[k] = r
     return out
 
 

@@ -680,3 +680,115 @@ def test_a_predictor_profiled_on_a_gpu_this_machine_lacks_is_one_line_naming_it(
     own["pr"].write_text(json.dumps(pr))
     code, out, err = cli("latency", "validate", "--predictor", own["pr"], "--checkpoint", own["ck"], "--n", "2")
     assert_user_error(code, err, own["pr"], "profiled on cuda", "latency profile --device cpu", out=out)
+
+
+# ---- files a user may edit by hand, valid JSON / Parquet of the wrong shape (eighteenth-session review) ---------
+def _measured_list(e):
+    (e / "measured.json").write_text(json.dumps({"configs": [1]}))
+    return "measured.json", ("pareto",)
+
+
+def _measured_text_latency(e):
+    (e / "measured.json").write_text(json.dumps({"configs": {"h": {
+        "config": [[0.0]], "trial_number": 0, "predicted_latency_ms": 1.0, "measured_latency_ms": "abc"}}}))
+    return "measured.json", ("pareto",)
+
+
+def _confirmed_strings(e):
+    (e / "confirmed.json").write_text(json.dumps({"configs": {"h": "a"}}))
+    return "confirmed.json", ("pareto",)
+
+
+def _confirmed_top_level_list(e):
+    (e / "confirmed.json").write_text("[1, 2, 3]")
+    return "confirmed.json", ("pareto",)
+
+
+def _reference_without_latency(e):
+    ref = json.loads((e / "reference.json").read_text())
+    for v in ref.values():
+        v.pop("predicted_latency_ms")
+    (e / "reference.json").write_text(json.dumps(ref))
+    return "reference.json", ("pareto", "resume")
+
+
+def _frozen_budget_text(e):
+    f = json.loads((e / "experiment.json").read_text())
+    f["budget_ms"] = "fast"
+    (e / "experiment.json").write_text(json.dumps(f))
+    return "experiment.json", ("pareto", "resume")
+
+
+def _part_with_two_columns(e):
+    pq.write_table(pa.table({"trial_number": pa.array([99], pa.int64()), "status": ["complete"]}),
+                   e / "trials" / "part-999999-aaaaaaaa.parquet")
+    return "part-999999-aaaaaaaa.parquet", ("pareto", "resume")
+
+
+@pytest.mark.parametrize("corrupt", [_measured_list, _measured_text_latency, _confirmed_strings,
+                                     _confirmed_top_level_list, _reference_without_latency, _frozen_budget_text,
+                                     _part_with_two_columns], ids=lambda f: f.__name__.strip("_"))
+def test_hand_edited_files_of_the_wrong_shape_are_one_line(exp, corrupt):
+    at_fault, commands = corrupt(exp)
+    before = parts(exp)
+    for command in commands:
+        args = ("resume", exp, "--n-trials", "12", "--no-progress") if command == "resume" else (command, exp)
+        code, out, err = cli(*args)
+        assert_user_error(code, err, at_fault, out=out)
+    assert parts(exp) == before
+
+
+def test_a_spec_without_objectives_is_read_with_its_defaults(exp):
+    f = json.loads((exp / "experiment.json").read_text())
+    f["spec"].pop("objectives")
+    (exp / "experiment.json").write_text(json.dumps(f))
+    code, out, err = cli("pareto", exp, "--json")
+    assert code == 0, err
+    assert json.loads(out)["front"]
+
+
+def test_pareto_history_of_an_experiment_with_no_trials_yet(exp):
+    for p in (exp / "trials").glob("part-*"):
+        p.unlink()
+    code, out, err = cli("pareto", exp, "--history", "--json")
+    assert code == 0, err
+    got = json.loads(out)
+    assert got["front"] == [] and got["history"] == []
+
+
+def test_calibration_needs_two_configs(own, tmp_path):
+    code, out, err = cli("latency", "profile", "--checkpoint", own["ck"], "--calib-configs", "1",
+                         "--out", tmp_path / "p.json")
+    assert code == 2 and "--calib-configs" in err and "Traceback" not in err
+    assert not (tmp_path / "p.json").exists()
+
+
+def test_a_sidecar_ratio_out_of_range_is_one_line_naming_the_sidecar(own, tmp_path):
+    side = json.loads(own["side"].read_text())
+    side["search_space"] = {"ratios": [0.0, 1.5]}
+    own["side"].write_text(json.dumps(side))
+    code, out, err = cli("latency", "profile", "--checkpoint", own["ck"], "--out", tmp_path / "p.json")
+    assert_user_error(code, err, own["side"].name, "search_space.ratios", out=out)
+
+
+MOSAIC_CASES = {
+    "mosaic_bad_value": ("batch_size = 4\n", 'batch_size = 4\nmosaic = {min_items = "lots"}\n', "min_items"),
+    "kwargs_unknown": ("batch_size = 4\n", "batch_size = 4\nkwargs = {colour = 1}\n", "colour"),
+    "data_dir_missing": ("batch_size = 4\n", 'batch_size = 4\nkwargs = {data_dir = "/nonexistent/fmnist"}\n',
+                         "/nonexistent/fmnist"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MOSAIC_CASES))
+def test_what_only_the_workers_would_find_is_found_before_anything_is_written(own, case):
+    old, new, name = MOSAIC_CASES[case]
+    edit_spec(own["spec"], old, new)
+    code, out, err = cli("run", own["spec"])
+    assert_user_error(code, err, name, out=out)
+    assert not (own["exp"] / "experiment.json").exists()
+
+
+def test_prune_dimap_names_the_bad_module_ratio_and_the_fix(own, tmp_path):
+    code, out, err = cli("prune", "dimap", "--checkpoint", own["ck"], "--module-ratios", "qkv=abc",
+                         "--out", tmp_path / "p.safetensors")
+    assert_user_error(code, err, "qkv=abc", out=out)
