@@ -44,7 +44,7 @@ import os
 import platform
 import warnings
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Annotated, Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -199,6 +199,19 @@ class _Calibration(BaseModel):
     b: float = Field(allow_inf_nan=False)
 
 
+_Size = Annotated[List[Annotated[int, Field(ge=1, le=16384)]], Field(min_length=2, max_length=2)]
+
+
+class _Fingerprint(BaseModel):
+    """``fingerprint`` of a predictor file: where it was profiled. The fields a reader uses are typed here."""
+
+    model_config = ConfigDict(extra="allow")
+    img_size: Optional[_Size] = None
+    batch_size: Optional[int] = Field(None, ge=1, le=1024)
+    threads: Optional[int] = Field(None, ge=1, le=1024)
+    device: Optional[str] = None
+
+
 class PredictorFile(BaseModel):
     """The predictor JSON file (see the module docstring), as a typed model.
 
@@ -214,10 +227,10 @@ class PredictorFile(BaseModel):
     blocks: List[List[_BlockTable]]
     fixed_ms: _FixedMs
     calibration: _Calibration
-    fingerprint: Dict[str, Any] = Field(default_factory=dict)
-    img_size: Optional[List[int]] = None
-    batch_size: int = Field(1, ge=1)
-    ratios: Optional[List[float]] = None
+    fingerprint: _Fingerprint = Field(default_factory=_Fingerprint)
+    img_size: Optional[_Size] = None
+    batch_size: int = Field(1, ge=1, le=1024)
+    ratios: Optional[List[Annotated[float, Field(ge=0.0, lt=1.0, allow_inf_nan=False)]]] = Field(None, min_length=1)
     checkpoint_sha256: Optional[str] = None
     model_arch: Optional[Dict[str, Any]] = None
 

@@ -144,12 +144,13 @@ def confirm_front(exp_dir, *, canvases: int = 256, z: float = 1.0, max_candidate
     from .front import CONFIRMED_FILE, front_table, read_measured, write_front_table
     from .pareto import non_dominated_mask
     from .policy import SearchPolicy
-    from .runner import load_frozen_spec
+    from .runner import check_frozen, load_frozen_spec
     from .trial_log import final_trials, load_trials
 
     t0 = time.perf_counter()
     exp_dir = Path(exp_dir)
     frozen, spec = load_frozen_spec(exp_dir)
+    check_frozen(frozen, spec, exp_dir)  # a changed checkpoint or predictor would rewrite confirmed.json with it
     ev = spec.evaluator
     if ev.name != "fashion_mosaic":
         raise UserError(f"confirm: {exp_dir} uses the evaluator {ev.name!r}; confirm re-scores with the built-in "

@@ -57,7 +57,7 @@ def measure_front(exp_dir, *, repeats: int = 11, warmup: int = 3, progress: bool
 
     from .front import MEASURED_FILE, front_members, front_table, read_confirmed, write_front_table
     from .policy import SearchPolicy
-    from .runner import load_frozen_spec
+    from .runner import check_frozen, load_frozen_spec
     from .space import Config
     from .trial_log import final_trials, load_trials
 
@@ -66,6 +66,7 @@ def measure_front(exp_dir, *, repeats: int = 11, warmup: int = 3, progress: bool
     t0 = time.perf_counter()
     exp_dir = Path(exp_dir)
     frozen, spec = load_frozen_spec(exp_dir)
+    check_frozen(frozen, spec, exp_dir)  # a changed checkpoint or predictor would rewrite measured.json with it
     policy = SearchPolicy.from_spec(spec)
     metric = policy.metric
     maximize = policy.directions[0] == "maximize"

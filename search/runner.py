@@ -691,7 +691,13 @@ def _freeze(spec, exp_dir: Path, policy: SearchPolicy, parent: Optional[Path] = 
     return frozen
 
 
-def _check_frozen(frozen: Dict[str, Any], spec, exp_dir: Path) -> None:
+def check_frozen(frozen: Dict[str, Any], spec, exp_dir: Path) -> None:
+    """The checkpoint, predictor and search space an experiment froze must be the ones on disk now: ``resume``,
+    ``confirm`` and ``measure`` refuse to mix a changed file into the experiment's records.
+
+    Raises:
+        ResumeError: one line naming the changed or missing file and the fix.
+    """
     ck = Path(spec.supernet.checkpoint)
     if not ck.exists():
         raise ResumeError(f"{exp_dir}: its checkpoint {ck} is missing; fix: restore the file "
@@ -880,6 +886,10 @@ def _prepare_dir(spec) -> Path:
     exp_dir = Path(spec.output_dir)
     if exp_dir.exists() and not exp_dir.is_dir():
         raise UserError(f"output_dir {exp_dir} is a file; fix: choose another output_dir")
+    for up in exp_dir.resolve().parents:  # inside another experiment: its trials/ or bookkeeping would take our files
+        if (up / "experiment.json").is_file():
+            raise UserError(f"output_dir {exp_dir} lies inside the experiment {up}; fix: choose an output_dir outside "
+                            "it (e.g. a sibling folder)")
     exp_dir.mkdir(parents=True, exist_ok=True)
     return exp_dir
 
@@ -990,7 +1000,7 @@ def resume(exp_dir, *, n_trials: Optional[int] = None, address: Optional[str] = 
     exp_dir = Path(exp_dir)
     frozen, spec = load_frozen_spec(exp_dir)
     with _Lock(exp_dir):
-        _check_frozen(frozen, spec, exp_dir)
+        check_frozen(frozen, spec, exp_dir)
         policy = SearchPolicy.from_spec(spec)
         _check_evaluator(spec, policy, local=not (address or spec.ray.address), where=str(exp_dir / "experiment.json"))
         total = n_trials or spec.n_trials

@@ -57,13 +57,15 @@ def resolve_device(device: Any) -> torch.device:
     before any work: the one home of that check (training's ``[train] device``, the latency profiler's ``--device``).
 
     Raises:
-        ValueError: not a torch device, or CUDA / MPS that this machine lacks (the message says which, without
-            naming ``device``: the caller names where it came from).
+        ValueError: not a torch device, a device type other than cpu / cuda / mps, or CUDA / MPS that this machine
+            lacks (the message says which, without naming ``device``: the caller names where it came from).
     """
     try:
         dev = torch.device(device)
     except (RuntimeError, ValueError, TypeError):
         raise ValueError("not a torch device (cpu, cuda, cuda:N)") from None
+    if dev.type not in ("cpu", "cuda", "mps"):  # xpu / hpu / meta...: not devices this project runs or times on
+        raise ValueError(f"{dev.type!r} is not a device sparsesearch runs on (cpu, cuda, cuda:N, mps)")
     if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
         raise ValueError(f"no such CUDA device on this machine ({torch.cuda.device_count()} visible)")
     if dev.type == "mps" and not torch.backends.mps.is_available():

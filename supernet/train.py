@@ -50,6 +50,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import sys
 import tempfile
 import time
@@ -117,7 +118,7 @@ class ModelSection(BaseModel):
     (see ``supernet.sparse_swin.token_importance``); recorded in the sidecar, so the search ranks as trained.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     timm_name: str = "swin_tiny_patch4_window7_224"
     embed_dim: Optional[int] = Field(None, ge=4)
@@ -171,7 +172,7 @@ class DataSection(MosaicSpec):
             layout's. Validation only: not part of what a resume compares.
     """
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     train_length: int = Field(2048, ge=1)
     val_length: int = Field(256, ge=1)
@@ -223,7 +224,7 @@ class TrainSection(BaseModel):
     two-thread process (1.02x, ``bench/train_parallel.py``): the option is for machines with more cores.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     batch_size: int = Field(16, ge=1)
     dense_epochs: int = Field(0, ge=0)
@@ -232,7 +233,7 @@ class TrainSection(BaseModel):
     adapt_lr: float = Field(1e-4, gt=0.0)
     weight_decay: float = Field(0.05, ge=0.0)
     warmup_steps: int = Field(0, ge=0)
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=2**32 - 1)  # numpy / torch generators take 32-bit seeds
     threads: Optional[int] = Field(None, ge=1)
     processes: int = Field(1, ge=1, le=64)
     device: str = "cpu"
@@ -287,7 +288,7 @@ class LowresSection(BaseModel):
         lr: peak learning rate (linear warm-up over ``[train] warmup_steps``, then cosine).
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     epochs: int = Field(0, ge=0)
     img_size: int = Field(112, ge=32, le=4096)
@@ -301,7 +302,7 @@ class LowresSection(BaseModel):
 class OutputSection(BaseModel):
     """``[output]``: where the checkpoint goes (``X.safetensors``; ``X.json`` and ``X.state.pt`` beside it)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     checkpoint: Path = Path("supernet.safetensors")
 
@@ -332,7 +333,7 @@ class Phase(NamedTuple):
 class TrainConfig(BaseModel):
     """A whole training spec: ``[model]``, ``[data]``, ``[lowres]``, ``[train]``, ``[output]``."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     model: ModelSection = Field(default_factory=ModelSection)
     data: DataSection = Field(default_factory=lambda: DataSection())
@@ -370,6 +371,12 @@ class TrainConfig(BaseModel):
             raise ValueError(f"[data] train_length {self.data.train_length} < [train] batch_size "
                              f"{self.train.batch_size}: no full batch per epoch")
         lo = self.lowres
+        m = re.search(r"patch(\d+)", self.model.timm_name)
+        patch = int(m.group(1)) if m else 4
+        for name, size in (("[model] img_size", self.model.img_size), ("[model] input_size", self.model.input_size),
+                           ("[lowres] img_size", lo.img_size if lo.epochs else None)):
+            if size is not None and size % patch:
+                raise ValueError(f"{name} {size} is not a multiple of the patch size {patch} of {self.model.timm_name}")
         if lo.epochs:
             if lo.train_length < lo.batch_size:
                 raise ValueError(f"[lowres] train_length {lo.train_length} < batch_size {lo.batch_size}: "
@@ -717,10 +724,23 @@ def _load_state(path: Path) -> Dict[str, Any]:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001
         raise CheckpointError(f"{path} cannot be read ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                              "fix: rerun without --resume to train from scratch") from None
+                              "fix: rerun with --overwrite instead of --resume to train from scratch") from None
     if not isinstance(state, dict) or state.get("format_version") != STATE_FORMAT:
         raise CheckpointError(f"{path} is not a training state of format {STATE_FORMAT}; "
-                              "fix: rerun without --resume to train from scratch")
+                              "fix: rerun with --overwrite instead of --resume to train from scratch")
+    try:  # what _save_state wrote, by type: a state that loads but holds anything else is refused here
+        ok = (isinstance(state.get("epoch"), int) and isinstance(state.get("step"), int)
+              and isinstance(state.get("optimizer"), dict) and isinstance(state.get("scheduler"), dict)
+              and isinstance(state.get("torch_rng"), torch.Tensor) and isinstance(state.get("weights_sha256"), str)
+              and isinstance(json.loads(state["numpy_rng"]), dict) and isinstance(json.loads(state["config"]), dict)
+              and all(isinstance(h, dict) for h in json.loads(state["history"]))
+              and isinstance(json.loads(state["history"]), list))
+    except (KeyError, TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise CheckpointError(f"{path} is not a training state written by `sparsesearch supernet train` (a field is "
+                              "missing or of the wrong type); fix: rerun with --overwrite instead of --resume to "
+                              "train from scratch")
     return state
 
 
@@ -740,15 +760,21 @@ def _warm_resume(cfg: TrainConfig, ckpt: Path, model: SegSupernet, optimizer: to
     """
     loaded, meta = load_checkpoint(ckpt, verify=False)
     tr = meta.get("training") or {}
-    if "config" not in tr or "step" not in tr:
+    if not isinstance(tr, dict) or not isinstance(tr.get("config"), dict) or not isinstance(tr.get("step"), int) \
+            or not isinstance(tr.get("epoch"), int) or not isinstance(tr.get("history") or [], list):
         raise TrainSpecError(f"{ckpt}: no training record in its sidecar and no {state_path(ckpt).name}; "
-                             "fix: rerun without --resume to train from scratch")
-    diff = spec_diff(_config_fingerprint(tr["config"]), cfg)
+                             "fix: rerun with --overwrite instead of --resume to train from scratch")
+    try:
+        diff = spec_diff(_config_fingerprint(tr["config"]), cfg)
+    except (KeyError, TypeError, ValueError, AttributeError):
+        raise TrainSpecError(f"{ckpt}: the training record in its sidecar is malformed; fix: rerun with --overwrite "
+                             "instead of --resume to train from scratch") from None
     if diff:
         raise TrainSpecError(f"{ckpt}: written by another spec ({diff}); "
-                             "fix: restore the spec or rerun without --resume")
+                             "fix: restore the spec, or rerun with --overwrite instead of --resume")
     if tr.get("complete"):
-        raise TrainSpecError(f"{ckpt}: training is complete but {state_path(ckpt).name} is missing; nothing to resume")
+        raise TrainSpecError(f"{ckpt}: training is complete but {state_path(ckpt).name} is missing; nothing to resume; "
+                             "fix: use the checkpoint as it is, or set [output] checkpoint to a new file to train again")
     model.load_state_dict(loaded.state_dict(), strict=True)
     for g in optimizer.param_groups:
         g.setdefault("initial_lr", g["lr"])
@@ -866,17 +892,22 @@ def train(cfg: TrainConfig, *, resume: bool = False, progress: bool = True,
         if state["weights_sha256"] != sha:
             raise CheckpointError(f"{spath} belongs to a different {ckpt.name} (sha256 "
                                   f"{state['weights_sha256'][:12]}... != {sha[:12]}...); "
-                                  "fix: rerun without --resume to train from scratch")
+                                  "fix: rerun with --overwrite instead of --resume to train from scratch")
         diff = spec_diff(json.loads(state["config"]), cfg)
         if diff:
             raise TrainSpecError(f"{ckpt}: the spec changed since this checkpoint was written ({diff}); "
-                                 "fix: restore the spec or rerun without --resume")
+                                 "fix: restore the spec, or rerun with --overwrite instead of --resume")
         loaded, meta = load_checkpoint(ckpt, verify=False)
         model.load_state_dict(loaded.state_dict(), strict=True)
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["torch_rng"])
-        rng.bit_generator.state = json.loads(state["numpy_rng"])
+        try:
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            torch.set_rng_state(state["torch_rng"])
+            rng.bit_generator.state = json.loads(state["numpy_rng"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:
+            raise CheckpointError(f"{spath} does not fit this model's optimizer / schedule / RNGs ({type(e).__name__}: "
+                                  f"{str(e).splitlines()[0][:120] if str(e) else ''}); fix: rerun with --overwrite "
+                                  "instead of --resume to train from scratch") from None
         epoch, step = int(state["epoch"]), int(state["step"])
         history = json.loads(state["history"])
         log(f"resuming {ckpt} at epoch {epoch}/{cfg.total_epochs} (step {step})")
@@ -1034,14 +1065,16 @@ def cli_train(args: Any) -> int:
         cfg = cfg.model_copy(update={"train": cfg.train.model_copy(update={"device": args.device})})
     resume = bool(getattr(args, "resume", False))
     ckpt = Path(cfg.output.checkpoint)
-    if not resume and not getattr(args, "overwrite", False):
-        refuse_overwrite(f"{args.spec}: [output] checkpoint", (ckpt,), error=TrainSpecError,
-                         fix="pass --resume to continue it, or set [output] checkpoint to a new file")
-        left = [p for p in (state_path(ckpt), sidecar_path(ckpt)) if p.exists()]
+    if not getattr(args, "overwrite", False):
+        if not resume:
+            refuse_overwrite(f"{args.spec}: [output] checkpoint", (ckpt,), error=TrainSpecError,
+                             fix="pass --resume to continue it, or set [output] checkpoint to a new file")
+        left = [p for p in (state_path(ckpt), sidecar_path(ckpt)) if p.exists()] if not ckpt.exists() else []
         if left:  # the weights are gone: nothing to resume, but these files of an earlier run would be replaced
             raise TrainSpecError(f"{args.spec}: {', '.join(map(str, left))} of an earlier run (its weights {ckpt.name} "
-                                 "are gone) would be overwritten; fix: delete them, pass --overwrite, or set [output] "
-                                 "checkpoint to a new file")
+                                 "are gone) would be overwritten; fix: restore the weights"
+                                 + (" to resume" if resume else "") + ", delete these files, pass --overwrite, or set "
+                                 "[output] checkpoint to a new file")
     metrics = train(cfg, resume=resume, progress=True,
                     stop_after=getattr(args, "stop_after", None))
     if getattr(args, "json", False):

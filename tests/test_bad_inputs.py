@@ -792,3 +792,47 @@ def test_prune_dimap_names_the_bad_module_ratio_and_the_fix(own, tmp_path):
     code, out, err = cli("prune", "dimap", "--checkpoint", own["ck"], "--module-ratios", "qkv=abc",
                          "--out", tmp_path / "p.safetensors")
     assert_user_error(code, err, "qkv=abc", out=out)
+
+
+@pytest.mark.parametrize("command", ["measure", "confirm"])
+def test_measure_and_confirm_refuse_a_checkpoint_changed_since_the_search(exp, tmp_path, command):
+    other = tmp_path / "other.safetensors"
+    other.write_bytes(b"not the experiment's weights")
+    f = json.loads((exp / "experiment.json").read_text())
+    f["spec"]["supernet"]["checkpoint"] = str(other)
+    (exp / "experiment.json").write_text(json.dumps(f))
+    before = parts(exp)
+    code, out, err = cli(command, exp, "--no-progress")
+    assert_user_error(code, err, "other.safetensors", "changed", out=out)
+    assert parts(exp) == before and not (exp / f"{command}ed.json").exists()
+
+
+def test_fork_into_the_parent_experiment_is_refused(exp):
+    before = parts(exp)
+    code, out, err = cli("fork", exp, "--out", exp / "trials" / "child", "--budget-fraction", "0.9")
+    assert_user_error(code, err, "inside the experiment", out=out)
+    assert parts(exp) == before and not (exp / "trials" / "child").exists()
+
+
+@pytest.mark.parametrize("device", ["xpu", "meta", "hpu"])
+def test_devices_this_project_does_not_run_on_are_one_line(own, tmp_path, device):
+    code, out, err = cli("latency", "profile", "--checkpoint", own["ck"], "--device", device,
+                         "--out", tmp_path / "p.json")
+    assert_user_error(code, err, device, out=out)
+    assert not (tmp_path / "p.json").exists()
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda p: p.update(ratios=[0.0, 1.5]), "ratios"),
+    (lambda p: p.update(img_size=[0, 0]), "img_size"),
+    (lambda p: p.update(batch_size=100000), "batch_size"),
+    (lambda p: (p.pop("img_size", None), p["fingerprint"].update(img_size="abc")), "fingerprint.img_size"),
+    (lambda p: p["fingerprint"].update(threads="many"), "fingerprint.threads")],
+    ids=["ratio_over_1", "img_size_zero", "batch_too_large", "fingerprint_img_size_text", "threads_text"])
+def test_predictor_fields_a_reader_uses_are_typed(own, edit, words):
+    p = json.loads(own["pr"].read_text())
+    edit(p)
+    own["pr"].write_text(json.dumps(p))
+    code, out, err = cli("latency", "validate", "--predictor", own["pr"], "--checkpoint", own["ck"], "--n", "2",
+                         "--repeats", "1")
+    assert_user_error(code, err, own["pr"].name, words, out=out)

@@ -503,6 +503,12 @@ def test_cli_train_json_and_user_errors(data_dir, tmp_path, capsys):
     assert main(["supernet", "train", str(spec)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and ck.with_suffix(".state.pt").name in err[0] and "are gone" in err[0]
+    # ... and with --resume: refused as well, never "nothing to resume, training from scratch" over those files
+    left = {p: p.read_bytes() for p in (ck.with_suffix(".json"), ck.with_suffix(".state.pt"))}
+    assert main(["supernet", "train", str(spec), "--resume"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "are gone" in err[0] and "restore the weights to resume" in err[0]
+    assert {p: p.read_bytes() for p in left} == left and not ck.exists()
 
     assert main(["supernet", "train", str(tmp_path / "nope.toml")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
@@ -584,3 +590,36 @@ def test_supernet_tables_reads_sidecars(tmp_path):
     md = (tmp_path / "o" / "supernet_full.md").read_text()
     assert "| + reference adaptation (supernet.toml) | 1.0 | 0.3600 | 0.3400 | 0.3200 | 0.3000 |" in md
     assert "+0.2000" in md and "Not trained yet" in md
+
+
+def test_a_state_file_that_loads_but_holds_something_else_is_one_error(data_dir, tmp_path):
+    """A ``X.state.pt`` torch can read whose fields are missing or of the wrong type (or do not fit the model's
+    optimizer) is a CheckpointError naming it and the fix, before anything is rewritten."""
+    cfg = tiny_cfg(data_dir, tmp_path, adapt_epochs=1, dense_epochs=1)
+    train(cfg, progress=False, stop_after=1)
+    sp = state_path(tmp_path / "ck.safetensors")
+    good = torch.load(sp, weights_only=True)
+    weights = (tmp_path / "ck.safetensors").read_bytes()
+    for bad in ({"format_version": good["format_version"]}, {**good, "config": "not json"},
+                {**good, "history": json.dumps({"a": 1})},
+                {**good, "optimizer": {"state": {}, "param_groups": []}}):
+        torch.save(bad, sp)
+        with pytest.raises(CheckpointError, match=r"ck.state.pt .*fix: rerun with --overwrite"):
+            train(cfg, resume=True, progress=False)
+        assert (tmp_path / "ck.safetensors").read_bytes() == weights
+
+
+@pytest.mark.parametrize("section, field, value, words", [
+    ("train", "lr", float("inf"), "finite"), ("train", "weight_decay", float("nan"), "finite"),
+    ("train", "seed", 2 ** 40, "less than or equal"), ("lowres", "img_size", 66, "patch size 4"),
+    ("model", "input_size", 62, "patch size 4")])
+def test_recipe_values_that_would_fail_mid_training_are_refused_when_read(data_dir, tmp_path, section, field, value,
+                                                                           words):
+    from pydantic import ValidationError
+
+    d = json.loads(tiny_cfg(data_dir, tmp_path).model_dump_json())
+    d[section][field] = value
+    if section == "lowres":
+        d["lowres"]["epochs"] = 1
+    with pytest.raises(ValidationError, match=words):
+        TrainConfig(**d)
