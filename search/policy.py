@@ -228,8 +228,9 @@ class SearchPolicy:
         if fastest > self.budget:
             raise BudgetError(
                 f"the latency budget {self.budget:.3f} ms admits no config: the sparsest config of the space is "
-                f"predicted at {fastest:.3f} ms (dense {self.dense_ms:.3f} ms); fix: raise [latency] budget_ms to "
-                f">= {fastest:.3f} (budget_fraction >= {fastest / self.dense_ms:.3f}) or add larger [space] ratios")
+                f"predicted at {fastest:.3f} ms (dense {self.dense_ms:.3f} ms); fix: raise the budget ([latency] budget_ms "
+                f"or fork's --budget-ms) to >= {fastest:.3f} (budget_fraction / --budget-fraction >= "
+                f"{fastest / self.dense_ms:.3f}) or add larger [space] ratios")
 
     # ---- one proposal ------------------------------------------------------------------------
     def decode(self, params: Mapping[str, Any]):

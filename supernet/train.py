@@ -141,6 +141,10 @@ class ModelSection(BaseModel):
             raise ValueError(f"depths must be positive block counts, got {list(self.depths)}")
         if self.timm_weights is not None and self.init is not None:
             raise ValueError("set timm_weights or init, not both")
+        n_stages = len(self.depths) if self.depths is not None else 4  # timm's Swin: four stages
+        if self.head_first_stage >= n_stages:
+            raise ValueError(f"head_first_stage {self.head_first_stage} must be below the number of stages "
+                             f"({n_stages}): the head fuses stages head_first_stage..{n_stages - 1}")
         if self.depths is not None and self.num_heads is not None and len(self.depths) != len(self.num_heads):
             raise ValueError(f"depths {list(self.depths)} and num_heads {list(self.num_heads)} must have one "
                              "entry per stage")
@@ -543,7 +547,8 @@ def build_supernet(cfg: TrainConfig, dynamic_size: bool = False) -> SegSupernet:
     except Exception as e:  # noqa: BLE001 - timm raises RuntimeError / AssertionError / TypeError
         raise TrainSpecError(f"[model] {m.timm_name} with {m.timm_kwargs()} cannot be built by timm "
                              f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                             "fix: embed_dim must be divisible by num_heads, one num_heads per stage") from None
+                             "fix: correct [model]: embed_dim divisible by num_heads, one num_heads per stage, "
+                             "head_first_stage below the number of stages") from None
     if m.timm_weights is not None:
         load_timm_state_dict(model, m.timm_weights)
     if m.init is not None:
@@ -1075,8 +1080,11 @@ def cli_train(args: Any) -> int:
                                  "are gone) would be overwritten; fix: restore the weights"
                                  + (" to resume" if resume else "") + ", delete these files, pass --overwrite, or set "
                                  "[output] checkpoint to a new file")
-    metrics = train(cfg, resume=resume, progress=True,
-                    stop_after=getattr(args, "stop_after", None))
+    try:
+        metrics = train(cfg, resume=resume, progress=True, stop_after=getattr(args, "stop_after", None))
+    except TrainSpecError as e:  # name the recipe the section came from
+        msg = str(e)
+        raise TrainSpecError(msg if str(args.spec) in msg else f"{args.spec}: {msg}") from None
     if getattr(args, "json", False):
         print(strict_json(metrics))  # NaN -> null
         return 0

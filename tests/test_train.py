@@ -612,7 +612,7 @@ def test_a_state_file_that_loads_but_holds_something_else_is_one_error(data_dir,
 @pytest.mark.parametrize("section, field, value, words", [
     ("train", "lr", float("inf"), "finite"), ("train", "weight_decay", float("nan"), "finite"),
     ("train", "seed", 2 ** 40, "less than or equal"), ("lowres", "img_size", 66, "patch size 4"),
-    ("model", "input_size", 62, "patch size 4")])
+    ("model", "input_size", 62, "patch size 4"), ("model", "head_first_stage", 4, "below the number of stages")])
 def test_recipe_values_that_would_fail_mid_training_are_refused_when_read(data_dir, tmp_path, section, field, value,
                                                                            words):
     from pydantic import ValidationError
