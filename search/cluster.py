@@ -59,7 +59,16 @@ def _job_server_url(address: str) -> str:
                            "dashboard port)")
     if "://" not in address:
         address = f"http://{address}"
-    if not address.startswith(("http://", "https://")):
+    from urllib.parse import urlsplit
+
+    bad = not address.startswith(("http://", "https://"))
+    if not bad:
+        try:
+            u = urlsplit(address)
+            bad = not u.hostname or (u.port is not None and not 0 < u.port < 65536)
+        except ValueError:  # a port that is not a number
+            bad = True
+    if bad:
         raise ClusterError(f"{address} is not a job server URL; fix: pass the head's dashboard address, e.g. "
                            "http://127.0.0.1:8265 (not the GCS port 6379 or a ray:// client address)")
     return address.rstrip("/")

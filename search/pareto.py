@@ -21,8 +21,10 @@ Algorithms:
 
 from __future__ import annotations
 
+import math
+import numbers
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -174,6 +176,13 @@ def non_dominated_mask(
 # --------------------------------------------------------------------------- front
 
 
+def _check_budget(budget_ms: Any) -> None:
+    """A latency budget is None or a positive, finite number of ms (NaN would silently empty every front)."""
+    if budget_ms is not None and (isinstance(budget_ms, bool) or not isinstance(budget_ms, numbers.Real)
+                                  or not math.isfinite(budget_ms) or budget_ms <= 0):
+        raise ValueError(f"budget_ms must be a positive number of ms or None, got {budget_ms!r}")
+
+
 def _prepare(
     df: pd.DataFrame,
     objectives: Sequence[Objective],
@@ -183,6 +192,7 @@ def _prepare(
 ) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
     """Rows eligible for the front: final row per trial, feasible, within budget, finite."""
     objs = _check_objectives(objectives)
+    _check_budget(budget_ms)
     missing = [c for c, _ in objs if c not in df.columns]
     if budget_ms is not None and latency_column not in df.columns:
         missing.append(latency_column)
@@ -234,7 +244,7 @@ def pareto_front(
 
     Raises:
         KeyError: an objective column (or ``latency_column`` with a budget) is missing.
-        ValueError: bad objectives.
+        ValueError: bad objectives, or a budget that is not a positive number.
     """
     work, objs = _prepare(df, objectives, feasible_only, budget_ms, latency_column)
     if "trial_number" in work.columns:
@@ -449,6 +459,7 @@ def hypervolume_history(
     senses = [s for _, s in objs]
     columns = [key, "n_trials", "n_front", "hypervolume"]
 
+    _check_budget(budget_ms)
     table = df
     if {"trial_number", "status"} <= set(df.columns) and df["trial_number"].duplicated().any():
         table = final_trials(df)

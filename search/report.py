@@ -69,6 +69,12 @@ def _plot_path(plot: str) -> str:
     Raises:
         UserError: a file type matplotlib cannot write (e.g. ``front.txt``)."""
     p = Path(plot)
+    for up in (p.resolve(), *p.resolve().parents):  # a file in an experiment's trials/ is read as a trial-log part
+        if up.name == "trials" and (up.parent / "experiment.json").is_file():
+            from .errors import UserError
+
+            raise UserError(f"--plot {plot}: inside the trial log {up}; fix: write the plot elsewhere, e.g. "
+                            f"{up.parent / 'front.png'}")
     if p.is_dir() or str(plot).endswith(("/", "\\")):
         return str(p / "front.png")
     if not p.suffix:
@@ -130,11 +136,23 @@ def pareto_report(exp_dirs, budget_ms: Optional[float] = None, plot: Optional[st
     spec = first["spec"]
     metric = spec["objectives"]["metric"]
     maximize = spec["objectives"].get("metric_direction", "maximize") == "maximize"
+    seen: Dict[Path, Path] = {}
+    for d in dirs:
+        if d.resolve() in seen:
+            raise UserError(f"{d} is given twice (as {seen[d.resolve()]}); fix: pass each experiment once")
+        seen[d.resolve()] = d
+    if history and len(dirs) > 1:
+        raise UserError("--history follows one experiment's generations; fix: pass one experiment with --history")
     for d, f in zip(dirs[1:], frozens[1:]):
         if f.get("checkpoint_sha256") != first.get("checkpoint_sha256") or f["spec"]["objectives"]["metric"] != metric \
-                or f.get("search_img_size") != first.get("search_img_size"):
+                or f.get("search_img_size") != first.get("search_img_size") \
+                or f["spec"]["objectives"].get("metric_direction", "maximize") != spec["objectives"].get(
+                    "metric_direction", "maximize"):
             raise UserError(f"{d} searched another checkpoint, resolution or metric than {dirs[0]}; fix: a joint "
                             "front needs experiments of the same supernet (pass them separately)")
+        if f.get("predictor_sha256") != first.get("predictor_sha256"):
+            raise UserError(f"{d} predicted latency with another predictor than {dirs[0]} (another device or "
+                            "profile); fix: a joint front needs one latency model (pass them separately)")
     budgets = [f.get("budget_ms", f["spec"]["latency"].get("budget_ms")) for f in frozens]
     budget = budget_ms if budget_ms is not None else (
         None if any(b is None for b in budgets) else max(budgets))

@@ -249,6 +249,13 @@ class _Search:
         # an unreadable part stops the resume (TrialLogError: one line naming the file) before anything
         # is written: skipping it would silently drop its trials
         df = load_trials(self.exp_dir)
+        if len(df) and "checkpoint_sha256" in df:
+            foreign = df[(df["checkpoint_sha256"].astype("string") != self.ckpt_sha).fillna(False).astype(bool)]
+            if len(foreign):  # rows of another supernet would enter the result cache as this one's scores
+                raise ResumeError(f"{self.exp_dir}/trials: trial(s) {sorted(set(foreign['trial_number'].tolist()))[:5]} "
+                                  f"were scored on another checkpoint (sha256 "
+                                  f"{str(foreign['checkpoint_sha256'].iloc[0])[:12]}... != {self.ckpt_sha[:12]}...); "
+                                  "fix: move the parts of the other experiment out of trials/")
         if len(df):
             df = final_trials(df).sort_values("trial_number")
         pol = self.policy
@@ -305,6 +312,15 @@ class _Search:
                 self._track_front(metrics, p)
         self.next_number = (int(df["trial_number"].max()) + 1) if len(df) else 0
         pending = _read_pending(self.exp_dir)
+        dists = self.space.distributions()
+        for t in pending:  # what the sampler asked once: a number, and one choice of every gene of this space
+            ok = t["number"] >= 0 and not isinstance(t["number"], bool) and set(t["params"]) <= set(dists) and all(
+                any(v == c for c in dists[k].choices) and not isinstance(v, bool) for k, v in t["params"].items())
+            if not ok:
+                raise ResumeError(f"pending-trials file {self.exp_dir / 'pending.json'}: trial {t['number']!r} is not a "
+                                  "trial of this search space (a negative number, or parameters outside the genes' "
+                                  "choices); fix: delete the file (the trials it listed were not recorded; resume "
+                                  "gives their numbers to new trials)")
         todo = []
         for t in pending:
             if t["number"] not in self.done_numbers:
@@ -801,6 +817,10 @@ def _execute(spec, exp_dir: Path, *, n_trials: int, is_resume: bool, address: Op
         atomic_write_json(ej, frozen)
     if search.n_trials_done >= n_trials and (exp_dir / "reference.json").exists():
         # a finished experiment resumed without a larger budget: nothing to evaluate, no Ray
+        if repeated:
+            raise UserError(f"{exp_dir}/pending.json lists {len(repeated)} unfinished trial(s) but --n-trials "
+                            f"{n_trials} is not above the {search.n_trials_done} trials done; fix: pass --n-trials "
+                            f"{search.n_trials_done + len(repeated)} or more to finish them")
         atomic_write_json(exp_dir / "pending.json", {"trials": []})
         return experiment_summary(exp_dir, extra={
             "elapsed_s": round(time.time() - t0, 2), "trials_this_run": 0, "resumed": is_resume,
@@ -880,6 +900,12 @@ def _attach_observers(search: _Search) -> None:
     search.observers = [FrontTable(search.exp_dir), StudyJournal(search.exp_dir)]
 
 
+def _check_n_trials(n_trials: Any) -> None:
+    """``n_trials``: None or an int >= 1 (a float, a bool or NaN would reach the search loop)."""
+    if n_trials is not None and (not isinstance(n_trials, int) or isinstance(n_trials, bool) or n_trials < 1):
+        raise UserError(f"n_trials must be an integer >= 1, got {n_trials!r}; fix: pass a positive --n-trials")
+
+
 def _prepare_dir(spec) -> Path:
     if spec.output_dir is None:
         raise UserError("spec has no output_dir; fix: add `output_dir = \"runs/NAME\"` at the top level")
@@ -902,7 +928,7 @@ def run(spec, *, address: Optional[str] = None, n_trials: Optional[int] = None, 
     is written to the experiment directory.
 
     Args:
-        spec: the experiment spec (see ``search.spec.load_spec``).
+        spec: the experiment spec (see ``search.spec.load_spec``), or the path of a spec file (loaded here).
         address: Ray address to join (default: the spec's ``[ray] address``, else an embedded, private
             local Ray on 127.0.0.1).
         n_trials: override the spec's trial budget (> 0): trials evaluated or served by the cache.
@@ -917,8 +943,11 @@ def run(spec, *, address: Optional[str] = None, n_trials: Optional[int] = None, 
         UserError: the directory already holds an experiment (or trial-log parts of one), or any input is
             invalid.
     """
-    if n_trials is not None and n_trials < 1:
-        raise UserError(f"n_trials must be >= 1, got {n_trials}; fix: pass a positive --n-trials")
+    _check_n_trials(n_trials)
+    if isinstance(spec, (str, os.PathLike)):  # a spec file: loaded (and validated) here
+        from .spec import load_spec
+
+        spec = load_spec(spec)
     policy = SearchPolicy.from_spec(spec)
     _check_evaluator(spec, policy, local=not (address or spec.ray.address))
     if address or spec.ray.address:  # a dead cluster address is an input error too: found before anything is written
@@ -995,8 +1024,7 @@ def resume(exp_dir, *, n_trials: Optional[int] = None, address: Optional[str] = 
             file is unreadable.
         ExperimentLockedError: another driver holds the directory.
     """
-    if n_trials is not None and n_trials < 1:
-        raise UserError(f"n_trials must be >= 1, got {n_trials}; fix: pass a positive --n-trials")
+    _check_n_trials(n_trials)
     exp_dir = Path(exp_dir)
     frozen, spec = load_frozen_spec(exp_dir)
     with _Lock(exp_dir):

@@ -836,3 +836,84 @@ def test_predictor_fields_a_reader_uses_are_typed(own, edit, words):
     code, out, err = cli("latency", "validate", "--predictor", own["pr"], "--checkpoint", own["ck"], "--n", "2",
                          "--repeats", "1")
     assert_user_error(code, err, own["pr"].name, words, out=out)
+
+
+# ---- third review: resume bookkeeping, joint fronts, plots, job addresses, the Python API ----------------------
+def _a_logged_params(exp):
+    t = pq.read_table(sorted((exp / "trials").glob("part-*"))[0]).to_pylist()
+    return json.loads(next(r["params_json"] for r in t if r["params_json"]))
+
+
+def test_resume_below_the_trials_done_keeps_the_pending_trials(exp):
+    pending = {"trials": [{"number": 100, "params": _a_logged_params(exp)}]}
+    (exp / "pending.json").write_text(json.dumps(pending))
+    before = parts(exp)
+    code, out, err = cli("resume", exp, "--n-trials", "8", "--no-progress")
+    assert_user_error(code, err, "pending.json", "--n-trials 9", out=out)
+    assert json.loads((exp / "pending.json").read_text()) == pending and parts(exp) == before
+
+
+@pytest.mark.parametrize("case", ["outside_the_choices", "negative_number"])
+def test_pending_trials_outside_the_space_are_refused(exp, case):
+    params = _a_logged_params(exp)
+    if case == "outside_the_choices":
+        params[sorted(params)[0]] = 0.15
+    number = -5 if case == "negative_number" else 100
+    (exp / "pending.json").write_text(json.dumps({"trials": [{"number": number, "params": params}]}))
+    before = parts(exp)
+    code, out, err = cli("resume", exp, "--n-trials", "12", "--no-progress")
+    assert_user_error(code, err, "pending.json", out=out)
+    assert parts(exp) == before
+
+
+def test_rows_scored_on_another_checkpoint_stop_the_resume(exp):
+    p = sorted((exp / "trials").glob("part-*"))[0]
+    t = pq.read_table(p)
+    col = t.column("checkpoint_sha256").to_pylist()
+    t = t.set_column(t.schema.get_field_index("checkpoint_sha256"), t.schema.field("checkpoint_sha256"),
+                     pa.array(["d" * 64] * len(col), t.schema.field("checkpoint_sha256").type))
+    pq.write_table(t, p)
+    before = parts(exp)
+    code, out, err = cli("resume", exp, "--n-trials", "12", "--no-progress")
+    assert_user_error(code, err, "trials", "another checkpoint", out=out)
+    assert parts(exp) == before
+
+
+def test_a_plot_into_the_trial_log_is_refused(exp):
+    before = parts(exp)
+    for target in (exp / "trials", exp / "trials" / "front.png"):
+        code, out, err = cli("pareto", exp, "--plot", target)
+        assert_user_error(code, err, "trial log", out=out)
+    assert parts(exp) == before and not (exp / "trials" / "front.png").exists()
+
+
+def test_joint_fronts_refuse_repeats_other_predictors_and_history(exp, tmp_path):
+    twin = tmp_path / "twin"
+    shutil.copytree(exp, twin)
+    code, out, err = cli("pareto", exp, exp)
+    assert_user_error(code, err, "twice", out=out)
+    code, out, err = cli("pareto", exp, twin, "--history")
+    assert_user_error(code, err, "--history", out=out)
+    f = json.loads((twin / "experiment.json").read_text())
+    f["predictor_sha256"] = "e" * 64
+    (twin / "experiment.json").write_text(json.dumps(f))
+    code, out, err = cli("pareto", exp, twin)
+    assert_user_error(code, err, "another predictor", out=out)
+
+
+@pytest.mark.parametrize("address", ["http://", "https://", "http://head:notaport"])
+def test_a_job_server_address_without_a_host_is_one_line(address):
+    code, out, err = cli("jobs", "list", "--address", address)
+    assert_user_error(code, err, address, out=out)
+
+
+def test_the_python_api_takes_a_spec_path_and_refuses_a_non_integer_trial_budget(own, tmp_path):
+    import search
+    from search.errors import UserError
+
+    with pytest.raises(UserError, match="absent.toml"):
+        search.run(tmp_path / "absent.toml")
+    for bad in (1.5, float("nan"), True, 0):
+        with pytest.raises(UserError, match="n_trials"):
+            search.run(own["spec"], n_trials=bad)
+    assert not own["exp"].exists()

@@ -126,6 +126,11 @@ def test_pareto_front_budget_and_feasibility():
     # without the feasibility filter the failed trial 9 (with a value) dominates everything
     assert pareto_front(df, feasible_only=False)["trial_number"].tolist() == [9]
     assert pareto_front(df, budget_ms=1.0).empty
+    for bad in (float("nan"), -1.0, 0, True, "30"):  # never a silently empty front
+        with pytest.raises(ValueError, match="budget_ms"):
+            pareto_front(df, budget_ms=bad)
+        with pytest.raises(ValueError, match="budget_ms"):
+            hypervolume_history(df.assign(generation=0), budget_ms=bad)
 
 
 def test_pareto_front_duplicate_keeps_lowest_trial_number_regardless_of_order():
