@@ -207,8 +207,8 @@ class _Fingerprint(BaseModel):
 
     model_config = ConfigDict(extra="allow")
     img_size: Optional[_Size] = None
-    batch_size: Optional[int] = Field(None, ge=1, le=1024)
-    threads: Optional[int] = Field(None, ge=1, le=1024)
+    batch_size: Optional[int] = Field(None, ge=1)
+    threads: Optional[int] = Field(None, ge=1)
     device: Optional[str] = None
 
 
@@ -229,7 +229,7 @@ class PredictorFile(BaseModel):
     calibration: _Calibration
     fingerprint: _Fingerprint = Field(default_factory=_Fingerprint)
     img_size: Optional[_Size] = None
-    batch_size: int = Field(1, ge=1, le=1024)
+    batch_size: int = Field(1, ge=1)
     ratios: Optional[List[Annotated[float, Field(ge=0.0, lt=1.0, allow_inf_nan=False)]]] = Field(None, min_length=1)
     checkpoint_sha256: Optional[str] = None
     model_arch: Optional[Dict[str, Any]] = None

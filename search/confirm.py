@@ -151,6 +151,7 @@ def confirm_front(exp_dir, *, canvases: int = 256, z: float = 1.0, max_candidate
     exp_dir = Path(exp_dir)
     frozen, spec = load_frozen_spec(exp_dir)
     check_frozen(frozen, spec, exp_dir)  # a changed checkpoint or predictor would rewrite confirmed.json with it
+    measured = read_measured(exp_dir)  # read (and checked) before anything is re-scored or written
     ev = spec.evaluator
     if ev.name != "fashion_mosaic":
         raise UserError(f"confirm: {exp_dir} uses the evaluator {ev.name!r}; confirm re-scores with the built-in "
@@ -235,7 +236,7 @@ def confirm_front(exp_dir, *, canvases: int = 256, z: float = 1.0, max_candidate
         "z": float(z), "noise_sd": noise, "margin": margin,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
     write_front_table(exp_dir, front_table(df, metric, maximize=maximize, budget_ms=policy.budget,
-                                           experiment=spec.name, measured=read_measured(exp_dir), confirmed=records))
+                                           experiment=spec.name, measured=measured, confirmed=records))
     out["seconds"] = time.perf_counter() - t0
     return out
 

@@ -36,6 +36,7 @@ it can be opened at any time with pandas, DuckDB or a spreadsheet (``sparsesearc
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
@@ -230,15 +231,15 @@ def _read_records(exp_dir: Path, name: str, what: str, command: str, numbers: Se
     data = read_json(path, what, fix, ResumeError)
     configs = data.get("configs") if isinstance(data, dict) else None
 
-    def number(v: Any) -> bool:
-        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    def number(k: str, v: Any) -> bool:  # null is how the strict JSON writer stores NaN (e.g. retention of a 0 dense)
+        return (isinstance(v, (int, float)) and not isinstance(v, bool)) or (v is None and k != "trial_number")
 
     if not isinstance(configs, dict) or not all(
-            isinstance(r, dict) and isinstance(r.get("config"), list) and all(number(r.get(k)) for k in numbers)
+            isinstance(r, dict) and isinstance(r.get("config"), list) and all(k in r and number(k, r[k]) for k in numbers)
             for r in configs.values()):
         raise ResumeError(f"{what} {path} is malformed (expected {{\"configs\": {{config_hash: {{\"config\", "
                           + ", ".join(f'\"{k}\"' for k in numbers) + f"}}}}}}); {fix}")
-    return configs
+    return {h: {**r, **{k: math.nan for k in numbers if r.get(k) is None}} for h, r in configs.items()}
 
 
 class FrontTable:

@@ -768,7 +768,7 @@ def _check_evaluator(spec, policy: SearchPolicy, local: bool = True, where: Opti
         raise EvaluatorError(f"{where}: [evaluator.kwargs] of the built-in evaluator takes seed (an integer) and "
                              f"data_dir (a folder) only, got {kw!r}; fix: remove the other keys")
     try:
-        mosaic_spec(policy.meta, list(policy.img_size), dict(ev.mosaic))
+        canvases = mosaic_spec(policy.meta, list(policy.img_size), dict(ev.mosaic))
     except (ValidationError, ValueError, TypeError) as e:
         if isinstance(e, ValidationError):
             err = e.errors(include_url=False)[0]
@@ -780,7 +780,13 @@ def _check_evaluator(spec, policy: SearchPolicy, local: bool = True, where: Opti
     if local:
         from supernet.data import load_fashion_mnist
 
-        load_fashion_mnist("test", kw.get("data_dir"))  # the val / test canvases' items; the error names the fix
+        data_dir = kw.get("data_dir") or canvases.data_dir  # where the workers look (FashionMosaicEvaluator)
+        try:
+            load_fashion_mnist("test", data_dir)  # the val / test canvases' items; a missing folder names the fix
+        except ValueError as e:  # corrupt IDX / gzip files
+            raise EvaluatorError(f"the Fashion-MNIST files the evaluator reads are unreadable ({str(e)[:200]}); fix: "
+                                 "reinstall them (`apt-get install --reinstall dataset-fashion-mnist`) or point "
+                                 "SPARSESEARCH_FASHION_MNIST at good copies") from None
 
 
 def _execute(spec, exp_dir: Path, *, n_trials: int, is_resume: bool, address: Optional[str], progress: bool,
@@ -793,6 +799,13 @@ def _execute(spec, exp_dir: Path, *, n_trials: int, is_resume: bool, address: Op
     search = _Search(spec, exp_dir, policy=policy, progress=progress, log=log)
     _attach_observers(search)
     repeated = search.restore() if is_resume else []
+    if repeated and search.n_trials_done >= n_trials:  # the loop would not run, and pending.json would be emptied
+        raise UserError(f"{exp_dir}/pending.json lists {len(repeated)} unfinished trial(s) but --n-trials "
+                        f"{n_trials} is not above the {search.n_trials_done} trials done; fix: pass --n-trials "
+                        f"{search.n_trials_done + len(repeated)} or more to finish them")
+    from .front import read_confirmed, read_measured
+
+    read_measured(exp_dir), read_confirmed(exp_dir)  # the front table reads them each generation: refused here
     for obs in search.observers:
         if hasattr(obs, "on_restore"):
             obs.on_restore(search)
@@ -817,10 +830,6 @@ def _execute(spec, exp_dir: Path, *, n_trials: int, is_resume: bool, address: Op
         atomic_write_json(ej, frozen)
     if search.n_trials_done >= n_trials and (exp_dir / "reference.json").exists():
         # a finished experiment resumed without a larger budget: nothing to evaluate, no Ray
-        if repeated:
-            raise UserError(f"{exp_dir}/pending.json lists {len(repeated)} unfinished trial(s) but --n-trials "
-                            f"{n_trials} is not above the {search.n_trials_done} trials done; fix: pass --n-trials "
-                            f"{search.n_trials_done + len(repeated)} or more to finish them")
         atomic_write_json(exp_dir / "pending.json", {"trials": []})
         return experiment_summary(exp_dir, extra={
             "elapsed_s": round(time.time() - t0, 2), "trials_this_run": 0, "resumed": is_resume,

@@ -825,7 +825,7 @@ def test_devices_this_project_does_not_run_on_are_one_line(own, tmp_path, device
 @pytest.mark.parametrize("edit, words", [
     (lambda p: p.update(ratios=[0.0, 1.5]), "ratios"),
     (lambda p: p.update(img_size=[0, 0]), "img_size"),
-    (lambda p: p.update(batch_size=100000), "batch_size"),
+    (lambda p: p.update(batch_size=0), "batch_size"),
     (lambda p: (p.pop("img_size", None), p["fingerprint"].update(img_size="abc")), "fingerprint.img_size"),
     (lambda p: p["fingerprint"].update(threads="many"), "fingerprint.threads")],
     ids=["ratio_over_1", "img_size_zero", "batch_too_large", "fingerprint_img_size_text", "threads_text"])
@@ -917,3 +917,40 @@ def test_the_python_api_takes_a_spec_path_and_refuses_a_non_integer_trial_budget
         with pytest.raises(UserError, match="n_trials"):
             search.run(own["spec"], n_trials=bad)
     assert not own["exp"].exists()
+
+
+def test_the_driver_checks_the_dataset_where_the_workers_look(own, monkeypatch):
+    """``[evaluator.mosaic] data_dir`` (or the sidecar's) is where the workers read: the driver's check looks there,
+    not only at the environment; a corrupt IDX file is one EvaluatorError, not a ValueError traceback."""
+    from search.evaluators import EvaluatorError
+    from search.policy import SearchPolicy
+    from search.runner import _check_evaluator
+    from search.spec import load_spec
+    from supernet.data import resolve_data_dir
+
+    real = resolve_data_dir()
+    edit_spec(own["spec"], "batch_size = 4\n", f'batch_size = 4\nmosaic = {{data_dir = "{real}"}}\n')
+    monkeypatch.setenv("SPARSESEARCH_FASHION_MNIST", "/nonexistent/fmnist")
+    spec = load_spec(own["spec"])
+    _check_evaluator(spec, SearchPolicy.from_spec(spec))  # passes: the mosaic's folder exists
+    bad = own["dir"] / "fmnist_bad"
+    bad.mkdir()
+    for name in ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"):
+        (bad / name).write_bytes(b"not an idx file")
+    edit_spec(own["spec"], f'data_dir = "{real}"', f'data_dir = "{bad}"')
+    spec = load_spec(own["spec"])
+    with pytest.raises(EvaluatorError, match="unreadable.*fix:"):
+        _check_evaluator(spec, SearchPolicy.from_spec(spec))
+
+
+def test_a_confirmed_record_with_a_nan_retention_reads_back(tmp_path):
+    """``confirm`` writes NaN (a retention over a dense score of 0) as JSON null: its reader takes it as NaN."""
+    import math
+
+    from search.front import read_confirmed
+    from supernet.fileio import atomic_write_json
+
+    atomic_write_json(tmp_path / "confirmed.json", {"configs": {"h": {
+        "config": [[0.0]], "trial_number": 1, "predicted_latency_ms": 2.0, "confirmed_value": 0.0,
+        "retention": float("nan")}}})
+    assert math.isnan(read_confirmed(tmp_path)["h"]["retention"])
