@@ -69,7 +69,7 @@ def _job_server_url(address: str) -> str:
         except ValueError:  # a port that is not a number
             bad = True
     if bad:
-        raise ClusterError(f"{address} is not a job server URL; fix: pass the head's dashboard address, e.g. "
+        raise ClusterError(f"--address {address} is not a job server URL; fix: pass the head's dashboard address, e.g. "
                            "http://127.0.0.1:8265 (not the GCS port 6379 or a ray:// client address)")
     return address.rstrip("/")
 
